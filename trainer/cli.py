@@ -1,0 +1,42 @@
+"""What every script shares at its entry point: error handling and logging setup."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from model.errors import UserError
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log through tqdm.write so log lines do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # noqa: BLE001 - logging must never crash the run
+            self.handleError(record)
+
+
+def setup_logging(rank: int = 0) -> None:
+    """Plain message logging on rank 0; warnings and errors only on the other ranks."""
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a script's main(): a UserError becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
