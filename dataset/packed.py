@@ -1,0 +1,292 @@
+"""Tokenize JSONL once into a memory-mapped token file, pack documents into fixed-length rows.
+
+Layout of one cache entry (a folder named by the cache key):
+  tokens.bin   uint16/uint32 stream: BOS doc EOS BOS doc EOS ... in file order
+  sources.bin  uint8, the source id of the document each token belongs to
+  meta.json    source names, token counts, the key's ingredients
+
+Row i of a corpus of N tokens and sequence length L is the window tokens[i*L : i*L + L + 1]:
+inputs x = window[:-1], targets y = window[1:]. Windows overlap by one token, so every token
+after the first is a target exactly once and no token is thrown away; only the last row can
+be short, and its tail is padded with targets of -100 (ignored). Attention runs across the
+document boundaries inside a row (as in GPT-2/nanoGPT); BOS/EOS mark where a document starts.
+
+Memory stays flat as the corpus grows: text is streamed in batches and appended to disk, and
+training reads rows straight from the memory map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset.tokenizer import tokenizer_sha256
+from model.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+IGNORE_INDEX = -100
+_BATCH = 1024  # documents per tokenizer call: large enough for the Rust batch encoder to be efficient
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _iter_docs(path: Path) -> Iterator[tuple[str, str]]:
+    """(text, source) per JSONL row; source defaults to the file's stem."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(
+                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
+                ) from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise UserError(
+                    f'{path}:{lineno}: row needs a string field "text" (rows look like {{"text": ..., "source": ...}})'
+                )
+            source = row.get("source", path.stem)
+            if not isinstance(source, str) or not source:
+                raise UserError(f'{path}:{lineno}: field "source" must be a non-empty string')
+            yield row["text"], source
+
+
+def check_data_files(paths: Sequence[str | Path]) -> list[Path]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise UserError(f"{p}: data file not found")
+        if p.stat().st_size == 0:
+            raise UserError(f"{p}: data file is empty")
+        out.append(p)
+    if not out:
+        raise UserError("no data file given (--data_path)")
+    return out
+
+
+class PackedCorpus:
+    """A tokenized corpus on disk, read through memory maps."""
+
+    def __init__(self, folder: str | Path, seq_len: int):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.seq_len = seq_len
+        self.source_names: list[str] = self.meta["sources"]
+        self.pad_id: int = self.meta["pad_id"]
+        self.num_tokens: int = self.meta["num_tokens"]
+        self._dtype = np.dtype(self.meta["dtype"])
+        self._tokens: np.memmap | None = None
+        self._sources: np.memmap | None = None
+
+    # Memory maps open lazily so the object pickles cheaply into DataLoader workers.
+    @property
+    def tokens(self) -> np.memmap:
+        if self._tokens is None:
+            self._tokens = np.memmap(self.folder / "tokens.bin", dtype=self._dtype, mode="r")
+        return self._tokens
+
+    @property
+    def sources(self) -> np.memmap:
+        if self._sources is None:
+            self._sources = np.memmap(self.folder / "sources.bin", dtype=np.uint8, mode="r")
+        return self._sources
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokens": None, "_sources": None}
+
+    @property
+    def num_rows(self) -> int:
+        return -(-(self.num_tokens - 1) // self.seq_len)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs, targets, target source ids) of row i, each of length seq_len, as int64."""
+        L = self.seq_len
+        start = i * L
+        window = np.asarray(self.tokens[start : start + L + 1], dtype=np.int64)
+        src = np.asarray(self.sources[start + 1 : start + L + 1], dtype=np.int64)
+        n = len(window) - 1  # targets in this row (< L only for the last one)
+        x = np.full(L, self.pad_id, dtype=np.int64)
+        y = np.full(L, IGNORE_INDEX, dtype=np.int64)
+        s = np.full(L, -1, dtype=np.int64)
+        x[:n], y[:n], s[:n] = window[:-1], window[1:], src
+        return x, y, s
+
+    def source_token_counts(self) -> dict[str, int]:
+        return dict(zip(self.source_names, self.meta["source_tokens"], strict=True))
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Rows of a PackedCorpus as tensors (x, y, source ids) for a DataLoader."""
+
+    def __init__(self, corpus: PackedCorpus):
+        self.corpus = corpus
+
+    def __len__(self) -> int:
+        return self.corpus.num_rows
+
+    def __getitem__(self, i: int):
+        return tuple(torch.from_numpy(a) for a in self.corpus.row(i))
+
+
+def cache_key(paths: Sequence[Path], tok, seq_len: int) -> str:
+    """Input content hash + tokenizer hash + sequence length (+ the layout version)."""
+    h = hashlib.sha256()
+    h.update(f"v{FORMAT_VERSION}|L{seq_len}|tok{tokenizer_sha256(tok)}".encode())
+    for p in paths:
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def build_packed(paths: Sequence[str | Path], tok, seq_len: int, cache_dir: str | Path) -> PackedCorpus:
+    """Tokenize JSONL files into the cache (once) and return the packed corpus.
+
+    A cache hit costs one hash pass over the inputs. A miss streams the files through the
+    tokenizer's batch encoder and writes into a temporary folder that is renamed into place
+    when complete, so an interrupted build never leaves a corrupt cache entry.
+    """
+    paths = check_data_files(paths)
+    key = cache_key(paths, tok, seq_len)
+    folder = Path(cache_dir) / f"packed-{key[:20]}"
+    if (folder / "meta.json").is_file():
+        log.info(f"Token cache hit: {folder}")
+        return PackedCorpus(folder, seq_len)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write_packed(paths, tok, seq_len, tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same entry first: theirs is identical
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    corpus = PackedCorpus(folder, seq_len)
+    log.info(f"Tokenized {corpus.num_tokens:,} tokens from {len(paths)} file(s) into {folder}")
+    return corpus
+
+
+def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
+    vocab = len(tok)
+    dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    names: dict[str, int] = {}
+    source_tokens: list[int] = []
+    n_docs = n_tokens = 0
+    encoder = tok.backend_tokenizer
+    with open(out / "tokens.bin", "wb") as ftok, open(out / "sources.bin", "wb") as fsrc:
+
+        def flush(texts: list[str], srcs: list[str]) -> None:
+            nonlocal n_docs, n_tokens
+            for enc, src in zip(encoder.encode_batch(texts, add_special_tokens=False), srcs, strict=True):
+                ids = np.empty(len(enc.ids) + 2, dtype=dtype)
+                ids[0], ids[-1] = bos, eos
+                ids[1:-1] = enc.ids
+                if src not in names:
+                    if len(names) == 255:
+                        raise UserError("more than 255 distinct 'source' values; merge some of them")
+                    names[src] = len(names)
+                    source_tokens.append(0)
+                sid = names[src]
+                ftok.write(ids.tobytes())
+                fsrc.write(np.full(len(ids), sid, dtype=np.uint8).tobytes())
+                source_tokens[sid] += len(ids)
+                n_docs += 1
+                n_tokens += len(ids)
+
+        for path in paths:
+            texts: list[str] = []
+            srcs: list[str] = []
+            for text, src in tqdm(
+                _iter_docs(path), desc=f"tokenize {path.name}", unit="doc", leave=False, disable=None
+            ):
+                texts.append(text)
+                srcs.append(src)
+                if len(texts) == _BATCH:
+                    flush(texts, srcs)
+                    texts, srcs = [], []
+            if texts:
+                flush(texts, srcs)
+    if n_tokens < 2:
+        raise UserError(f"{', '.join(map(str, paths))}: no documents to train on")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "inputs": [{"path": str(p), "sha256": file_sha256(p)} for p in paths],
+        "tokenizer_sha256": tokenizer_sha256(tok),
+        "seq_len": seq_len,
+        "dtype": np.dtype(dtype).name,
+        "pad_id": tok.pad_token_id,
+        "num_docs": n_docs,
+        "num_tokens": n_tokens,
+        "sources": list(names),
+        "source_tokens": source_tokens,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Micro-batches of row indices for this rank, from a given global step on.
+
+    Epoch e visits rows in the order ``default_rng(seed + e).permutation(num_rows)``. Optimizer
+    step s of an epoch uses the next ``batch_size * accumulation_steps * world_size`` rows;
+    micro-batch m of rank r takes its ``batch_size`` slice at offset ``(m * world + r) * batch``,
+    so N ranks see exactly the rows one process with an N-times larger batch would. A run that
+    resumes at step k therefore reads the same rows it would have read without stopping.
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        accumulation_steps: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        total_steps: int,
+        start_step: int = 0,
+    ):
+        self.num_rows, self.batch, self.accum = num_rows, batch_size, accumulation_steps
+        self.world, self.rank, self.seed = world_size, rank, seed
+        self.total_steps, self.start_step = total_steps, start_step
+        self.global_batch = batch_size * accumulation_steps * world_size
+        self.steps_per_epoch = num_rows // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"the data has {num_rows} rows, fewer than one global batch of {self.global_batch} "
+                "(batch_size x accumulation_steps x world_size); lower --batch_size or add data"
+            )
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm_epoch, perm = -1, None
+        for step in range(self.start_step, self.total_steps):
+            epoch, s = divmod(step, self.steps_per_epoch)
+            if epoch != perm_epoch:
+                perm = np.random.default_rng(self.seed + epoch).permutation(self.num_rows)
+                perm_epoch = epoch
+            base = s * self.global_batch
+            for m in range(self.accum):
+                off = base + (m * self.world + self.rank) * self.batch
+                yield perm[off : off + self.batch].tolist()

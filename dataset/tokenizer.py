@@ -1,0 +1,151 @@
+"""Byte-level BPE tokenizer: training, loading, and its identity (a hash that travels in checkpoints)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from model.errors import UserError
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2: the ModelConfig defaults
+
+
+def iter_jsonl_texts(path: str | Path, field: str = "text") -> Iterator[str]:
+    """Yield ``row[field]`` from a JSONL file, one row at a time; bad rows name file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(
+                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
+                ) from None
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise UserError(f"{path}:{lineno}: row has no string field '{field}'")
+            yield row[field]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, output_dir: str | Path, max_length: int = 4096):
+    """Train a byte-level BPE on ``texts`` and save it so AutoTokenizer.from_pretrained loads it.
+
+    Byte-level means every string round-trips exactly and there is no unknown token. The
+    folder is written to a temporary sibling first and renamed, so a failed run leaves no
+    half-written tokenizer behind.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise UserError(f"--vocab_size {vocab_size} is too small: byte-level BPE needs at least 259")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    if tok.get_vocab_size() == len(SPECIAL_TOKENS) + 256:
+        raise UserError("the tokenizer's training data is empty: no merges were learned")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+    )
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        fast.save_pretrained(tmp)
+        replace_dir(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return fast
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder src to dst, replacing dst; dst is never left half-written."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer folder written by train_tokenizer (or any fast HF tokenizer folder)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise UserError(
+            f"{path}: no tokenizer.json there; train one with "
+            f"`python scripts/train_tokenizer.py --data_path FILE.jsonl --output_dir {path}`"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad file from the user's side
+        raise UserError(
+            f"{path}: unreadable tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    return check_special_tokens(tok, str(path))
+
+
+def check_special_tokens(tok, where: str):
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tok, name) is None:
+            raise UserError(
+                f"{where}: tokenizer has no {name.removesuffix('_id')}; retrain it with scripts/train_tokenizer.py"
+            )
+    return tok
+
+
+def tokenizer_to_dict(tok) -> dict:
+    """Everything needed to rebuild the tokenizer, small enough to store inside a checkpoint."""
+    return {
+        "tokenizer_json": tok.backend_tokenizer.to_str(),
+        "bos_token": tok.bos_token,
+        "eos_token": tok.eos_token,
+        "pad_token": tok.pad_token,
+        "model_max_length": int(min(tok.model_max_length, 1 << 30)),
+        "sha256": tokenizer_sha256(tok),
+    }
+
+
+def tokenizer_from_dict(d: dict):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(d["tokenizer_json"]),
+        bos_token=d["bos_token"],
+        eos_token=d["eos_token"],
+        pad_token=d["pad_token"],
+        model_max_length=d["model_max_length"],
+        clean_up_tokenization_spaces=False,
+    )
+    return check_special_tokens(tok, "checkpoint tokenizer")
+
+
+def tokenizer_sha256(tok) -> str:
+    """Identity of a tokenizer: sha256 of its canonical serialisation (vocab, merges, specials)."""
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8")).hexdigest()

@@ -1,0 +1,43 @@
+"""Train the byte-level BPE tokenizer on one or more JSONL files (rows with a "text" field).
+
+    python scripts/train_tokenizer.py --data_path dataset/demo/smoke_stories.jsonl --vocab_size 6400
+
+The result loads with ``transformers.AutoTokenizer.from_pretrained(output_dir)``.
+"""
+
+import argparse
+import itertools
+import logging
+
+from dataset.tokenizer import iter_jsonl_texts, train_tokenizer
+from model.errors import UserError
+from trainer.cli import run, setup_logging
+from trainer.paths import repo_path
+
+log = logging.getLogger("train_tokenizer")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--data_path", action="append", required=True, help="JSONL file; repeat the flag for several"
+    )
+    p.add_argument("--vocab_size", type=int, default=6400)
+    p.add_argument("--output_dir", default=str(repo_path("out", "tokenizer")), help="default: out/tokenizer")
+    p.add_argument("--text_field", default="text")
+    p.add_argument("--max_docs", type=int, default=None, help="train on at most this many documents")
+    args = p.parse_args()
+    setup_logging()
+    for path in args.data_path:  # fail on a missing file before the long pass over the others
+        next(iter_jsonl_texts(path, args.text_field), None)
+    texts = itertools.chain.from_iterable(iter_jsonl_texts(p, args.text_field) for p in args.data_path)
+    if args.max_docs is not None:
+        if args.max_docs <= 0:
+            raise UserError("--max_docs must be positive")
+        texts = itertools.islice(texts, args.max_docs)
+    tok = train_tokenizer(texts, args.vocab_size, args.output_dir)
+    log.info(f"Tokenizer ({len(tok)} tokens) saved to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    run(main)
