@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from dataset.tokenizer import tokenizer_from_dict
+from dataset.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from model.config import ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
@@ -64,6 +64,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def weights_state(model: MiniGPTForCausalLM, tokenizer, meta: dict) -> dict:
+    """The weights-file content: model, its config, its tokenizer and run facts (``meta``)."""
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "tokenizer": tokenizer_to_dict(tokenizer),
+        "meta": meta,
+    }
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -26,18 +26,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset, StepSampler
-from dataset.tokenizer import load_tokenizer, tokenizer_sha256, tokenizer_to_dict
+from dataset.tokenizer import load_tokenizer, tokenizer_from_dict, tokenizer_sha256
 from model.config import ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
 from trainer import dist
 from trainer.checkpoint import (
-    FORMAT,
     atomic_torch_save,
     checkpoint_paths,
     load_checkpoint,
     model_from_checkpoint,
     resolve_weight,
+    weights_state,
 )
 from trainer.cli import setup_logging
 from trainer.metrics import mfu, peak_flops
@@ -319,8 +319,6 @@ def load_start(cfg: TrainConfig, require_weight: str | None = None) -> Start:
                 raise UserError(f"{path}: a weights file, not a resume checkpoint")
             model = model_from_checkpoint(ckpt, path)
             _check_arch_flags(cfg, model.config, path)
-            from dataset.tokenizer import tokenizer_from_dict
-
             tok = tokenizer_from_dict(ckpt["tokenizer"])
             _check_tokenizer_flag(cfg, tok, path)
             log.info(f"Resuming from {path} at step {ckpt['step']}")
@@ -331,8 +329,6 @@ def load_start(cfg: TrainConfig, require_weight: str | None = None) -> Start:
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, path)
         _check_arch_flags(cfg, model.config, path)
-        from dataset.tokenizer import tokenizer_from_dict
-
         tok = tokenizer_from_dict(ckpt["tokenizer"])
         _check_tokenizer_flag(cfg, tok, path)
         meta = {**ckpt["meta"], "path": str(path), "optimizer_available": False}
@@ -571,12 +567,10 @@ def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus |
         record("eval", {"step": step, **{f"loss_{k}": v for k, v in losses.items()}})
 
     def save(final: bool) -> None:
-        state = {
-            "format": FORMAT,
-            "model": model.state_dict(),
-            "model_config": model.config.to_dict(),
-            "tokenizer": tokenizer_to_dict(tok),
-            "meta": {
+        state = weights_state(
+            model,
+            tok,
+            {
                 "stage": stage.name,
                 "step": step,
                 "total_steps": total,
@@ -588,7 +582,7 @@ def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus |
                 "finished": final,
                 **stage.meta,
             },
-        }
+        )
         if info.is_main:
             atomic_torch_save(state, paths.weights)
             atomic_torch_save(
