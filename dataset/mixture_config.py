@@ -1,0 +1,328 @@
+"""Mixture configs: YAML files under config/data/, validated on load.
+
+A mixture names its sources, the share of samples each contributes, how each source is
+rendered and filtered, and which evaluation sets no training row may overlap. Every key
+is documented in config/README.md; an unknown key, a bad value or a missing required
+field is a ``UserError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dataset.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
+from dataset.formats import FORMATS, FormatSpec, template_fields
+from model.errors import UserError
+
+TOP_KEYS = {
+    "name",
+    "total_samples",
+    "val_ratio",
+    "seed",
+    "dedup",
+    "sources",
+    "decontaminate",
+    "decontaminate_ngram",
+    "decontaminate_threshold",
+}
+DATA_KEYS = {"dataset", "data_files", "subset", "split", "revision", "format", "text_field", "template"}
+SOURCE_KEYS = DATA_KEYS | {"name", "ratio", "max_repeats", "filters"}
+FILTER_KEYS = {"length": {"min", "max"}, "quality": {"threshold"}, "code_quality": {"threshold"}}
+LOCAL_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RATIO_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataRef:
+    """Where rows come from and how each row becomes text."""
+
+    dataset: str | None = None  # a Hugging Face dataset id
+    data_files: tuple[str, ...] = ()  # absolute paths or globs of local files
+    subset: str | None = None  # the HF config name
+    split: str = "train"
+    revision: str | None = None
+    format: FormatSpec = field(default_factory=FormatSpec)
+
+    @property
+    def label(self) -> str:
+        """A short description for messages: the dataset id, or the file names."""
+        if self.dataset:
+            return self.dataset + (f" ({self.subset})" if self.subset else "") + f" split {self.split}"
+        names = [os.path.basename(p) for p in self.data_files]
+        return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+    @property
+    def builder(self) -> str | None:
+        """The datasets builder for local files ("json", "parquet", "text"); None for a hub id."""
+        if not self.data_files:
+            return None
+        return LOCAL_EXTENSIONS[os.path.splitext(self.data_files[0])[1].lower()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig(DataRef):
+    """One source of a mixture."""
+
+    name: str
+    ratio: float
+    max_repeats: int = 1
+    filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixtureConfig:
+    """A validated mixture config."""
+
+    name: str
+    path: Path
+    sha256: str
+    total_samples: int
+    val_ratio: float
+    seed: int
+    dedup: bool
+    sources: list[SourceConfig]
+    decontaminate: list[DataRef]
+    decontaminate_ngram: int = DEFAULT_NGRAM
+    decontaminate_threshold: float = DEFAULT_THRESHOLD
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def default_name(path: Path) -> str:
+    """``config/data/midtrain/phase1/default.yaml`` -> ``midtrain_phase1_default``; else the stem."""
+    parts = path.resolve().with_suffix("").parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i - 1 : i + 1] == ("config", "data"):
+            return "_".join(parts[i + 1 :])
+    return path.stem
+
+
+class _Checker:
+    """Field checks that raise one-line UserErrors: ``<file>: <field>: <problem>``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> UserError:
+        return UserError(f"{self.path}: {where}: {problem}" if where else f"{self.path}: {problem}")
+
+    def keys(self, obj: Any, where: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(obj, dict):
+            raise self.fail(where, f"expected a mapping, got {type(obj).__name__}")
+        for key in obj:
+            if key not in allowed:
+                raise self.fail(
+                    f"{where}.{key}" if where else str(key),
+                    f"unknown key (allowed: {', '.join(sorted(allowed))}); see config/README.md",
+                )
+        for key in required:
+            if key not in obj:
+                raise self.fail(f"{where}.{key}" if where else key, "required key is missing")
+        return obj
+
+    def integer(self, value: Any, where: str, lo: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected an integer, got {value!r}")
+        if lo is not None and value < lo:
+            raise self.fail(where, f"must be >= {lo}, got {value}")
+        return value
+
+    def number(self, value: Any, where: str, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(where, f"expected a number, got {value!r}")
+        if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            lo_s, hi_s = ("(" if lo_open else "[") + f"{lo}", f"{hi}" + (")" if hi_open else "]")
+            raise self.fail(where, f"must be in {lo_s}, {hi_s}, got {value}")
+        return float(value)
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(where, f"expected a non-empty string, got {value!r}")
+        return value
+
+
+def _resolve_files(value: Any, where: str, check: _Checker, base: Path) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise check.fail(where, "expected a path/glob or a list of them")
+    out = []
+    for i, item in enumerate(items):
+        check.string(item, f"{where}[{i}]" if isinstance(value, list) else where)
+        p = Path(os.path.expanduser(item))
+        resolved = os.path.normpath(p if p.is_absolute() else base / p)
+        ext = os.path.splitext(resolved)[1].lower()
+        if ext not in LOCAL_EXTENSIONS:
+            raise check.fail(where, f"{item!r}: unsupported file type (use {', '.join(LOCAL_EXTENSIONS)})")
+        out.append(resolved)
+    builders = {LOCAL_EXTENSIONS[os.path.splitext(p)[1].lower()] for p in out}
+    if len(builders) > 1:
+        raise check.fail(where, "mixes file types; give each type its own source")
+    return tuple(out)
+
+
+def _data_ref(obj: dict, where: str, check: _Checker, base: Path, default_split: str) -> dict[str, Any]:
+    """The DataRef fields of a source or eval-set entry."""
+    has_ds, has_files = "dataset" in obj, "data_files" in obj
+    if has_ds == has_files:
+        raise check.fail(
+            where, "give exactly one of dataset: (a Hugging Face id) or data_files: (local files)"
+        )
+    out: dict[str, Any] = {}
+    if has_ds:
+        out["dataset"] = check.string(obj["dataset"], f"{where}.dataset")
+        for key in ("subset", "revision"):
+            if obj.get(key) is not None:
+                out[key] = str(check.string(obj[key], f"{where}.{key}"))
+        out["split"] = check.string(obj.get("split", default_split), f"{where}.split")
+    else:
+        for key in ("subset", "split", "revision"):
+            if key in obj:
+                raise check.fail(f"{where}.{key}", "applies to dataset:, not to data_files: (remove it)")
+        out["data_files"] = _resolve_files(obj["data_files"], f"{where}.data_files", check, base)
+    fmt = obj.get("format", "text")
+    if fmt not in FORMATS:
+        raise check.fail(f"{where}.format", f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if "text_field" in obj and fmt != "text":
+        raise check.fail(f"{where}.text_field", f"only applies to format text, not {fmt}")
+    if ("template" in obj) != (fmt == "template"):
+        raise check.fail(f"{where}.template", "format template needs template:, and only it takes one")
+    text_field = check.string(obj.get("text_field", "text"), f"{where}.text_field")
+    template = None
+    if fmt == "template":
+        template = check.string(obj["template"], f"{where}.template")
+        try:
+            if not template_fields(template):
+                raise ValueError("it reads no {field} of the row")
+        except ValueError as e:
+            raise check.fail(f"{where}.template", f"bad template: {e}") from None
+    out["format"] = FormatSpec(format=fmt, text_field=text_field, template=template)
+    return out
+
+
+def _filters(obj: Any, where: str, check: _Checker) -> dict[str, dict[str, Any]]:
+    if obj is None:
+        return {}
+    check.keys(obj, where, set(FILTER_KEYS))
+    out: dict[str, dict[str, Any]] = {}
+    for name, params in obj.items():
+        w = f"{where}.{name}"
+        check.keys(params, w, FILTER_KEYS[name], required=() if name == "length" else ("threshold",))
+        if name == "length":
+            lo = check.integer(params.get("min", 0), f"{w}.min", lo=0)
+            hi = params.get("max")
+            if hi is not None:
+                hi = check.integer(hi, f"{w}.max", lo=1)
+                if lo > hi:
+                    raise check.fail(w, f"min {lo} > max {hi}")
+            out[name] = {"min": lo, "max": hi}
+        else:
+            out[name] = {"threshold": check.number(params["threshold"], f"{w}.threshold", 0.0, 1.0)}
+    return out
+
+
+def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
+    """Read and validate a mixture YAML; relative ``data_files`` resolve against its folder."""
+    path = Path(path)
+    check = _Checker(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such mixture config (see config/data/ for examples)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise check.fail(where, f"invalid YAML: {problem}") from None
+    check.keys(raw, "", TOP_KEYS, required=("total_samples", "sources"))
+    base = path.resolve().parent
+
+    name = raw.get("name", default_name(path))
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise check.fail("name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the output files)")
+    total = check.integer(raw["total_samples"], "total_samples", lo=1)
+    val_ratio = check.number(raw.get("val_ratio", 0.05), "val_ratio", 0.0, 1.0, hi_open=True)
+    seed = check.integer(raw.get("seed", 42), "seed", lo=0)
+    dedup = raw.get("dedup", True)
+    if not isinstance(dedup, bool):
+        raise check.fail("dedup", f"expected true or false, got {dedup!r}")
+    ngram = check.integer(raw.get("decontaminate_ngram", DEFAULT_NGRAM), "decontaminate_ngram", lo=1)
+    threshold = check.number(
+        raw.get("decontaminate_threshold", DEFAULT_THRESHOLD),
+        "decontaminate_threshold",
+        0.0,
+        1.0,
+        hi_open=True,
+    )
+
+    if not isinstance(raw["sources"], list) or not raw["sources"]:
+        raise check.fail("sources", "expected a non-empty list of sources")
+    sources: list[SourceConfig] = []
+    for i, obj in enumerate(raw["sources"]):
+        where = f"sources[{i}]"
+        check.keys(obj, where, SOURCE_KEYS, required=("name", "ratio"))
+        src_name = check.string(obj["name"], f"{where}.name")
+        if not _NAME.match(src_name):
+            raise check.fail(f"{where}.name", f"{src_name!r}: use letters, digits, '_', '-', '.'")
+        if any(s.name == src_name for s in sources):
+            raise check.fail(f"{where}.name", f"duplicate source name {src_name!r}")
+        sources.append(
+            SourceConfig(
+                name=src_name,
+                ratio=check.number(obj["ratio"], f"{where}.ratio", 0.0, 1.0, lo_open=True),
+                max_repeats=check.integer(obj.get("max_repeats", 1), f"{where}.max_repeats", lo=1),
+                filters=_filters(obj.get("filters"), f"{where}.filters", check),
+                **_data_ref(obj, where, check, base, default_split="train"),
+            )
+        )
+    ratio_sum = sum(s.ratio for s in sources)
+    if abs(ratio_sum - 1.0) > RATIO_TOLERANCE:
+        listed = ", ".join(f"{s.name}={s.ratio:g}" for s in sources)
+        raise check.fail("sources", f"ratios sum to {ratio_sum:.6g}, not 1 ({listed}); fix the ratio: values")
+    for s in sources:
+        if round(s.ratio * total) < 1:
+            raise check.fail("total_samples", f"{total} gives source {s.name!r} no rows; raise total_samples")
+
+    evals_raw = raw.get("decontaminate") or []
+    if not isinstance(evals_raw, list):
+        raise check.fail("decontaminate", "expected a list of evaluation sets")
+    evals = []
+    for i, obj in enumerate(evals_raw):
+        where = f"decontaminate[{i}]"
+        check.keys(obj, where, DATA_KEYS)
+        evals.append(DataRef(**_data_ref(obj, where, check, base, default_split="test")))
+
+    canonical = {
+        "config": raw,
+        "data_files": {
+            "sources": [list(s.data_files) for s in sources],
+            "decontaminate": [list(e.data_files) for e in evals],
+        },
+    }
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return MixtureConfig(
+        name=name,
+        path=path.resolve(),
+        sha256=hashlib.sha256(blob.encode("utf-8")).hexdigest(),
+        total_samples=total,
+        val_ratio=val_ratio,
+        seed=seed,
+        dedup=dedup,
+        sources=sources,
+        decontaminate=evals,
+        decontaminate_ngram=ngram,
+        decontaminate_threshold=threshold,
+        raw=raw,
+    )
