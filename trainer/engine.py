@@ -33,6 +33,7 @@ from model.model import MiniGPTForCausalLM
 from trainer import dist
 from trainer.checkpoint import (
     atomic_torch_save,
+    available,
     checkpoint_paths,
     load_checkpoint,
     model_from_checkpoint,
@@ -299,11 +300,12 @@ def _check_tokenizer_flag(cfg: TrainConfig, tok, where: Path) -> None:
         )
 
 
-def load_start(cfg: TrainConfig, require_weight: str | None = None) -> Start:
+def load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None = None) -> Start:
     """Resume state if asked for and present, else --from_weight, else a new model.
 
-    ``require_weight``: the message for when neither a resume state nor --from_weight is given
-    (mid-training never starts from scratch).
+    ``require_weight``: for stages that never start from scratch (mid-training), turns "what
+    is missing" into the error message, both when --from_weight is absent and when it names
+    no checkpoint.
     """
     if cfg.from_resume:
         try:
@@ -325,16 +327,21 @@ def load_start(cfg: TrainConfig, require_weight: str | None = None) -> Start:
             parent = ckpt["meta"].get("parent")
             return Start(model, tok, resume=ckpt, parent=parent)
     if cfg.from_weight:
-        path = resolve_weight(cfg.from_weight, cfg.save_dir, cfg.hidden_size)
+        try:
+            path = resolve_weight(cfg.from_weight, cfg.save_dir, cfg.hidden_size)
+        except UserError as e:
+            if require_weight is None:
+                raise
+            raise UserError(require_weight(str(e))) from None
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, path)
         _check_arch_flags(cfg, model.config, path)
         tok = tokenizer_from_dict(ckpt["tokenizer"])
         _check_tokenizer_flag(cfg, tok, path)
-        meta = {**ckpt["meta"], "path": str(path), "optimizer_available": False}
+        meta = {**ckpt["meta"], "path": str(path)}
         return Start(model, tok, parent=meta, parent_path=path)
-    if require_weight:
-        raise UserError(require_weight)
+    if require_weight is not None:
+        raise UserError(require_weight(f"--from_weight is required; {available(cfg.save_dir)}"))
     tok = load_tokenizer(cfg.tokenizer_path or repo_path("out", "tokenizer"))
     model_cfg = ModelConfig(
         vocab_size=len(tok),
@@ -572,6 +579,7 @@ def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus |
             tok,
             {
                 "stage": stage.name,
+                "save_weight": cfg.save_weight,
                 "step": step,
                 "total_steps": total,
                 "final_lr": stage.lr_at(min(step, total) - 1, total) if step else stage.lr_at(0, total),
