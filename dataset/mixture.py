@@ -20,6 +20,7 @@ workers process batches and the main process consumes them in order.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -106,7 +107,7 @@ def _scan_json_lines(path: str) -> str | None:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                return f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})"
+                return f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})"
             if not isinstance(row, dict):
                 return f"{path}:{lineno}: expected one JSON object per line, got {type(row).__name__}"
     return None
@@ -122,7 +123,7 @@ def _first_bad_json_line(files: list[str]) -> str | None:
                 continue  # one JSON document: whatever went wrong, it was not the syntax
             except json.JSONDecodeError as e:
                 if not e.msg.startswith("Extra data"):  # "Extra data": JSON lines in a .json file
-                    return f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"
+                    return f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})"
             except UnicodeDecodeError as e:
                 return f"{path}: not UTF-8 ({e.reason})"
         bad = _scan_json_lines(path)
@@ -136,8 +137,27 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+@contextlib.contextmanager
+def _quiet_datasets_logs() -> Iterator[None]:
+    """Mute datasets' own error logs while loading: a failure becomes our one-line UserError."""
+    import datasets  # noqa: F401 - its import sets the level we override
+
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any, list[str]]:
     """``(datasets.Dataset, files)`` for a source or eval set; UserError on any failure."""
+    with _quiet_datasets_logs():
+        return _load_quietly(ref, where, cache_dir)
+
+
+def _load_quietly(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any, list[str]]:
     import datasets
 
     if ref.dataset:

@@ -68,9 +68,9 @@ def _story_lost(r: random.Random) -> str:
         f"One {r.choice(WEATHER)} day, {a} went to the {place} with {his} {toy}. "
         f"{he.capitalize()} played with it all morning. When it was time to go home, the {toy} was gone! "
         f"{a} looked everywhere, but {he} could not find it. {he.capitalize()} felt very {r.choice(['sad', 'worried', 'upset'])}.\n\n"
-        f"Then {a}'s friend {b} came by. \"What is wrong?\" asked {b}. \"I lost my {toy},\" said {a}. "
-        f"\"Let's look together,\" said {b}. They looked high and low. At last, {b} saw something {spot}. "
-        f"It was the {toy}!\n\n{a} hugged {b} and said, \"Thank you!\" {r.choice(LESSONS[:2] + LESSONS[4:])}"
+        f'Then {a}\'s friend {b} came by. "What is wrong?" asked {b}. "I lost my {toy}," said {a}. '
+        f'"Let\'s look together," said {b}. They looked high and low. At last, {b} saw something {spot}. '
+        f'It was the {toy}!\n\n{a} hugged {b} and said, "Thank you!" {r.choice(LESSONS[:2] + LESSONS[4:])}'
     )
 
 
@@ -80,7 +80,7 @@ def _story_share(r: random.Random) -> str:
     return (
         f"{a} had {n} {food} in a basket. {he.capitalize()} wanted to eat them all. "
         f"Then {a} saw {b} sitting alone in the {r.choice(PLACES)}. {b} looked hungry and {she2} had no snack.\n\n"
-        f"{a} thought for a moment. Then {he} walked over and said, \"Do you want some {food}?\" "
+        f'{a} thought for a moment. Then {he} walked over and said, "Do you want some {food}?" '
         f"{b} smiled a big smile. {a} gave {b} {n // 2} {food} and kept {n - n // 2} for {'himself' if he == 'he' else 'herself'}.\n\n"
         f"They ate the {food} together and talked about {r.choice(['clouds', 'animals', 'their favorite colors', 'boats', 'the moon'])}. "
         f"{a} felt warm inside. Sharing makes everyone happy."
@@ -93,10 +93,10 @@ def _story_fear(r: random.Random) -> str:
     parent = r.choice(["mom", "dad", "grandma", "grandpa"])
     return (
         f"{a} was afraid of {fear}. Every time {he} thought about it, {his} tummy felt funny. "
-        f"One {r.choice(['evening', 'morning', 'afternoon'])}, {a} told {his} {parent}, \"I am scared of {fear}.\"\n\n"
-        f"{his.capitalize()} {parent} sat down next to {a} and said, \"I know. But {reason}.\" "
+        f'One {r.choice(["evening", "morning", "afternoon"])}, {a} told {his} {parent}, "I am scared of {fear}."\n\n'
+        f'{his.capitalize()} {parent} sat down next to {a} and said, "I know. But {reason}." '
         f"{a} listened carefully. {he.capitalize()} took a deep breath. Then {he} tried again. "
-        f"This time {a} {action}.\n\n\"I did it!\" said {a}. {his.capitalize()} {parent} gave {a} a big hug. Being brave feels good."
+        f'This time {a} {action}.\n\n"I did it!" said {a}. {his.capitalize()} {parent} gave {a} a big hug. Being brave feels good.'
     )
 
 
@@ -115,7 +115,7 @@ def _story_animal(r: random.Random) -> str:
     return (
         f"{a} was walking in the {place} when {he} heard a small sound. "
         f"{he.capitalize()} looked down and saw a little {animal}. The {animal} was {trouble}.\n\n"
-        f"\"Don't worry, little {animal},\" said {a}. {he.capitalize()} {fix}. "
+        f'"Don\'t worry, little {animal}," said {a}. {he.capitalize()} {fix}. '
         f"The {animal} looked up at {a} and {r.choice(['wagged its tail', 'made a happy sound', 'jumped up and down', 'licked his hand' if he == 'he' else 'licked her hand'])}.\n\n"
         f"{a} named the {animal} {name}. From that day on, {name} and {a} were best friends. "
         f"They played in the {place} every day. Kindness is always a good idea."
@@ -128,8 +128,8 @@ def _story_skill(r: random.Random) -> str:
     tries = r.choice(["two", "three", "four", "five"])
     return (
         f"{a} wanted to {skill}. {he.capitalize()} tried once, but {he} {fail}. "
-        f"{a} felt {r.choice(['sad', 'cross', 'grumpy'])}. \"I can't do it,\" {he} said.\n\n"
-        f"{his.capitalize()} friend said, \"Try again. Everyone learns slowly.\" So {a} tried again. "
+        f'{a} felt {r.choice(["sad", "cross", "grumpy"])}. "I can\'t do it," {he} said.\n\n'
+        f'{his.capitalize()} friend said, "Try again. Everyone learns slowly." So {a} tried again. '
         f"And again. After {tries} tries, {a} {win}.\n\n"
         f"{a} was so proud. {he.capitalize()} learned that if you keep trying, you can do it."
     )
@@ -138,12 +138,20 @@ def _story_skill(r: random.Random) -> str:
 def _story_rain(r: random.Random) -> str:
     (a, he, _), (b, _, _) = r.sample(NAMES, 2)
     place = r.choice(PLACES)
-    game = r.choice(["built a fort with pillows", "drew pictures of the sun", "played hide and seek", "made a puppet show", "baked cookies"])
+    game = r.choice(
+        [
+            "built a fort with pillows",
+            "drew pictures of the sun",
+            "played hide and seek",
+            "made a puppet show",
+            "baked cookies",
+        ]
+    )
     return (
         f"{a} and {b} wanted to go to the {place}. But when they looked outside, it was raining. "
-        f"Big drops fell on the window. \"Oh no,\" said {b}. \"Now we can't play.\"\n\n"
-        f"{a} had an idea. \"We can play inside!\" So they {game}. They laughed and had lots of fun.\n\n"
-        f"When the rain stopped, they saw a rainbow over the {place}. \"Today was a good day after all,\" said {a}."
+        f'Big drops fell on the window. "Oh no," said {b}. "Now we can\'t play."\n\n'
+        f'{a} had an idea. "We can play inside!" So they {game}. They laughed and had lots of fun.\n\n'
+        f'When the rain stopped, they saw a rainbow over the {place}. "Today was a good day after all," said {a}.'
     )
 
 
@@ -159,8 +167,12 @@ def _code_tasks(r: random.Random) -> dict[str, str]:
     arg = r.choice(LIST_NAMES)
     k = r.randint(2, 9)
     sample = [r.randint(-5, 20) for _ in range(r.randint(3, 7))]
-    word = r.choice(["level", "python", "banana", "racecar", "kayak", "table", "noon", "garden", "stats", "window"])
-    text = r.choice(["the cat sat on the mat", "hello world", "a big red ball", "I like green apples", "the sun is hot"])
+    word = r.choice(
+        ["level", "python", "banana", "racecar", "kayak", "table", "noon", "garden", "stats", "window"]
+    )
+    text = r.choice(
+        ["the cat sat on the mat", "hello world", "a big red ball", "I like green apples", "the sun is hot"]
+    )
     n = r.randint(3, 12)
     kinds = [
         ("Write a Python function that returns the sum of a list of numbers.", "sum_list", f"def sum_list({arg}):\n    total = 0\n    for x in {arg}:\n        total += x\n    return total", sample),
@@ -223,33 +235,74 @@ def _choices(r: random.Random, answer: int, spread: int = 5) -> tuple[list[str],
 
 def _question(r: random.Random) -> dict:
     a, b = r.sample(NAMES, 2)
-    thing = r.choice(["apples", "marbles", "stickers", "pencils", "shells", "cards", "stamps", "balloons", "books", "coins"])
+    thing = r.choice(
+        [
+            "apples",
+            "marbles",
+            "stickers",
+            "pencils",
+            "shells",
+            "cards",
+            "stamps",
+            "balloons",
+            "books",
+            "coins",
+        ]
+    )
     x, y = r.randint(2, 20), r.randint(2, 12)
     kind = r.randrange(9)
     if kind == 0:
-        q, ans, subject = f"{a[0]} has {x} {thing}. {a[1].capitalize()} gets {y} more. How many {thing} does {a[0]} have now?", x + y, "smoke_addition"
+        q, ans, subject = (
+            f"{a[0]} has {x} {thing}. {a[1].capitalize()} gets {y} more. How many {thing} does {a[0]} have now?",
+            x + y,
+            "smoke_addition",
+        )
     elif kind == 1:
         big = x + y
-        q, ans, subject = f"{a[0]} has {big} {thing} and gives {y} of them to {b[0]}. How many {thing} does {a[0]} have left?", x, "smoke_subtraction"
+        q, ans, subject = (
+            f"{a[0]} has {big} {thing} and gives {y} of them to {b[0]}. How many {thing} does {a[0]} have left?",
+            x,
+            "smoke_subtraction",
+        )
     elif kind == 2:
         rows = r.randint(2, 9)
-        q, ans, subject = f"There are {rows} boxes with {y} {thing} in each box. How many {thing} are there in all?", rows * y, "smoke_multiplication"
+        q, ans, subject = (
+            f"There are {rows} boxes with {y} {thing} in each box. How many {thing} are there in all?",
+            rows * y,
+            "smoke_multiplication",
+        )
     elif kind == 3:
         kids = r.randint(2, 6)
         total = kids * r.randint(2, 9)
-        q, ans, subject = f"{a[0]} shares {total} {thing} equally among {kids} friends. How many {thing} does each friend get?", total // kids, "smoke_division"
+        q, ans, subject = (
+            f"{a[0]} shares {total} {thing} equally among {kids} friends. How many {thing} does each friend get?",
+            total // kids,
+            "smoke_division",
+        )
     elif kind == 4:
         price, count = r.randint(1, 9), r.randint(2, 8)
         item = r.choice(["pencil", "sticker", "apple", "toy car", "notebook", "balloon"])
-        q, ans, subject = f"One {item} costs {price} dollars. How many dollars do {count} of them cost?", price * count, "smoke_money"
+        q, ans, subject = (
+            f"One {item} costs {price} dollars. How many dollars do {count} of them cost?",
+            price * count,
+            "smoke_money",
+        )
     elif kind == 5:
         start, hours = r.randint(1, 8), r.randint(1, 4)
         event = r.choice(["A movie", "A party", "A game", "A school trip", "A concert"])
-        q, ans, subject = f"{event} starts at {start} o'clock and lasts {hours} hours. At what o'clock does it end?", start + hours, "smoke_time"
+        q, ans, subject = (
+            f"{event} starts at {start} o'clock and lasts {hours} hours. At what o'clock does it end?",
+            start + hours,
+            "smoke_time",
+        )
     elif kind == 6:
         step, first = r.randint(2, 6), r.randint(1, 10)
         seq = [first + step * i for i in range(4)]
-        q, ans, subject = f"What number comes next: {', '.join(map(str, seq))}, ...?", first + step * 4, "smoke_patterns"
+        q, ans, subject = (
+            f"What number comes next: {', '.join(map(str, seq))}, ...?",
+            first + step * 4,
+            "smoke_patterns",
+        )
     elif kind == 7:
         z = r.randint(1, min(x + y, 9))
         q, ans, subject = (
@@ -261,7 +314,12 @@ def _question(r: random.Random) -> dict:
         nums = r.sample(range(1, 60), 4)
         q = f"Which number is the {'largest' if x % 2 else 'smallest'}?"
         ans_val = max(nums) if x % 2 else min(nums)
-        return {"question": q + f" ({', '.join(map(str, nums))})", "choices": [str(v) for v in nums], "answer": nums.index(ans_val), "subject": "smoke_comparison"}
+        return {
+            "question": q + f" ({', '.join(map(str, nums))})",
+            "choices": [str(v) for v in nums],
+            "answer": nums.index(ans_val),
+            "subject": "smoke_comparison",
+        }
     choices, index = _choices(r, ans)
     return {"question": q, "choices": choices, "answer": index, "subject": subject}
 

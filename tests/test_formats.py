@@ -44,7 +44,9 @@ def test_alpaca_real_rows_with_and_without_input():
         f"\n\n### Response:\n{with_input['output'].strip()}"
     )
     assert "### Input:" not in render_row(without, spec)
-    assert render_row({"instruction": "Say hi.", "output": "hi"}, spec) == render_alpaca("Say hi.", None, "hi")
+    assert render_row({"instruction": "Say hi.", "output": "hi"}, spec) == render_alpaca(
+        "Say hi.", None, "hi"
+    )
 
 
 def test_template_and_text_formats():

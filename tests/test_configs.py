@@ -1,0 +1,97 @@
+"""Every YAML shipped under config/ loads and validates (litgpt's config-hub test).
+
+Each top folder of config/ registers its loader in VALIDATORS; a loader takes the path
+and raises on anything invalid (unknown keys included). A YAML in a folder without a
+validator fails, so no config goes unchecked. To add a folder (e.g. config/experiments/):
+
+    from trainer.experiments import load_experiment_config
+    VALIDATORS["experiments"] = load_experiment_config
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dataset.mixture import load_mixture_config
+from trainer.paths import REPO_ROOT
+
+CONFIG_DIR = REPO_ROOT / "config"
+
+VALIDATORS: dict[str, Callable[[Path], object]] = {
+    "data": load_mixture_config,
+}
+
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(CONFIG_DIR))
+
+
+def test_configs_exist():
+    assert any(p.relative_to(CONFIG_DIR).parts[0] == "data" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=_id)
+def test_config_validates(path: Path):
+    folder = path.relative_to(CONFIG_DIR).parts[0]
+    validator = VALIDATORS.get(folder)
+    assert validator is not None, (
+        f"{_id(path)}: no validator for config/{folder}/; register one in tests/test_configs.py"
+    )
+    validator(path)
+
+
+def test_midtrain_default_is_the_mixture_we_were_asked_for():
+    config = load_mixture_config(CONFIG_DIR / "data" / "midtrain" / "phase1" / "default.yaml")
+    assert config.name == "midtrain_phase1_default"
+    assert config.total_samples == 100_000 and config.val_ratio == 0.05 and config.dedup
+    by_name = {s.name: s for s in config.sources}
+    replay, code, reasoning = by_name["replay"], by_name["code"], by_name["reasoning"]
+    assert (replay.dataset, replay.ratio, replay.filters["length"], replay.filters["quality"]) == (
+        "roneneldan/TinyStories",
+        0.3,
+        {"min": 100, "max": 2000},
+        {"threshold": 0.3},
+    )
+    assert (code.dataset, code.format.format, code.ratio) == (
+        "iamtarun/python_code_instructions_18k_alpaca",
+        "alpaca",
+        0.35,
+    )
+    assert code.filters == {
+        "length": {"min": 50, "max": 2000},
+        "quality": {"threshold": 0.2},
+        "code_quality": {"threshold": 0.1},
+    }
+    assert code.max_repeats >= 2  # 35,000 rows from 18,612
+    assert (reasoning.dataset, reasoning.subset, reasoning.format.format) == (
+        "cais/mmlu",
+        "auxiliary_train",
+        "mmlu",
+    )
+    evals = {(e.dataset, e.split) for e in config.decontaminate}
+    assert evals == {("cais/mmlu", "test"), ("cais/mmlu", "validation"), ("cais/mmlu", "dev")}
+
+
+def test_local_variants_point_at_shared_data():
+    for rel in ("midtrain/phase1/local.yaml", "pretrain/local.yaml"):
+        config = load_mixture_config(CONFIG_DIR / "data" / rel)
+        for ref in [*config.sources, *config.decontaminate]:
+            for pattern in ref.data_files:
+                assert Path(pattern).is_relative_to(REPO_ROOT.parent / "shared" / "data"), pattern
+    names = [
+        s.name
+        for s in load_mixture_config(CONFIG_DIR / "data" / "midtrain" / "phase1" / "local.yaml").sources
+    ]
+    assert names == ["replay", "code", "reasoning"]
+
+
+def test_default_names_follow_the_path():
+    names = {_id(p): load_mixture_config(p).name for p in CONFIGS if _id(p).startswith("data/")}
+    assert names["data/demo.yaml"] == "demo"
+    assert names["data/pretrain/local.yaml"] == "pretrain_local"
+    assert names["data/midtrain/phase1/local.yaml"] == "midtrain_phase1_local"
