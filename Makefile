@@ -30,6 +30,24 @@ format: install
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The whole pipeline on the smoke sample shipped in dataset/demo/ (generated, not real data):
+# prepare -> tokenizer -> pretrain -> midtrain -> side-by-side evaluation. Artifacts under out/demo/.
+DEMO_MODEL := --hidden_size 128 --num_hidden_layers 4 --num_attention_heads 4 --num_key_value_heads 2
+DEMO_RUN := --max_seq_len 256 --batch_size 16 --log_interval 10 --save_dir $(DEMO) --checkpoint_dir $(DEMO)/checkpoints --cache_dir $(DEMO)/cache
+demo: install
+	$(BIN)/python scripts/prepare_dataset.py --config config/data/pretrain/demo.yaml --output_dir $(DEMO)/data --overwrite
+	$(BIN)/python scripts/prepare_dataset.py --config config/data/demo.yaml --output_dir $(DEMO)/data --overwrite
+	$(BIN)/python scripts/train_tokenizer.py --data_path $(DEMO)/data/pretrain_demo_train.jsonl \
+		--data_path $(DEMO)/data/demo_train.jsonl --vocab_size 2048 --output_dir $(DEMO)/tokenizer
+	$(BIN)/python trainer/train_pretrain.py --data_path $(DEMO)/data/pretrain_demo_train.jsonl \
+		--val_path $(DEMO)/data/pretrain_demo_val.jsonl --tokenizer_path $(DEMO)/tokenizer $(DEMO_MODEL) $(DEMO_RUN) \
+		--epochs 3 --learning_rate 2e-3 --eval_interval 25
+	$(BIN)/python trainer/train_midtrain.py --data_config config/data/demo.yaml --use_prepared --prepared_dir $(DEMO)/data \
+		--from_weight pretrain $(DEMO_RUN) --epochs 2 --learning_rate 1e-3 --eval_interval 15
+	$(BIN)/python eval_llm.py --save_dir $(DEMO) --weight pretrain --weight midtrain \
+		--val_path $(DEMO)/data/demo_val.jsonl --output $(DEMO)/eval/demo.json
+	@echo "demo artifacts: data $(DEMO)/data | tokenizer $(DEMO)/tokenizer | weights $(DEMO)/*.pth | resume $(DEMO)/checkpoints | eval $(DEMO)/eval"
+
 bench: install
 	$(BIN)/python scripts/bench_train.py
 

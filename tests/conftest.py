@@ -46,11 +46,22 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 600, check: b
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
-TINY_MODEL = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
+TINY_MODEL = [
+    "--hidden_size",
+    "64",
+    "--num_hidden_layers",
+    "2",
+    "--num_attention_heads",
+    "4",
+    "--num_key_value_heads",
+    "2",
+]
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +70,14 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     run_script(
         "scripts/train_tokenizer.py",
-        "--data_path", str(shared_file("tinystories", "train_v1_first2MiB.jsonl")),
-        "--vocab_size", "1024",
-        "--max_docs", "1500",
-        "--output_dir", str(out),
+        "--data_path",
+        str(shared_file("tinystories", "train_v1_first2MiB.jsonl")),
+        "--vocab_size",
+        "1024",
+        "--max_docs",
+        "1500",
+        "--output_dir",
+        str(out),
     )
     return out
 
@@ -73,12 +88,32 @@ def pretrained(tmp_path_factory, tokenizer_dir) -> Path:
     out = tmp_path_factory.mktemp("pretrained")
     run_script(
         "trainer/train_pretrain.py",
-        "--data_path", str(shared_file("tinystories", "train_v1_first2MiB.jsonl")),
-        "--val_path", str(shared_file("tinystories", "validation_first1000.jsonl")),
-        "--tokenizer_path", str(tokenizer_dir),
+        "--data_path",
+        str(shared_file("tinystories", "train_v1_first2MiB.jsonl")),
+        "--val_path",
+        str(shared_file("tinystories", "validation_first1000.jsonl")),
+        "--tokenizer_path",
+        str(tokenizer_dir),
         *TINY_MODEL,
-        "--max_seq_len", "128", "--batch_size", "16", "--max_steps", "60",
-        "--learning_rate", "3e-3", "--eval_interval", "30", "--eval_batches", "4", "--log_interval", "10",
-        "--save_dir", str(out), "--checkpoint_dir", str(out / "ckpt"), "--cache_dir", str(out / "cache"),
+        "--max_seq_len",
+        "128",
+        "--batch_size",
+        "16",
+        "--max_steps",
+        "60",
+        "--learning_rate",
+        "3e-3",
+        "--eval_interval",
+        "30",
+        "--eval_batches",
+        "4",
+        "--log_interval",
+        "10",
+        "--save_dir",
+        str(out),
+        "--checkpoint_dir",
+        str(out / "ckpt"),
+        "--cache_dir",
+        str(out / "cache"),
     )
     return out

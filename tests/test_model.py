@@ -7,20 +7,36 @@ from model.hf import to_llama
 
 
 def small_config(**kw) -> ModelConfig:
-    return ModelConfig(**{"vocab_size": 512, "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 8,
-                          "num_key_value_heads": 2, "max_position_embeddings": 256, **kw})
+    return ModelConfig(
+        **{
+            "vocab_size": 512,
+            "hidden_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+            **kw,
+        }
+    )
 
 
 def test_default_config_is_the_26m_model():
     cfg = ModelConfig()
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.vocab_size) == (512, 8, 8, 6400)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.vocab_size) == (
+        512,
+        8,
+        8,
+        6400,
+    )
     assert cfg.num_key_value_heads < cfg.num_attention_heads and cfg.tie_word_embeddings and cfg.dropout == 0
     model = MiniGPTForCausalLM(cfg)
     assert model.num_params() == cfg.num_params()
     assert 25e6 < cfg.num_params() < 27e6
 
 
-@pytest.mark.parametrize("cfg", [ModelConfig(), small_config(tie_word_embeddings=False)], ids=["default", "untied"])
+@pytest.mark.parametrize(
+    "cfg", [ModelConfig(), small_config(tie_word_embeddings=False)], ids=["default", "untied"]
+)
 def test_logits_match_transformers_llama(cfg):
     torch.manual_seed(0)
     model = MiniGPTForCausalLM(cfg).eval()

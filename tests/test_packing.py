@@ -21,7 +21,11 @@ def mixed_file(tmp_path, n=300):
     with open(shared_file("tinystories", "validation_first1000.jsonl")) as f:
         rows += [{"text": json.loads(line)["text"], "source": "replay"} for line in list(f)[:n]]
     with open(shared_file("code_instructions", "code_alpaca_2k.jsonl")) as f:
-        rows += [{"text": json.loads(line)["output"], "source": "code"} for line in list(f)[:n] if json.loads(line)["output"]]
+        rows += [
+            {"text": json.loads(line)["output"], "source": "code"}
+            for line in list(f)[:n]
+            if json.loads(line)["output"]
+        ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, rows
@@ -32,7 +36,11 @@ def test_packing_uses_every_token_exactly_once(tmp_path, tok):
     corpus = build_packed([path], tok, seq_len=64, cache_dir=tmp_path / "cache")
     expected = []
     for r in rows:
-        expected += [tok.bos_token_id, *tok(r["text"], add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        expected += [
+            tok.bos_token_id,
+            *tok(r["text"], add_special_tokens=False)["input_ids"],
+            tok.eos_token_id,
+        ]
     assert corpus.num_tokens == len(expected)
     targets, inputs = [], []
     for i in range(corpus.num_rows):
@@ -62,8 +70,12 @@ def test_cache_is_keyed_by_content_tokenizer_and_length(tmp_path, tok):
 
 
 def test_sampler_is_deterministic_and_splits_ranks_like_one_big_batch():
-    one = list(StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200))
-    again = list(StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200))
+    one = list(
+        StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200)
+    )
+    again = list(
+        StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200)
+    )
     assert one == again
     r0 = list(StepSampler(1000, 4, 2, world_size=2, rank=0, seed=3, total_steps=200))
     r1 = list(StepSampler(1000, 4, 2, world_size=2, rank=1, seed=3, total_steps=200))

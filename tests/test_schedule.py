@@ -55,5 +55,9 @@ def test_anneal_edges():
 @pytest.mark.parametrize("total", [1, 2, 3])
 def test_tiny_runs_stay_finite(total):
     for s in range(total):
-        for v in (get_midtrain_lr(s, total, LR, 0.5), get_pretrain_lr(s, total, LR, 0.5), get_wsd_lr(s, total, LR, 0.5, 0.5)):
+        for v in (
+            get_midtrain_lr(s, total, LR, 0.5),
+            get_pretrain_lr(s, total, LR, 0.5),
+            get_wsd_lr(s, total, LR, 0.5, 0.5),
+        ):
             assert math.isfinite(v) and 0 < v <= LR

@@ -18,10 +18,27 @@ def metrics(folder, stem="pretrain_64"):
 
 def pretrain_args(tokenizer_dir, out, *extra):
     return [
-        "trainer/train_pretrain.py", "--data_path", str(shared_file(*STORIES.split("/"))),
-        "--tokenizer_path", str(tokenizer_dir), *TINY_MODEL, "--max_seq_len", "64", "--batch_size", "8",
-        "--save_dir", str(out), "--checkpoint_dir", str(out), "--cache_dir", str(out / "cache"),
-        "--log_interval", "1", "--eval_interval", "0", *extra,
+        "trainer/train_pretrain.py",
+        "--data_path",
+        str(shared_file(*STORIES.split("/"))),
+        "--tokenizer_path",
+        str(tokenizer_dir),
+        *TINY_MODEL,
+        "--max_seq_len",
+        "64",
+        "--batch_size",
+        "8",
+        "--save_dir",
+        str(out),
+        "--checkpoint_dir",
+        str(out),
+        "--cache_dir",
+        str(out / "cache"),
+        "--log_interval",
+        "1",
+        "--eval_interval",
+        "0",
+        *extra,
     ]
 
 
@@ -31,7 +48,9 @@ def test_tiny_pretrain_lowers_val_loss(pretrained):
     assert evals[-1]["loss_all"] < evals[0]["loss_all"] - 1.0, evals
     train = [r for r in metrics(pretrained) if r["kind"] == "train"]
     assert all(r["tokens_per_sec"] > 0 and 0 < r["mfu"] < 1 for r in train)
-    assert (pretrained / "pretrain_64.pth").is_file() and (pretrained / "ckpt" / "pretrain_64_resume.pth").is_file()
+    assert (pretrained / "pretrain_64.pth").is_file() and (
+        pretrained / "ckpt" / "pretrain_64_resume.pth"
+    ).is_file()
 
 
 def test_checkpoint_is_self_describing_and_reloads_identically(pretrained, tmp_path):
@@ -44,7 +63,15 @@ def test_checkpoint_is_self_describing_and_reloads_identically(pretrained, tmp_p
         assert torch.equal(model(x), resumed(x))
     # save -> load round trip of a fresh model
     torch.manual_seed(1)
-    fresh = MiniGPTForCausalLM(ModelConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    fresh = MiniGPTForCausalLM(
+        ModelConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     atomic_torch_save(weights_state(fresh, tok, {"stage": "test"}), tmp_path / "m.pth")
     again, tok2, _ = load_model(tmp_path / "m.pth")
     with torch.no_grad():
@@ -54,7 +81,10 @@ def test_checkpoint_is_self_describing_and_reloads_identically(pretrained, tmp_p
 
 def test_wandb_offline_writes_run_files(tokenizer_dir, tmp_path):
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
-    run_script(*pretrain_args(tokenizer_dir, tmp_path, "--max_steps", "3", "--use_wandb", "--wandb_project", "t"), env=env)
+    run_script(
+        *pretrain_args(tokenizer_dir, tmp_path, "--max_steps", "3", "--use_wandb", "--wandb_project", "t"),
+        env=env,
+    )
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     records = list(runs[0].glob("run-*.wandb"))
@@ -71,8 +101,16 @@ def test_ddp_gloo_matches_single_process(tokenizer_dir, tmp_path):
     run_script(*pretrain_args(tokenizer_dir, single, *common))
     args = pretrain_args(tokenizer_dir, ddp, *common)
     args[args.index("--batch_size") + 1] = "4"
-    run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", *args,
-               env={"OMP_NUM_THREADS": "1"})
+    run_script(
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        *args,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     a = [r["loss"] for r in metrics(single) if r["kind"] == "train"]
     b = [r["loss"] for r in metrics(ddp) if r["kind"] == "train"]
     assert len(a) == len(b) == 4
@@ -126,7 +164,9 @@ def test_bad_inputs_give_one_line_and_exit_2(tokenizer_dir, tmp_path, pretrained
     torch.save(ckpt, tmp_path / "other_64.pth")
     assert "do not match the model config" in bad(*args, "--from_weight", str(tmp_path / "other_64.pth"))
     # an architecture flag that disagrees with the checkpoint
-    assert "--hidden_size 128 does not match" in bad(*args, "--from_weight", str(pretrained / "pretrain_64.pth"), "--hidden_size", "128")
+    assert "--hidden_size 128 does not match" in bad(
+        *args, "--from_weight", str(pretrained / "pretrain_64.pth"), "--hidden_size", "128"
+    )
     # a file that is not a checkpoint at all
     (tmp_path / "junk.pth").write_bytes(b"not a zip file")
     assert "not a readable checkpoint" in bad(*args, "--from_weight", str(tmp_path / "junk.pth"))
