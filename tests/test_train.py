@@ -2,12 +2,11 @@ import json
 import os
 import shutil
 
-import pytest
 import torch
 
 from model import MiniGPTForCausalLM, ModelConfig
-from trainer.checkpoint import atomic_torch_save, load_model, weights_state
 from tests.conftest import TINY_MODEL, run_script, shared_file
+from trainer.checkpoint import atomic_torch_save, load_model, weights_state
 
 STORIES = "tinystories/train_v1_first2MiB.jsonl"
 

@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 
 from dataset.mixture import load_mixture_config, prepare_mixture, prepared_paths
-
 from dataset.packed import build_packed
 from model.errors import UserError
 from trainer import dist, engine
