@@ -84,6 +84,8 @@ class TrainConfig:
     save_interval: int
     eval_interval: int
     eval_batches: int
+    early_eval_steps: int
+    early_eval_interval: int
     use_wandb: bool
     wandb_project: str
     wandb_run_name: str | None
@@ -234,6 +236,13 @@ def engine_parser(
         help="validation loss per source every N steps (0: only at start and end)",
     )
     g.add_argument("--eval_batches", type=int, default=20, help="validation batches per evaluation")
+    g.add_argument(
+        "--early_eval_steps",
+        type=int,
+        default=0,
+        help="also evaluate every --early_eval_interval steps during the first N steps (to see an early loss spike)",
+    )
+    g.add_argument("--early_eval_interval", type=int, default=1)
     g.add_argument("--use_wandb", action="store_true")
     g.add_argument("--wandb_project", default=wandb_project)
     g.add_argument("--wandb_run_name", default=None)
@@ -718,7 +727,10 @@ def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus |
             )
             interval_tokens, interval_t0 = 0, time.perf_counter()
         pause_t0 = time.perf_counter()
-        if cfg.eval_interval and step % cfg.eval_interval == 0 and step < total:
+        if step < total and (
+            (cfg.eval_interval and step % cfg.eval_interval == 0)
+            or (step <= cfg.early_eval_steps and step % cfg.early_eval_interval == 0)
+        ):
             run_eval()
         if cfg.save_interval and step % cfg.save_interval == 0 and step < stop_at:
             save(final=False)
