@@ -107,7 +107,7 @@ class TrainConfig:
             "accumulation_steps",
             "max_seq_len",
             "log_interval",
-            "eval_batches",
+            "early_eval_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -115,6 +115,10 @@ class TrainConfig:
         for name in ("max_steps", "stop_after"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.eval_batches < 0:
+            raise UserError(
+                f"--eval_batches must be >= 0 (0: the whole validation set), got {self.eval_batches}"
+            )
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
@@ -235,7 +239,12 @@ def engine_parser(
         default=100,
         help="validation loss per source every N steps (0: only at start and end)",
     )
-    g.add_argument("--eval_batches", type=int, default=20, help="validation batches per evaluation")
+    g.add_argument(
+        "--eval_batches",
+        type=int,
+        default=20,
+        help="validation batches per evaluation (0: the whole validation set)",
+    )
     g.add_argument(
         "--early_eval_steps",
         type=int,
@@ -391,9 +400,8 @@ def evaluate(
     n_src = len(corpus.source_names)
     sums = torch.zeros(n_src + 1, dtype=torch.float64)
     counts = torch.zeros(n_src + 1, dtype=torch.float64)
-    rows = list(range(min(corpus.num_rows, batch_size * max_batches)))[
-        session.dist.rank :: session.dist.world_size
-    ]
+    n_rows = corpus.num_rows if max_batches == 0 else min(corpus.num_rows, batch_size * max_batches)
+    rows = list(range(n_rows))[session.dist.rank :: session.dist.world_size]
     ds = PackedDataset(corpus)
     for i in range(0, len(rows), batch_size):
         x, y, s = (torch.stack(t) for t in zip(*(ds[j] for j in rows[i : i + batch_size]), strict=True))

@@ -124,7 +124,7 @@ def make_schedule(args, cfg: engine.TrainConfig, start: engine.Start):
     return partial(get_anneal_lr, start_lr=final_lr), banner
 
 
-def main() -> None:
+def build_parser():
     p = engine.engine_parser(
         __doc__,
         save_weight="midtrain",
@@ -152,6 +152,11 @@ def main() -> None:
         choices=("rewarm", "wsd", "anneal"),
         help="rewarm: LR/10 -> LR -> LR/10 cosine; wsd: warmup, constant, linear decay; anneal: pretrain's final LR -> 0",
     )
+    g.add_argument(
+        "--val_path",
+        default=None,
+        help="evaluate on this JSONL ({text, source} rows) instead of the mixture's val split, e.g. one held-out set shared by several runs",
+    )
     g.add_argument("--decay_ratio", type=float, default=0.2, help="wsd: fraction of steps in the final decay")
     g.add_argument(
         "--optimizer_state",
@@ -159,6 +164,11 @@ def main() -> None:
         choices=("fresh", "pretrain"),
         help="fresh AdamW moments, or carry over the pretrain run's (from its resume checkpoint)",
     )
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
     cfg = engine.TrainConfig.from_args(args)
     if not 0 < args.decay_ratio <= 1:
@@ -182,7 +192,7 @@ def main() -> None:
             else None
         )
         train = build_packed([train_path], start.tokenizer, cfg.max_seq_len, cfg.cache_dir)
-        val = build_packed([val_path], start.tokenizer, cfg.max_seq_len, cfg.cache_dir)
+        val = build_packed([args.val_path or val_path], start.tokenizer, cfg.max_seq_len, cfg.cache_dir)
         stage = engine.Stage(
             name="midtrain",
             lr_at=lr_at,

@@ -16,7 +16,7 @@ from trainer.cli import run
 from trainer.schedule import get_pretrain_lr, warmup_steps_for
 
 
-def main() -> None:
+def build_parser():
     p = engine.engine_parser(
         __doc__,
         save_weight="pretrain",
@@ -30,6 +30,11 @@ def main() -> None:
     p.add_argument(
         "--val_path", action="append", default=None, help="validation JSONL (default: no validation)"
     )
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
     cfg = engine.TrainConfig.from_args(args)
     data_paths = check_data_files(args.data_path)
