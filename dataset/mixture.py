@@ -21,6 +21,7 @@ workers process batches and the main process consumes them in order.
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import hashlib
 import json
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 BATCH_SIZE = 1000
+LOAD_CHUNK_BYTES = 1 << 20
 BYTES_PER_TOKEN = 4  # rough English BPE average; exact counts come after tokenization
 HUB_HINT = (
     "check the id and your network, or download the data and point data_files: at the local "
@@ -172,7 +174,12 @@ def _load_quietly(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any,
         return ds, []
     files = _expand_files(ref, where)
     try:
-        ds = datasets.load_dataset(ref.builder, data_files=files, split="train", cache_dir=cache_dir)
+        # 1 MB read chunks (datasets' default is 10 MB): the one-time JSON -> Arrow conversion
+        # then peaks at ~20 MB whatever the file size, and runs as fast (measured).
+        chunks = {"chunksize": LOAD_CHUNK_BYTES} if ref.builder in ("json", "text") else {}
+        ds = datasets.load_dataset(
+            ref.builder, data_files=files, split="train", cache_dir=cache_dir, **chunks
+        )
     except Exception as e:  # noqa: BLE001 - reported as one line below
         bad = _first_bad_json_line(files) if ref.builder == "json" else None
         if bad:
@@ -295,29 +302,105 @@ class _Runner:
                 yield local_fn(*task)
             return
         pending: deque = deque()
-        for task in tasks:
-            pending.append(self.pool.apply_async(fn, task))
-            if len(pending) >= 2 * self.num_proc:
+        try:
+            for task in tasks:
+                pending.append(self.pool.apply_async(fn, task))
+                if len(pending) >= 2 * self.num_proc:
+                    yield pending.popleft().get()
+            while pending:
                 yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        finally:
+            # The consumer may stop early (a source has its rows): let the few batches in
+            # flight finish, so no worker is left blocked writing a result nobody reads.
+            for result in pending:
+                result.wait(timeout=60)  # bounded: a worker killed by Ctrl-C never answers
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+    def terminate(self) -> None:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
 
+    def __enter__(self) -> _Runner:
+        return self
 
-def _batches(ds: Any, columns: list[str], order: np.ndarray | None) -> Iterator[dict[str, list]]:
-    """Column dicts of BATCH_SIZE rows, in ``order`` (row indices) or in storage order."""
-    view = ds.select_columns(columns)
-    n = len(view) if order is None else len(order)
-    for start in range(0, n, BATCH_SIZE):
-        if order is None:
-            yield view[start : start + BATCH_SIZE]
+    def __exit__(self, exc_type, *_) -> None:
+        # Graceful shutdown normally; on errors (and Ctrl-C) do not wait for the workers.
+        if exc_type is None:
+            self.close()
         else:
-            yield view[order[start : start + BATCH_SIZE].tolist()]
+            self.terminate()
+
+
+def draw_run(n_rows: int) -> int:
+    """How many consecutive rows are drawn together from a source of ``n_rows`` rows.
+
+    Arrow files are memory-mapped and every page fault maps ~64 KB around it, so rows
+    drawn one by one from a large file would map most of the file. Runs of up to 64
+    consecutive rows (n / 1024, at least 1) keep the pages touched proportional to the
+    rows used. The rows kept are shuffled afterwards, so only the sample, not the output
+    order, is clustered: ~1,000 or more random places per source.
+    """
+    return max(1, min(64, n_rows // 1024))
+
+
+def _row_order(n_rows: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Row indices in a seeded random order (random runs of :func:`draw_run` rows), ~BATCH_SIZE at a time."""
+    run = draw_run(n_rows)
+    starts = rng.permutation(-(-n_rows // run)) * run
+    per_batch = max(1, BATCH_SIZE // run)
+    for i in range(0, len(starts), per_batch):
+        idx = (starts[i : i + per_batch, None] + np.arange(run)).ravel()
+        yield idx[idx < n_rows]
+
+
+class _RowReader:
+    """Reads rows of a memory-mapped dataset, re-mapping its Arrow files every REMAP_ROWS rows.
+
+    Every page of an Arrow file that is read stays mapped, and counted in resident
+    memory, for as long as the mapping lives. Opening the files afresh from time to time
+    drops those pages, so memory stays flat however large the input is.
+    """
+
+    REMAP_ROWS = 2_000
+
+    def __init__(self, ds: Any, columns: list[str]):
+        self.ds, self.columns = ds, columns
+        files = [f["filename"] for f in ds.cache_files or []]
+        self.remappable = bool(files) and ds._indices is None and all(os.path.exists(f) for f in files)
+        self.files = files
+        self.view = ds.select_columns(columns)
+        self.since_remap = 0
+
+    def _remap(self) -> None:
+        import datasets
+
+        self.view = None
+        gc.collect()  # datasets' table objects sit in reference cycles: free the old mapping now
+        parts = [datasets.Dataset.from_file(f, info=self.ds.info, split=self.ds.split) for f in self.files]
+        fresh = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        self.view = fresh.select_columns(self.columns)
+        self.since_remap = 0
+
+    def __getitem__(self, key: slice | list[int]) -> dict[str, list]:
+        if self.remappable and self.since_remap >= self.REMAP_ROWS:
+            self._remap()
+        rows = self.view[key]
+        self.since_remap += len(next(iter(rows.values()))) if rows else 0
+        return rows
+
+
+def _batches(ds: Any, columns: list[str]) -> Iterator[dict[str, list]]:
+    """Column dicts of BATCH_SIZE rows in storage order."""
+    reader = _RowReader(ds, columns)
+    for start in range(0, len(ds), BATCH_SIZE):
+        yield reader[start : start + BATCH_SIZE]
 
 
 # ---------------------------------------------------------------------------- stages
@@ -335,7 +418,7 @@ def _build_evalset(
         ds, files = _load(ref, where, cache_dir)
         columns = _check_columns(ds, ref, where)
         bar = tqdm(total=len(ds), desc=f"eval set {ref.label}"[:40], unit="row", disable=None, leave=False)
-        tasks = ((rows, ref.format, config.decontaminate_ngram) for rows in _batches(ds, columns, None))
+        tasks = ((rows, ref.format, config.decontaminate_ngram) for rows in _batches(ds, columns))
         offset = 0
         for hashes, errors in runner.map(eval_batch, eval_batch, tasks):
             for j, err in enumerate(errors):
@@ -386,27 +469,33 @@ def _select_source(
     ds, files = _load(source, where, cache_dir)
     columns = _check_columns(ds, source, where)
     rng = np.random.default_rng(_source_seed(config.seed, source.name))
-    order = rng.permutation(len(ds))
 
     dropped = dict.fromkeys(("empty", *source.filters), 0)
-    stats = {"decontaminated": 0, "duplicates": 0, "errors": 0}
+    stats = {"decontaminated": 0, "duplicates": 0}
     texts: list[str] = []
     hashes: list[int] = []
     own: set[int] = set()
     read = 0
-    bar = tqdm(total=needed, desc=f"{source.name}"[:24], unit="row", disable=None, leave=False)
-    tasks = ((rows, source.format, source.filters) for rows in _batches(ds, columns, order))
+    in_flight: deque[np.ndarray] = deque()  # row indices of the batches handed out, in order
+
+    def tasks() -> Iterator[tuple]:
+        reader = _RowReader(ds, columns)
+        for idx in _row_order(len(ds), rng):
+            in_flight.append(idx)
+            yield reader[idx.tolist()], source.format, source.filters
 
     def local(rows: dict[str, list], spec: FormatSpec, filters: dict) -> list:
         return process_batch(rows, spec, filters, runner.evalset)
 
-    results = runner.map(_pool_process_batch, local, tasks)
+    bar = tqdm(total=needed, desc=f"{source.name}"[:24], unit="row", disable=None, leave=False)
+    results = runner.map(_pool_process_batch, local, tasks())
     try:
         for batch in results:
-            for verdict, text, h in batch:
+            idx = in_flight.popleft()
+            for j, (verdict, text, h) in enumerate(batch):
                 if verdict.startswith("error"):
                     raise UserError(
-                        f"{where} ({source.label}): row {int(order[read])}: {verdict[7:]}; "
+                        f"{where} ({source.label}): row {int(idx[j])}: {verdict[7:]}; "
                         "fix the data or the source's format/text_field"
                     )
                 read += 1
@@ -420,9 +509,9 @@ def _select_source(
                     own.add(h)
                     texts.append(text)  # type: ignore[arg-type]
                     hashes.append(h)
-                    bar.update(1)
                     if len(texts) == needed:
                         break
+            bar.update(len(texts) - bar.n)
             if len(texts) == needed:
                 break
     finally:
@@ -444,6 +533,10 @@ def _select_source(
             f"max_repeats {source.max_repeats} allows {kept * source.max_repeats}: set max_repeats: {uses} "
             "or lower its ratio or total_samples"
         )
+    # Rows were drawn in runs of consecutive rows; shuffle so neighbours in the file do not
+    # stay neighbours in the output. Then every row once, extra uses only if short.
+    shuffle = rng.permutation(kept)
+    texts, hashes = [texts[i] for i in shuffle], [hashes[i] for i in shuffle]
     pick = repeat_order(kept, needed, rng)
     record = {
         "name": source.name,
@@ -566,22 +659,16 @@ def prepare_mixture(
         raise UserError(f"num_proc must be >= 1, got {num_proc}")
 
     counts = allocate(config.total_samples, [s.ratio for s in config.sources])
-    runner = _Runner(num_proc)
-    try:
+    with _Runner(num_proc) as runner:
         evalset, eval_records = _build_evalset(config, runner, cache_dir)
-    finally:
-        runner.close()
-    runner = _Runner(num_proc, evalset)
     seen: set[int] = set()
     selected: list[tuple[list[str], list[int]]] = []
     records: list[dict[str, Any]] = []
-    try:
+    with _Runner(num_proc, evalset) as runner:
         for source, needed in zip(config.sources, counts, strict=True):
             texts, hashes, record = _select_source(source, needed, config, runner, seen, cache_dir)
             selected.append((texts, hashes))
             records.append(record)
-    finally:
-        runner.close()
 
     names = [s.name for s in config.sources]
     train: list[list[str]] = []

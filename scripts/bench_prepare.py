@@ -1,0 +1,207 @@
+"""Benchmark prepare_dataset: time and peak memory of a 100k-sample mixture from local files.
+
+    python scripts/bench_prepare.py                      # 100k samples, inputs at 1x and 4x
+    python scripts/bench_prepare.py --total 20000 --scales 1 2 --num_proc 1
+
+Inputs are built in a temporary folder by replicating real rows from ../shared/data
+(TinyStories, Code Alpaca, MMLU auxiliary_train; each copy gets a unique tag so exact
+dedup keeps it) until each source holds `scale` x the rows the mixture needs (plus 40%
+for the filters). The mixture is the mid-training recipe (30/35/35, the default.yaml
+filters) decontaminated against MMLU test+validation+dev. Without ../shared/data the
+rows come from the smoke sample in dataset/demo/.
+
+Each scale runs in a fresh process twice: with an empty datasets cache (cold: includes
+converting the JSON to Arrow) and again (warm). Peak RSS is the main process's
+ru_maxrss and the largest worker's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from trainer.cli import run
+from trainer.paths import REPO_ROOT
+
+SHARED = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+DEMO = REPO_ROOT / "dataset" / "demo"
+RATIOS = {"replay": 0.30, "code": 0.35, "reasoning": 0.35}
+
+CHILD = """
+import json, resource, sys, threading, time
+from dataset.mixture import load_mixture_config, prepare_mixture
+
+peak = {"RssAnon": 0, "RssFile": 0}
+def sample():  # /proc/self/status every 20 ms: peak anonymous vs file-backed (mmap) resident memory
+    while True:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    key = line.split(":")[0]
+                    if key in peak:
+                        peak[key] = max(peak[key], int(line.split()[1]))
+        except OSError:
+            return
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+
+config, out, cache, num_proc = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+start = time.perf_counter()
+manifest = prepare_mixture(load_mixture_config(config), out, num_proc=num_proc, overwrite=True, cache_dir=cache)
+print(json.dumps({
+    "seconds": time.perf_counter() - start,
+    "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "anon_mb": peak["RssAnon"] / 1024,
+    "file_mb": peak["RssFile"] / 1024,
+    "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    "rows": manifest["outputs"]["train"]["rows"] + manifest["outputs"]["val"]["rows"],
+    "read": {s["name"]: s["rows_read"] for s in manifest["sources"]},
+}))
+"""
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def seed_rows() -> tuple[dict[str, list[dict]], list[Path]]:
+    """Rows to replicate per source, and the evaluation files to decontaminate against."""
+    if (SHARED / "mmlu" / "test.jsonl").exists():
+        stories = [r for f in sorted((SHARED / "tinystories").glob("*.jsonl")) for r in _read(f)]
+        evals = [SHARED / "mmlu" / f"{s}.jsonl" for s in ("test", "val", "dev")]
+        return {
+            "replay": stories,
+            "code": _read(SHARED / "code_instructions" / "code_alpaca_2k.jsonl"),
+            "reasoning": _read(SHARED / "mmlu" / "auxiliary_train_subset.jsonl"),
+        }, evals
+    print(f"{SHARED} not found: replicating the smoke sample in dataset/demo/ instead")
+    return {
+        "replay": _read(DEMO / "smoke_stories.jsonl"),
+        "code": _read(DEMO / "smoke_code.jsonl"),
+        "reasoning": _read(DEMO / "smoke_reasoning.jsonl"),
+    }, [DEMO / "smoke_reasoning_test.jsonl"]
+
+
+def _tagged(name: str, row: dict, copy: int) -> dict:
+    """A copy of a row made unique (for exact dedup) by a short tag."""
+    if copy == 0:
+        return row
+    if name == "replay":
+        return {"text": f"{row['text']}\n\n(Story {copy}.)"}
+    if name == "code":
+        return {**row, "instruction": f"{row['instruction']} (Task {copy}.)"}
+    return {**row, "question": f"{row['question']} (Question {copy}.)"}
+
+
+def build_inputs(
+    folder: Path, seeds: dict[str, list[dict]], rows_per_source: dict[str, int]
+) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in seeds.items():
+        path = folder / f"{name}.jsonl"
+        with path.open("w", encoding="utf-8") as f:
+            for i in range(rows_per_source[name]):
+                f.write(
+                    json.dumps(_tagged(name, rows[i % len(rows)], i // len(rows)), ensure_ascii=False) + "\n"
+                )
+        paths[name] = path
+    return paths
+
+
+def write_config(path: Path, inputs: dict[str, Path], evals: list[Path], total: int) -> None:
+    filters = {
+        "replay": {"length": {"min": 100, "max": 2000}, "quality": {"threshold": 0.3}},
+        "code": {
+            "length": {"min": 50, "max": 2000},
+            "quality": {"threshold": 0.2},
+            "code_quality": {"threshold": 0.1},
+        },
+        "reasoning": None,
+    }
+    fmt = {"replay": "text", "code": "alpaca", "reasoning": "mmlu"}
+    config = {
+        "name": "bench",
+        "total_samples": total,
+        "val_ratio": 0.05,
+        "seed": 42,
+        "dedup": True,
+        "sources": [
+            {"name": n, "data_files": str(inputs[n]), "format": fmt[n], "ratio": RATIOS[n]}
+            | ({"filters": filters[n]} if filters[n] else {})
+            for n in RATIOS
+        ],
+        "decontaminate": [{"data_files": str(p), "format": "mmlu"} for p in evals],
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def run_once(config: Path, out: Path, cache: Path, num_proc: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(config), str(out), str(cache), str(num_proc)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--total", type=int, default=100_000, help="total_samples of the mixture")
+    p.add_argument(
+        "--scales", type=float, nargs="+", default=[1, 4], help="input sizes, in multiples of what is needed"
+    )
+    p.add_argument("--num_proc", type=int, default=2)
+    p.add_argument("--work_dir", default=None, help="where to build inputs (default: a temporary folder)")
+    args = p.parse_args()
+
+    seeds, evals = seed_rows()
+    results = []
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
+        for scale in args.scales:
+            folder = Path(tmp) / f"scale{scale:g}"
+            # 1.4x the rows needed, so every source survives its filters without repeats.
+            rows = {n: int(args.total * r * 1.4 * scale) for n, r in RATIOS.items()}
+            inputs = build_inputs(folder / "inputs", seeds, rows)
+            size_mb = sum(p.stat().st_size for p in inputs.values()) / 1e6
+            config = folder / "bench.yaml"
+            write_config(config, inputs, evals, args.total)
+            for phase in ("cold", "warm"):
+                start = time.perf_counter()
+                r = run_once(config, folder / "out", folder / "hf_cache", args.num_proc)
+                r["wall"] = time.perf_counter() - start
+                results.append((scale, sum(rows.values()), size_mb, phase, r))
+                print(
+                    f"scale {scale:g}x ({sum(rows.values()):,} input rows, {size_mb:.0f} MB) {phase}: "
+                    f"{r['seconds']:.1f} s in prepare_mixture, {r['wall']:.1f} s with start-up; "
+                    f"peak RSS main {r['main_rss_mb']:.0f} MB (anonymous {r['anon_mb']:.0f}, file-backed {r['file_mb']:.0f}), "
+                    f"largest worker {r['worker_rss_mb']:.0f} MB; "
+                    f"rows read {r['read']}",
+                    flush=True,
+                )
+    print()
+    print(
+        f"| input | rows | MB | cache | prepare s | wall s | main RSS MB | worker RSS MB |  (num_proc={args.num_proc}, total={args.total:,})"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for scale, n, mb, phase, r in results:
+        print(
+            f"| {scale:g}x | {n:,} | {mb:.0f} | {phase} | {r['seconds']:.1f} | {r['wall']:.1f} | "
+            f"{r['main_rss_mb']:.0f} | {r['worker_rss_mb']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    run(main)
