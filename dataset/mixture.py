@@ -21,7 +21,6 @@ workers process batches and the main process consumes them in order.
 from __future__ import annotations
 
 import contextlib
-import gc
 import glob
 import hashlib
 import json
@@ -381,8 +380,7 @@ class _RowReader:
     def _remap(self) -> None:
         import datasets
 
-        self.view = None
-        gc.collect()  # datasets' table objects sit in reference cycles: free the old mapping now
+        self.view = None  # the last reference: its mapping is released here
         parts = [datasets.Dataset.from_file(f, info=self.ds.info, split=self.ds.split) for f in self.files]
         fresh = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
         self.view = fresh.select_columns(self.columns)
