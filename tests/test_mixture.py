@@ -249,3 +249,29 @@ def test_config_sha_and_paths(tmp_path, planted_reasoning):
         tmp_path / "mix_val.jsonl",
         tmp_path / "mix_manifest.json",
     )
+
+
+def test_summary_fits_one_screen_and_hub_revision_is_read_from_the_cache(runs):
+    from dataset.mixture import _resolved_revision, format_summary
+
+    summary = format_summary(runs[1]["manifest"])
+    lines = summary.splitlines()
+    assert len(lines) <= 15 and max(map(len, lines)) <= 140
+    assert all(name in summary for name in ("replay", "code", "reasoning"))
+
+    class FakeHubDataset:
+        cache_files = [
+            {"filename": f"/c/roneneldan___tiny_stories/default/0.0.0/{'ab12' * 10}/tiny_stories-train.arrow"}
+        ]
+
+    assert _resolved_revision(FakeHubDataset()) == "ab12" * 10
+    assert (
+        _resolved_revision(
+            type(
+                "Local",
+                (),
+                {"cache_files": [{"filename": "/c/json/default-x/0.0.0/" + "f" * 64 + "/x.arrow"}]},
+            )()
+        )
+        is None
+    )
