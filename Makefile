@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := out/demo
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo bench ablation clean
 
 $(STAMP): pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ demo: install
 	$(BIN)/python eval_llm.py --save_dir $(DEMO) --weight pretrain --weight midtrain \
 		--val_path $(DEMO)/data/demo_val.jsonl --output $(DEMO)/eval/demo.json
 	@echo "demo artifacts: data $(DEMO)/data | tokenizer $(DEMO)/tokenizer | weights $(DEMO)/*.pth | resume $(DEMO)/checkpoints | eval $(DEMO)/eval"
+
+# The replay / re-warmup ablation on the real rows in ../shared/data (~30 min on 2 CPU cores):
+# out/ablation/replay_ablation_local/report.md. ABLATION=config/experiments/replay_ablation.yaml for the Hub version.
+ABLATION ?= config/experiments/replay_ablation_local.yaml
+ablation: install
+	$(BIN)/python scripts/run_ablation.py --config $(ABLATION)
 
 bench: install
 	$(BIN)/python scripts/bench_train.py

@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 
 from dataset.mixture import load_mixture_config
+from trainer.ablation import load_experiment_config
 from trainer.paths import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "config"
 
 VALIDATORS: dict[str, Callable[[Path], object]] = {
     "data": load_mixture_config,
+    "experiments": load_experiment_config,
 }
 
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*") if p.suffix in (".yaml", ".yml"))

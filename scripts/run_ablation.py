@@ -1,0 +1,311 @@
+"""Run a mid-training ablation study end to end with the project's own scripts, then report.
+
+    python scripts/run_ablation.py --config config/experiments/replay_ablation_local.yaml
+
+prepare_dataset (pretrain data, the base mixture, one mixture per replay share)
+-> train_tokenizer -> train_pretrain (once) -> train_midtrain (each variant x seed, all on the
+same held-out set) -> eval_llm (MMLU-format accuracy) -> out/ablation/<name>/report.md, a JSON
+of every number and PNG plots. Finished steps are kept: re-running the command continues an
+interrupted study (--fresh starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from model.errors import UserError
+from trainer.ablation import ExperimentConfig, Variant, flags, load_experiment_config, variant_mixture
+from trainer.ablation_report import write_report
+from trainer.cli import run, setup_logging
+from trainer.paths import REPO_ROOT, repo_path
+
+log = logging.getLogger("ablation")
+
+
+class Study:
+    """Paths and process running for one study folder."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path, scale: float, device: str | None):
+        self.cfg, self.out, self.scale, self.device = cfg, out, scale, device
+        self.data, self.weights, self.logs = out / "data", out / "weights", out / "logs"
+        for d in (self.data, self.weights, self.logs, out / "configs"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, script: str, args: list[str], threads: int | None = None) -> None:
+        """Run one of the project's scripts; its output goes to logs/<name>.log."""
+        cmd = [sys.executable, str(REPO_ROOT / script), *args]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        logfile = self.logs / f"{name}.log"
+        t0 = time.perf_counter()
+        with open(logfile, "w") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        if proc.returncode != 0:
+            tail = logfile.read_text().strip().splitlines()[-1:]
+            raise UserError(
+                f"{script} failed for '{name}' (exit {proc.returncode}): {tail[0] if tail else ''}; full log: {logfile}"
+            )
+        log.info(f"  {name}: {time.perf_counter() - t0:.0f} s")
+
+    def scaled(self, args: dict) -> dict:
+        out = dict(args)
+        if self.scale != 1:
+            for k in ("max_steps", "eval_interval", "save_interval"):
+                if k in out and out[k]:
+                    out[k] = max(1, round(out[k] * self.scale))
+        if self.device:
+            out["device"] = self.device
+        return out
+
+    def phase(self, name: str, fn) -> None:
+        t0 = time.perf_counter()
+        log.info(f"== {name}")
+        fn()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def prepare(study: Study) -> dict[str, Path]:
+    """Prepare the pretrain data, the base mixture and one mixture per replay share."""
+    cfg = study.cfg
+    mixtures: dict[str, Path] = {"pretrain": cfg.pretrain_data, "base": cfg.midtrain_data}
+    for share in sorted({v.replay for v in cfg.variants}):
+        path = study.out / "configs" / f"replay{round(share * 100):02d}.yaml"
+        raw = variant_mixture(
+            cfg.midtrain_data, cfg.replay_source, share, f"{cfg.name}_replay{round(share * 100):02d}"
+        )
+        text = yaml.safe_dump(raw, sort_keys=False)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        mixtures[f"replay{round(share * 100):02d}"] = path
+    for key, path in mixtures.items():
+        study.run(
+            f"prepare_{key}",
+            "scripts/prepare_dataset.py",
+            ["--config", str(path), "--output_dir", str(study.data), "--overwrite"],
+        )
+    return mixtures
+
+
+def prepared(study: Study, config: Path, split: str) -> Path:
+    from dataset.mixture import load_mixture_config, prepared_paths
+
+    train, val, _ = prepared_paths(load_mixture_config(config), study.data)
+    return train if split == "train" else val
+
+
+def build_heldout(study: Study) -> Path:
+    """The held-out set every run is evaluated on: the base mixture's validation split (replay,
+    code, reasoning rows no variant trains on) plus MBPP problems with their reference code."""
+    from datasets import load_dataset
+
+    cfg = study.cfg
+    rows = [json.loads(line) for line in prepared(study, cfg.midtrain_data, "val").read_text().splitlines()]
+    if cfg.mbpp is not None:
+        ref = str(cfg.mbpp)
+        try:
+            if Path(ref).exists():
+                ds = load_dataset("json", data_files=ref, split="train")
+            else:
+                ds = load_dataset(ref, split="test")
+        except Exception as e:  # noqa: BLE001 - hub unreachable, bad file, ...
+            raise UserError(
+                f"data.mbpp {ref}: could not load ({type(e).__name__}); point it at a local mbpp.jsonl"
+            ) from None
+        for r in ds.select(range(min(cfg.mbpp_rows, len(ds)))):
+            rows.append({"text": f"{r['text']}\n{r['code']}".replace("\r\n", "\n"), "source": "mbpp"})
+    path = study.out / "heldout.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def run_key(variant: Variant, seed: int) -> str:
+    return f"{variant.name}_s{seed}"
+
+
+def finished(study: Study, save_weight: str, hidden: int) -> bool:
+    import torch
+
+    path = study.weights / f"{save_weight}_{hidden}.pth"
+    if not path.is_file():
+        return False
+    try:
+        return bool(torch.load(path, map_location="cpu", weights_only=True)["meta"].get("finished"))
+    except Exception:  # noqa: BLE001 - a file from an older layout: redo the run
+        return False
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--config", default=str(REPO_ROOT / "config" / "experiments" / "replay_ablation_local.yaml")
+    )
+    p.add_argument("--out_dir", default=None, help="default: out/ablation/<name>")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every step count (e.g. 20 on a GPU)")
+    p.add_argument("--device", default=None, help="passed to the training and evaluation scripts")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="mid-training runs at a time (default: the config's)"
+    )
+    p.add_argument("--fresh", action="store_true", help="delete the study folder first")
+    args = p.parse_args()
+    setup_logging()
+    cfg = load_experiment_config(args.config)
+    if args.scale <= 0:
+        raise UserError(f"--scale must be positive, got {args.scale}")
+    out = Path(args.out_dir) if args.out_dir else repo_path("out", "ablation", cfg.name)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    study = Study(cfg, out, args.scale, args.device)
+    jobs = args.jobs or cfg.jobs
+    t_start = time.perf_counter()
+    mixtures: dict[str, Path] = {}
+    heldout: list[Path] = []
+
+    def do_prepare() -> None:
+        mixtures.update(prepare(study))
+        heldout.append(build_heldout(study))
+
+    study.phase("prepare", do_prepare)
+    tok = out / "tokenizer"
+    study.phase(
+        "tokenizer",
+        lambda: study.run(
+            "tokenizer",
+            "scripts/train_tokenizer.py",
+            [
+                "--data_path",
+                str(prepared(study, cfg.pretrain_data, "train")),
+                "--data_path",
+                str(prepared(study, cfg.midtrain_data, "train")),
+                "--vocab_size",
+                str(cfg.vocab_size),
+                "--output_dir",
+                str(tok),
+            ],
+        ),
+    )
+    common = [
+        "--save_dir",
+        str(study.weights),
+        "--checkpoint_dir",
+        str(out / "checkpoints"),
+        "--cache_dir",
+        str(out / "cache"),
+    ]
+    pre_args = study.scaled(cfg.pretrain_args)
+    hidden = int(pre_args.get("hidden_size", 512))
+
+    def do_pretrain() -> None:
+        if finished(study, "pretrain", hidden):
+            log.info("  pretrain: already done")
+            return
+        study.run(
+            "pretrain",
+            "trainer/train_pretrain.py",
+            [
+                "--data_path",
+                str(prepared(study, cfg.pretrain_data, "train")),
+                "--val_path",
+                str(heldout[0]),
+                "--tokenizer_path",
+                str(tok),
+                *common,
+                *flags(pre_args),
+            ],
+        )
+
+    study.phase("pretrain", do_pretrain)
+
+    runs = [(v, s) for v in cfg.variants for s in cfg.seeds]
+
+    def midtrain(item: tuple[Variant, int]) -> None:
+        v, seed = item
+        key = run_key(v, seed)
+        if finished(study, key, hidden):
+            log.info(f"  {key}: already done")
+            return
+        mix = mixtures[f"replay{round(v.replay * 100):02d}"]
+        margs = study.scaled({**cfg.midtrain_args, **v.args})
+        until = max(1, math.ceil(0.05 * int(margs.get("max_steps", 0) or 1)))
+        margs.setdefault("early_eval_steps", until)
+        margs.setdefault("eval_batches", 0)  # the whole held-out set, every time
+        study.run(
+            key,
+            "trainer/train_midtrain.py",
+            [
+                "--data_config",
+                str(mix),
+                "--use_prepared",
+                "--prepared_dir",
+                str(study.data),
+                "--val_path",
+                str(heldout[0]),
+                "--from_weight",
+                "pretrain",
+                "--save_weight",
+                key,
+                "--seed",
+                str(seed),
+                *common,
+                *flags(margs),
+            ],
+            threads=max(1, (os.cpu_count() or 2) // jobs),
+        )
+
+    def do_midtrain() -> None:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(midtrain, runs))
+
+    study.phase("midtrain", do_midtrain)
+    eval_json = out / "eval" / "mmlu.json"
+
+    def do_eval() -> None:
+        weights = ["pretrain", *(run_key(v, s) for v, s in runs)]
+        eargs = [
+            "--save_dir",
+            str(study.weights),
+            "--no_lm",
+            "--no_code",
+            "--no_samples",
+            "--shots",
+            str(cfg.shots),
+            "--output",
+            str(eval_json),
+        ]
+        for w in weights:
+            eargs += ["--weight", w]
+        if cfg.mmlu is not None:
+            eargs += ["--mmlu_path", str(cfg.mmlu)]
+        if cfg.mmlu_dev is not None:
+            eargs += ["--mmlu_dev", str(cfg.mmlu_dev)]
+        if cfg.mmlu_limit:
+            eargs += ["--limit", str(cfg.mmlu_limit)]
+        if args.device:
+            eargs += ["--device", args.device]
+        study.run("eval_mmlu", "eval_llm.py", eargs)
+
+    study.phase("eval", do_eval)
+    study.timings["total"] = time.perf_counter() - t_start
+    paths = write_report(cfg, study.out, study.weights, hidden, runs, eval_json, study.timings, args.scale)
+    log.info(f"Report: {paths['md']}")
+    log.info(f"Numbers: {paths['json']}")
+    log.info(f"Plots: {', '.join(str(p) for p in paths['png'])}")
+
+
+if __name__ == "__main__":
+    run(main)

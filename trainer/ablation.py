@@ -1,0 +1,273 @@
+"""The mid-training ablation study: its config, the derived mixtures, the statistics and the report.
+
+scripts/run_ablation.py drives the project's own scripts (prepare_dataset, train_tokenizer,
+train_pretrain, train_midtrain, eval_llm); this module holds everything about the study that
+is not running a process, so it can be unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.errors import UserError
+
+TOP_KEYS = {"name", "seeds", "data", "tokenizer", "pretrain", "midtrain", "variants", "eval", "jobs"}
+DATA_KEYS = {"pretrain", "midtrain", "replay_source", "mbpp", "mbpp_rows"}
+EVAL_KEYS = {"mmlu", "mmlu_dev", "mmlu_limit", "shots"}
+VARIANT_KEYS = {"name", "replay", "args", "label"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    replay: float  # the replay source's share of the mixture; the other sources share the rest
+    args: dict[str, Any] = field(default_factory=dict)  # extra train_midtrain.py flags
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    path: Path
+    name: str
+    seeds: list[int]
+    pretrain_data: Path  # mixture YAML prepared for pretraining
+    midtrain_data: Path  # the base mid-training mixture; variants change its replay ratio
+    replay_source: str
+    mbpp: Path | None
+    mbpp_rows: int
+    vocab_size: int
+    pretrain_args: dict[str, Any]
+    midtrain_args: dict[str, Any]
+    variants: list[Variant]
+    mmlu: Path | None
+    mmlu_dev: Path | None
+    mmlu_limit: int | None
+    shots: int
+    jobs: int
+
+
+def _keys(obj: Any, allowed: set[str], where: str, required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise UserError(f"{where}: missing key(s) {missing}")
+    return obj
+
+
+def _flags_ok(args: Any, parser, where: str) -> dict[str, Any]:
+    """Check an args mapping against a script's real flags, so a typo fails before hours of work."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise UserError(f"{where}: expected a mapping of flag -> value")
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(k for k in args if k not in known)
+    if unknown:
+        raise UserError(f"{where}: unknown flag(s) {unknown} for {parser.prog}")
+    return dict(args)
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Load and validate an ablation YAML (yaml.safe_load; unknown keys are errors)."""
+    from trainer import train_midtrain, train_pretrain
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: experiment config not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    where = str(path)
+    _keys(raw, TOP_KEYS, where, required=("seeds", "data", "pretrain", "midtrain", "variants"))
+    base = path.parent
+
+    def rel(p: str | None) -> Path | None:
+        return None if p is None else (base / p).resolve()
+
+    data = _keys(raw["data"], DATA_KEYS, f"{where}: data", required=("pretrain", "midtrain", "replay_source"))
+    ev = _keys(raw.get("eval") or {}, EVAL_KEYS, f"{where}: eval")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise UserError(f"{where}: seeds must be a non-empty list of integers")
+    variants = []
+    for i, v in enumerate(raw["variants"] or []):
+        _keys(v, VARIANT_KEYS, f"{where}: variants[{i}]", required=("name", "replay"))
+        if not isinstance(v["replay"], (int, float)) or not 0 <= v["replay"] < 1:
+            raise UserError(f"{where}: variants[{i}].replay must be in [0, 1), got {v['replay']!r}")
+        args = _flags_ok(v.get("args"), train_midtrain.build_parser(), f"{where}: variants[{i}].args")
+        variants.append(Variant(str(v["name"]), float(v["replay"]), args, str(v.get("label", v["name"]))))
+    if not variants:
+        raise UserError(f"{where}: variants is empty")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: variant names repeat: {names}")
+    pretrain = _keys(raw["pretrain"], {"args"}, f"{where}: pretrain")
+    midtrain = _keys(raw["midtrain"], {"args"}, f"{where}: midtrain")
+    cfg = ExperimentConfig(
+        path=path,
+        name=str(raw.get("name") or path.stem),
+        seeds=seeds,
+        pretrain_data=rel(data["pretrain"]),
+        midtrain_data=rel(data["midtrain"]),
+        replay_source=str(data["replay_source"]),
+        mbpp=rel(data.get("mbpp")),
+        mbpp_rows=int(data.get("mbpp_rows", 100)),
+        vocab_size=int(
+            _keys(raw.get("tokenizer") or {}, {"vocab_size"}, f"{where}: tokenizer").get("vocab_size", 4096)
+        ),
+        pretrain_args=_flags_ok(
+            pretrain.get("args"), train_pretrain.build_parser(), f"{where}: pretrain.args"
+        ),
+        midtrain_args=_flags_ok(
+            midtrain.get("args"), train_midtrain.build_parser(), f"{where}: midtrain.args"
+        ),
+        variants=variants,
+        mmlu=rel(ev.get("mmlu")),
+        mmlu_dev=rel(ev.get("mmlu_dev")),
+        mmlu_limit=ev.get("mmlu_limit"),
+        shots=int(ev.get("shots", 0)),
+        jobs=int(raw.get("jobs", 1)),
+    )
+    from dataset.mixture import load_mixture_config
+
+    base_mix = load_mixture_config(cfg.midtrain_data)
+    load_mixture_config(cfg.pretrain_data)
+    if cfg.replay_source not in {s.name for s in base_mix.sources}:
+        raise UserError(
+            f"{where}: data.replay_source {cfg.replay_source!r} is not a source of {cfg.midtrain_data}"
+        )
+    if cfg.jobs < 1:
+        raise UserError(f"{where}: jobs must be >= 1")
+    return cfg
+
+
+def flags(args: dict[str, Any]) -> list[str]:
+    """{"max_steps": 40, "use_compile": True} -> ["--max_steps", "40", "--use_compile"]."""
+    out: list[str] = []
+    for k, v in args.items():
+        if v is True:
+            out.append(f"--{k}")
+        elif v is False or v is None:
+            continue
+        elif isinstance(v, list):
+            for item in v:
+                out += [f"--{k}", str(item)]
+        else:
+            out += [f"--{k}", str(v)]
+    return out
+
+
+def variant_mixture(base_path: Path, replay_source: str, replay: float, name: str) -> dict:
+    """The base mixture with the replay source at ``replay``; the other sources keep their
+    proportions among themselves. replay 0 drops the source. Paths become absolute so the
+    derived YAML can live anywhere."""
+    raw = yaml.safe_load(base_path.read_text(encoding="utf-8"))
+    base = base_path.parent
+
+    def absolute(ref: dict) -> dict:
+        ref = dict(ref)
+        if "data_files" in ref:
+            files = ref["data_files"] if isinstance(ref["data_files"], list) else [ref["data_files"]]
+            files = [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
+            ref["data_files"] = files if len(files) > 1 else files[0]
+        return ref
+
+    sources = [absolute(s) for s in raw["sources"]]
+    rest = sum(s["ratio"] for s in sources if s["name"] != replay_source)
+    out = []
+    for s in sources:
+        if s["name"] == replay_source:
+            if replay > 0:
+                out.append({**s, "ratio": replay})
+        else:
+            out.append({**s, "ratio": s["ratio"] / rest * (1 - replay)})
+    # exact sum of 1: give the rounding remainder to the last source
+    for s in out:
+        s["ratio"] = round(s["ratio"], 6)
+    out[-1]["ratio"] = round(1 - sum(s["ratio"] for s in out[:-1]), 6)
+    return {
+        **raw,
+        "name": name,
+        "sources": out,
+        "decontaminate": [absolute(d) for d in raw.get("decontaminate") or []],
+    }
+
+
+# --------------------------------------------------------------------------- statistics
+
+# two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal)
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+}
+
+
+def t95(df: int) -> float:
+    if df <= 0:
+        return math.nan
+    if df in _T95:
+        return _T95[df]
+    if df > 30:
+        return 1.96
+    return _T95[max(k for k in _T95 if k <= df)]  # the next smaller df: a slightly wider interval
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval over the values); half-width NaN for one value."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    if len(vals) == 1:
+        return vals[0], math.nan
+    return statistics.fmean(vals), t95(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
+
+
+def wilson95(correct: int, total: int) -> tuple[float, float, float]:
+    """(accuracy, low, high): the Wilson score interval for a binomial proportion."""
+    if total <= 0:
+        return math.nan, math.nan, math.nan
+    z, p = 1.96, correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return p, centre - half, centre + half
+
+
+def early_spike(evals: list[dict], key: str, until_step: int) -> float:
+    """The largest rise of ``key`` above its step-0 value during steps 1..until_step (negative: it only fell)."""
+    start = next((e[key] for e in evals if e["step"] == 0 and key in e), None)
+    window = [e[key] for e in evals if 0 < e["step"] <= until_step and key in e]
+    if start is None or not window:
+        return math.nan
+    return max(window) - start
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) of a run's metrics JSONL."""
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in recs if r["kind"] == "train"], [r for r in recs if r["kind"] == "eval"]
