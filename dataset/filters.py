@@ -152,7 +152,7 @@ def calculate_code_ratio(text: str) -> float:
     if not lines:
         return 0.0
     code_lines = sum(map(_is_code_line, lines))
-    non_space = sum(len(t) for t in text.split())
+    non_space = sum(map(len, text.split()))
     density = sum(map(text.count, _CODE_SYMBOLS)) / non_space
     return round(0.75 * code_lines / len(lines) + 0.25 * min(1.0, density / 0.15), 6)
 
