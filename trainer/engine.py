@@ -77,7 +77,7 @@ class TrainConfig:
     num_hidden_layers: int | None
     num_attention_heads: int | None
     num_key_value_heads: int | None
-    max_seq_len: int
+    max_seq_len: int | None
     from_weight: str | None
     from_resume: int
     log_interval: int
@@ -105,7 +105,6 @@ class TrainConfig:
             "epochs",
             "batch_size",
             "accumulation_steps",
-            "max_seq_len",
             "log_interval",
             "early_eval_interval",
         )
@@ -115,6 +114,8 @@ class TrainConfig:
         for name in ("max_steps", "stop_after"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.max_seq_len is not None and self.max_seq_len <= 0:
+            raise UserError(f"--max_seq_len must be positive, got {self.max_seq_len}")
         if self.eval_batches < 0:
             raise UserError(
                 f"--eval_batches must be >= 0 (0: the whole validation set), got {self.eval_batches}"
@@ -166,7 +167,12 @@ def engine_parser(
     g.add_argument("--num_hidden_layers", type=int, default=None, help="default 8 for a new model")
     g.add_argument("--num_attention_heads", type=int, default=None, help="default 8 for a new model")
     g.add_argument("--num_key_value_heads", type=int, default=None, help="default 2 for a new model (GQA)")
-    g.add_argument("--max_seq_len", type=int, default=512, help="tokens per packed training row")
+    g.add_argument(
+        "--max_seq_len",
+        type=int,
+        default=None,
+        help="tokens per packed training row (default: the --from_weight run's, else 512)",
+    )
     g.add_argument(
         "--from_weight",
         default=None,
@@ -318,13 +324,25 @@ def _check_tokenizer_flag(cfg: TrainConfig, tok, where: Path) -> None:
         )
 
 
-def load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None = None) -> Start:
+def load_start(session: Session, require_weight: Callable[[str], str] | None = None) -> Start:
     """Resume state if asked for and present, else --from_weight, else a new model.
 
     ``require_weight``: for stages that never start from scratch (mid-training), turns "what
     is missing" into the error message, both when --from_weight is absent and when it names
-    no checkpoint.
+    no checkpoint. Settles ``session.cfg.max_seq_len``: the flag, else the length the starting
+    checkpoint was trained with, else 512.
     """
+    start = _load_start(session.cfg, require_weight)
+    cfg = session.cfg
+    if cfg.max_seq_len is None:
+        trained = (start.resume or {}).get("meta", {}).get("max_seq_len") or (start.parent or {}).get(
+            "max_seq_len"
+        )
+        session.cfg = dataclasses.replace(cfg, max_seq_len=int(trained or 512))
+    return start
+
+
+def _load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None) -> Start:
     if cfg.from_resume:
         try:
             path = resolve_weight(cfg.save_weight, cfg.checkpoint_dir, cfg.hidden_size, suffix="_resume")
@@ -367,7 +385,7 @@ def load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None = N
         num_hidden_layers=cfg.num_hidden_layers or 8,
         num_attention_heads=cfg.num_attention_heads or 8,
         num_key_value_heads=cfg.num_key_value_heads or 2,
-        max_position_embeddings=max(4096, cfg.max_seq_len),
+        max_position_embeddings=max(4096, cfg.max_seq_len or 512),
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -597,6 +615,7 @@ def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus |
             {
                 "stage": stage.name,
                 "save_weight": cfg.save_weight,
+                "max_seq_len": cfg.max_seq_len,
                 "step": step,
                 "total_steps": total,
                 "final_lr": stage.lr_at(min(step, total) - 1, total) if step else stage.lr_at(0, total),

@@ -182,7 +182,7 @@ def main() -> None:
 
     session = engine.setup(cfg)
     try:
-        start = engine.load_start(cfg, require_weight=partial(no_checkpoint_message, cfg))
+        start = engine.load_start(session, require_weight=partial(no_checkpoint_message, cfg))
         if start.resume is None:
             log.info(f"Loaded pretrained model from: {start.parent_path}")
         lr_at, banner = make_schedule(args, cfg, start)
@@ -191,8 +191,10 @@ def main() -> None:
             if args.optimizer_state == "pretrain" and start.resume is None
             else None
         )
-        train = build_packed([train_path], start.tokenizer, cfg.max_seq_len, cfg.cache_dir)
-        val = build_packed([args.val_path or val_path], start.tokenizer, cfg.max_seq_len, cfg.cache_dir)
+        train = build_packed([train_path], start.tokenizer, session.cfg.max_seq_len, cfg.cache_dir)
+        val = build_packed(
+            [args.val_path or val_path], start.tokenizer, session.cfg.max_seq_len, cfg.cache_dir
+        )
         stage = engine.Stage(
             name="midtrain",
             lr_at=lr_at,

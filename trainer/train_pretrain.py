@@ -41,9 +41,13 @@ def main() -> None:
     val_paths = check_data_files(args.val_path) if args.val_path else None
     session = engine.setup(cfg)
     try:
-        start = engine.load_start(cfg)
-        train = build_packed(data_paths, start.tokenizer, cfg.max_seq_len, cfg.cache_dir)
-        val = build_packed(val_paths, start.tokenizer, cfg.max_seq_len, cfg.cache_dir) if val_paths else None
+        start = engine.load_start(session)
+        train = build_packed(data_paths, start.tokenizer, session.cfg.max_seq_len, cfg.cache_dir)
+        val = (
+            build_packed(val_paths, start.tokenizer, session.cfg.max_seq_len, cfg.cache_dir)
+            if val_paths
+            else None
+        )
         stage = engine.Stage(
             name="pretrain",
             lr_at=partial(get_pretrain_lr, lr=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio),
@@ -51,7 +55,7 @@ def main() -> None:
                 f"LR schedule: {warmup_steps_for(total, cfg.warmup_ratio)} warmup steps to {cfg.learning_rate:.2e}, "
                 f"cosine to {cfg.learning_rate / 10:.2e} at step {total}"
             ],
-            identity={"data": cache_key(data_paths, start.tokenizer, cfg.max_seq_len)},
+            identity={"data": cache_key(data_paths, start.tokenizer, session.cfg.max_seq_len)},
             meta={"data_path": [str(x) for x in data_paths]},
         )
         engine.fit(session, start, train, val, stage)
