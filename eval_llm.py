@@ -1,0 +1,280 @@
+"""Evaluate one or more checkpoints side by side: language modelling per source, MMLU, code, samples.
+
+    python eval_llm.py --weight pretrain_512 --weight midtrain_512 \\
+        --data_config config/data/midtrain/phase1/default.yaml
+    python eval_llm.py --weight midtrain_512 --mmlu_path ../shared/data/mmlu --limit 500
+    python eval_llm.py --weight midtrain_512 --hf_path out/hf/midtrain_512 --val_path FILE.jsonl
+
+Models: --weight NAME (a prefix like midtrain, a stem like midtrain_512, or a .pth path; looked up in
+--save_dir) and --hf_path DIR (a transformers folder, e.g. from scripts/export_hf.py), repeatable,
+in command-line order. Each is rebuilt from its own files alone.
+
+Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_code / --no_samples):
+  language modelling  loss, perplexity, bits per byte per `source` of a val split: --val_path FILE.jsonl
+                      or the prepared val split of --data_config ({prepared_dir}/{name}_val.jsonl)
+  MMLU                accuracy from the answer letters' log-likelihood, --shots 0,5; cais/mmlu from the
+                      Hub, or --mmlu_path: a folder with test.jsonl (+ dev.jsonl for shots) or a test
+                      file (+ --mmlu_dev FILE); rows {question, choices: [4], answer: 0-3 or A-D, subject}
+  code                loss of the HumanEval / MBPP canonical solutions given their prompts, plus greedy
+                      HumanEval generations; from the Hub, or --humaneval_path / --mbpp_path files
+  samples             greedy generations for fixed story / code / instruction / question prompts
+A Hub dataset that cannot be reached is skipped with one line; --no_hub never tries.
+
+Output: a table on the terminal (a delta column for two models), and --output FILE.json (default
+out/eval/<names>.json) with FILE.md and FILE.png beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from model.errors import UserError
+from trainer.cli import run, setup_logging
+from trainer.eval_data import (
+    DataUnavailable,
+    Hub,
+    limit_per_source,
+    load_code,
+    load_mmlu,
+    read_val_docs,
+    spread,
+    val_path_from_config,
+)
+from trainer.eval_report import summary_rows, terminal_table, write_report
+from trainer.evaluation import (
+    DTYPES,
+    SAMPLE_PROMPTS,
+    EvalData,
+    ModelSpec,
+    evaluate_all,
+    load_eval_model,
+    unique_labels,
+)
+from trainer.paths import repo_path
+
+log = logging.getLogger("eval_llm")
+
+
+class _AddModel(argparse.Action):
+    """--weight and --hf_path append to one list, so the table keeps the command-line order."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        models = getattr(namespace, "models", None) or []
+        models.append(ModelSpec("weight" if option_string == "--weight" else "hf", value))
+        namespace.models = models
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("models")
+    g.add_argument(
+        "--weight",
+        action=_AddModel,
+        dest="models",
+        metavar="NAME",
+        help="a checkpoint in --save_dir, or a .pth path (repeatable)",
+    )
+    g.add_argument(
+        "--hf_path",
+        action=_AddModel,
+        dest="models",
+        metavar="DIR",
+        help="a transformers model folder (repeatable)",
+    )
+    g.add_argument(
+        "--save_dir", default=str(repo_path("out")), help="where --weight names are looked up (default: out/)"
+    )
+    g.add_argument(
+        "--hidden_size", type=int, default=None, help="pick NAME_<hidden_size>.pth when several sizes exist"
+    )
+    g = p.add_argument_group("language modelling")
+    g.add_argument("--val_path", default=None, help='validation JSONL, rows {"text", "source"}')
+    g.add_argument("--data_config", default=None, help="a mixture YAML: evaluate its prepared val split")
+    g.add_argument(
+        "--prepared_dir",
+        default=str(repo_path("dataset")),
+        help="where --data_config was prepared (default: dataset/)",
+    )
+    g.add_argument("--no_lm", action="store_true")
+    g = p.add_argument_group("MMLU")
+    g.add_argument(
+        "--mmlu_path",
+        default=None,
+        help="folder with test.jsonl (+ dev.jsonl), or a test file (default: cais/mmlu)",
+    )
+    g.add_argument(
+        "--mmlu_dev", default=None, help="dev file with the k-shot examples (when --mmlu_path is a file)"
+    )
+    g.add_argument("--shots", default="0,5", help="comma-separated shot counts (default 0,5)")
+    g.add_argument("--no_mmlu", action="store_true")
+    g = p.add_argument_group("code")
+    g.add_argument(
+        "--humaneval_path", default=None, help="HumanEval .jsonl(.gz) (default: openai/openai_humaneval)"
+    )
+    g.add_argument(
+        "--mbpp_path",
+        default=None,
+        help="MBPP .jsonl; a full file is cut to the test tasks 11-510 (default: the Hub)",
+    )
+    g.add_argument(
+        "--code_samples", type=int, default=3, help="greedy generations for the first N HumanEval prompts"
+    )
+    g.add_argument("--no_code", action="store_true")
+    g = p.add_argument_group("samples")
+    g.add_argument("--max_new_tokens", type=int, default=64)
+    g.add_argument("--no_samples", action="store_true")
+    g = p.add_argument_group("runtime")
+    g.add_argument(
+        "--no_hub", action="store_true", help="never download: metrics without local data are skipped"
+    )
+    g.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="quick run: N val docs per source, N MMLU questions (spread over subjects), N problems per code set",
+    )
+    g.add_argument(
+        "--max_len",
+        type=int,
+        default=None,
+        help="context for scoring (default: the checkpoint's training length, else 512)",
+    )
+    g.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
+    g.add_argument("--device", default=None, help="cuda if available, else cpu")
+    g.add_argument(
+        "--dtype",
+        default="bfloat16",
+        help="bfloat16 | float16 | float32 (autocast; bf16 is ~3x faster on CPU)",
+    )
+    g.add_argument(
+        "--output", default=None, help="report JSON (default: out/eval/<names>.json); .md and .png beside it"
+    )
+    args = p.parse_args(argv)
+    args.command = "python eval_llm.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if not args.models:
+        raise UserError("name at least one model: --weight NAME (e.g. pretrain_512) or --hf_path DIR")
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("limit", "max_len"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.code_samples < 0:
+        raise UserError(f"--code_samples must be >= 0, got {args.code_samples}")
+    if args.dtype not in DTYPES:
+        raise UserError(f"--dtype {args.dtype!r}: use one of {', '.join(DTYPES)}")
+    try:
+        args.shot_list = tuple(dict.fromkeys(int(s) for s in args.shots.split(",") if s.strip()))
+    except ValueError:
+        raise UserError(f"--shots {args.shots!r}: expected comma-separated integers like 0,5") from None
+    if not args.shot_list or min(args.shot_list) < 0:
+        raise UserError(f"--shots {args.shots!r}: expected non-negative integers like 0,5")
+    if args.val_path and args.data_config:
+        raise UserError("pass --val_path or --data_config, not both")
+
+
+def load_data(args: argparse.Namespace) -> EvalData:
+    data = EvalData(
+        shots=args.shot_list,
+        code_samples=args.code_samples,
+        samples=not args.no_samples,
+        max_new_tokens=args.max_new_tokens,
+    )
+    hub = Hub(enabled=not args.no_hub)
+    if not args.no_lm:
+        path = args.val_path or (
+            val_path_from_config(args.data_config, args.prepared_dir) if args.data_config else None
+        )
+        if path:
+            data.val_docs, data.val_where = limit_per_source(read_val_docs(path), args.limit), str(path)
+        else:
+            data.notes.append(
+                "language modelling skipped: pass --val_path FILE.jsonl or --data_config CONFIG.yaml"
+            )
+    if not args.no_mmlu:
+        try:
+            test, dev, where = load_mmlu(args.mmlu_path, args.mmlu_dev, max(args.shot_list) > 0, hub)
+            data.mmlu_test, data.mmlu_dev, data.mmlu_where = spread(test, args.limit), dev, where
+        except DataUnavailable as e:
+            data.notes.append(str(e))
+    if not args.no_code:
+        sets, where, notes = load_code(args.humaneval_path, args.mbpp_path, hub)
+        data.code = {k: v[: args.limit] if args.limit else v for k, v in sets.items()}
+        data.code_where = where
+        data.notes += notes
+    return data
+
+
+def default_output(labels: list[str]) -> Path:
+    name = "_vs_".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", lab) for lab in labels)
+    return repo_path("out", "eval", f"{name[:150]}.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    check_args(args)
+    setup_logging()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype]
+    models = [
+        load_eval_model(s, args.save_dir, args.hidden_size, device, dtype, args.max_len) for s in args.models
+    ]
+    unique_labels(models)
+    data = load_data(args)
+    for note in data.notes:
+        log.info(f"note: {note}")
+    results = evaluate_all(models, data, args.batch_size)
+
+    labels = [m.label for m in models]
+    report = {
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": args.command,
+        "device": device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "models": [
+            {"label": m.label, "path": m.path, "kind": m.kind, "context": m.max_len, **m.info} for m in models
+        ],
+        "data": {
+            k: v
+            for k, v in {"val": data.val_where, "mmlu": data.mmlu_where, **data.code_where}.items()
+            if v is not None
+        },
+        "summary": summary_rows(results, labels),
+        "results": results,
+        "sample_prompts": dict(SAMPLE_PROMPTS) if data.samples else {},
+        "code_prompts": {p.task_id: p.prompt for p in data.code.get("humaneval", [])[: data.code_samples]},
+        "notes": data.notes,
+    }
+    print()
+    print(
+        terminal_table(report["summary"], labels)
+        if report["summary"]
+        else "No metric computed (see the notes above)."
+    )
+    for name, _ in SAMPLE_PROMPTS if data.samples else ():
+        print(f"\n--- sample: {name}")
+        for m in models:
+            text = results[m.label]["samples"][name].strip().replace("\n", "\n    ")
+            print(f"[{m.label}] {text}")
+    paths = write_report(report, Path(args.output) if args.output else default_output(labels))
+    print("\nreport: " + " | ".join(str(p) for p in paths.values()))
+
+
+if __name__ == "__main__":
+    run(main)

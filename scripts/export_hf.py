@@ -1,0 +1,124 @@
+"""Export a checkpoint as a transformers Llama folder (safetensors + config + tokenizer, no remote code).
+
+    python scripts/export_hf.py --weight midtrain_512 --output_dir out/hf/midtrain_512
+
+Then, anywhere with transformers installed:
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("out/hf/midtrain_512")
+    tok = AutoTokenizer.from_pretrained("out/hf/midtrain_512")   # adds <|bos|> like training did
+
+The weights map 1:1 onto LlamaForCausalLM (model/hf.py), so the logits equal ours. The folder
+is written to a temporary sibling and renamed into place; an existing export is replaced, any
+other non-empty folder is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dataset.tokenizer import replace_dir
+from model.errors import UserError
+from model.hf import to_llama
+from trainer.checkpoint import load_model, resolve_weight
+from trainer.cli import run, setup_logging
+from trainer.evaluation import DEFAULT_CONTEXT, EXPORT_META
+from trainer.paths import repo_path
+
+log = logging.getLogger("export_hf")
+
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_bos(tok) -> None:
+    """Make the tokenizer prepend BOS when special tokens are added (``tok(text)``), as Llama's does:
+    our model was trained on ``BOS doc EOS``."""
+    from tokenizers import processors
+
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_token_id)]
+    )
+    if hasattr(type(tok), "add_bos_token"):  # transformers >= 5 records it in tokenizer_config.json
+        tok.add_bos_token = True
+
+
+def check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_META).is_file():
+        raise UserError(
+            f"--output_dir {out} is not empty and holds no earlier export ({EXPORT_META}); choose another folder"
+        )
+
+
+def export(weight_path: Path, out: Path, dtype: torch.dtype) -> dict:
+    model, tok, ckpt = load_model(weight_path)
+    meta = ckpt["meta"]
+    hf = to_llama(model).to(dtype)
+    add_bos(tok)
+    hf.generation_config.bos_token_id = tok.bos_token_id
+    hf.generation_config.eos_token_id = tok.eos_token_id
+    hf.generation_config.pad_token_id = tok.pad_token_id
+    info = {
+        "source_checkpoint": str(weight_path.resolve()),
+        "stage": meta.get("stage"),
+        "step": meta.get("step"),
+        "tokens_seen": meta.get("tokens_seen"),
+        # the context eval_llm.py scores the checkpoint with, so --hf_path gives the same numbers
+        "context_length": min(
+            int(meta.get("max_seq_len") or DEFAULT_CONTEXT), model.config.max_position_embeddings
+        ),
+        "model_config": model.config.to_dict(),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / EXPORT_META).write_text(json.dumps(info, indent=1) + "\n")
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--weight", required=True, help="a prefix (midtrain), a stem (midtrain_512) or a .pth path"
+    )
+    p.add_argument(
+        "--save_dir", default=str(repo_path("out")), help="where --weight names are looked up (default: out/)"
+    )
+    p.add_argument(
+        "--hidden_size", type=int, default=None, help="pick NAME_<hidden_size>.pth when several sizes exist"
+    )
+    p.add_argument("--output_dir", default=None, help="default: out/hf/<weight stem>")
+    p.add_argument(
+        "--dtype", default="float32", help="stored weight dtype: float32 (default) | bfloat16 | float16"
+    )
+    args = p.parse_args()
+    setup_logging()
+    if args.dtype not in SAVE_DTYPES:
+        raise UserError(f"--dtype {args.dtype!r}: use one of {', '.join(SAVE_DTYPES)}")
+    path = resolve_weight(args.weight, args.save_dir, args.hidden_size)
+    out = Path(args.output_dir) if args.output_dir else repo_path("out", "hf", path.stem)
+    check_output_dir(out)
+    info = export(path, out, SAVE_DTYPES[args.dtype])
+    log.info(f"Exported {path} ({info['stage']}, step {info['step']}) to {out}")
+    log.info(
+        f'Load it with AutoModelForCausalLM.from_pretrained("{out}") and AutoTokenizer.from_pretrained("{out}")'
+    )
+
+
+if __name__ == "__main__":
+    run(main)
