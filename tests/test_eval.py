@@ -450,6 +450,17 @@ def test_missing_prepared_split_names_the_command(pretrained, tmp_path, capsys):
     )
 
 
+def test_data_config_reads_its_prepared_val_split(tmp_path):
+    from dataset.mixture import load_mixture_config
+    from trainer.eval_data import val_path_from_config
+
+    config = REPO / "config/data/demo.yaml"
+    val = _write(
+        tmp_path / f"{load_mixture_config(config).name}_val.jsonl", [{"text": "a story", "source": "stories"}]
+    )
+    assert val_path_from_config(config, tmp_path) == val
+
+
 def test_unknown_weight_as_a_real_process(pretrained):
     proc = run_script("eval_llm.py", "--save_dir", str(pretrained), "--weight", "nosuch", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -72,16 +72,27 @@ def _ordered_keys(results: dict, labels: list[str], section: str) -> list[str]:
     return keys
 
 
+def _num(v: float, kind: str, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    if kind == "pct":
+        return f"{v * 100:{sign}.2f}"
+    if kind == "ppl" and abs(v) >= 1e4:
+        return f"{v:{sign}.3g}"
+    if kind == "ppl":
+        return f"{v:{sign}.2f}"
+    if kind == "frac" and 0 < abs(v) < 0.01:
+        return f"{v:{sign}.2e}"
+    return f"{v:{sign}.4f}"
+
+
 def fmt_value(row: dict, label: str) -> str:
     v = row["values"].get(label)
     if v is None:
         return "-"
     if row["kind"] == "pct":
         se = (row.get("se") or {}).get(label)
-        return f"{v * 100:.2f}%" + (f" ±{se * 100:.2f}" if se is not None else "")
-    if row["kind"] == "ppl":
-        return f"{v:.2f}" if v < 1e4 else f"{v:.3g}"
-    return f"{v:.4f}"
+        return f"{_num(v, 'pct')}%" + (f" ±{se * 100:.2f}" if se is not None else "")
+    return _num(v, row["kind"])
 
 
 def fmt_delta(row: dict, a: str, b: str) -> str:
@@ -89,13 +100,8 @@ def fmt_delta(row: dict, a: str, b: str) -> str:
     if va is None or vb is None:
         return "-"
     d = vb - va
-    if row["kind"] == "pct":
-        text = f"{d * 100:+.2f} pp"
-    elif row["kind"] == "ppl":
-        text = f"{d:+.2f}" if abs(d) < 1e4 else f"{d:+.3g}"
-    else:
-        text = f"{d:+.4f}"
-    if d == 0:
+    text = _num(d, row["kind"], signed=True) + (" pp" if row["kind"] == "pct" else "")
+    if not any(c in "123456789" for c in text.split("e")[0]):  # no visible change
         return text
     better = (d < 0) == (row["better"] == "lower")
     return f"{text} {'better' if better else 'worse'}"
@@ -134,14 +140,12 @@ def terminal_table(rows: list[dict], labels: list[str]) -> str:
     return "\n".join(out)
 
 
-def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+def _md_table(header: list[str], body: list[list[str]], left: int = 1) -> list[str]:
     def esc(c: str) -> str:
         return c.replace("|", "\\|")
 
-    lines = [
-        "| " + " | ".join(esc(h) for h in header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-    ]
+    align = ["---" if i < left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in body]
     return lines
 
@@ -172,6 +176,7 @@ def markdown_report(report: dict, chart_name: str | None) -> str:
             ]
             for m in report["models"]
         ],
+        left=2,
     )
     md += ["", "## Summary", ""]
     if report["summary"]:
@@ -294,7 +299,11 @@ def chart(report: dict, path: Path) -> bool:
         ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 3 else 0)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    legend = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), fontsize=8)
     fig.suptitle(" vs ".join(labels), fontsize=11)
     fig.savefig(path, dpi=110, format="png")
     return True
