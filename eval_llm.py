@@ -113,7 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--mmlu_dev", default=None, help="dev file with the k-shot examples (when --mmlu_path is a file)"
     )
-    g.add_argument("--shots", default="0,5", help="comma-separated shot counts (default 0,5)")
+    g.add_argument(
+        "--shots",
+        default=None,
+        help="comma-separated shot counts (default 0,5; just 0 when the MMLU data has no dev split)",
+    )
     g.add_argument("--no_mmlu", action="store_true")
     g = p.add_argument_group("code")
     g.add_argument(
@@ -178,7 +182,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.dtype not in DTYPES:
         raise UserError(f"--dtype {args.dtype!r}: use one of {', '.join(DTYPES)}")
     try:
-        args.shot_list = tuple(dict.fromkeys(int(s) for s in args.shots.split(",") if s.strip()))
+        args.shot_list = tuple(dict.fromkeys(int(s) for s in (args.shots or "0,5").split(",") if s.strip()))
     except ValueError:
         raise UserError(f"--shots {args.shots!r}: expected comma-separated integers like 0,5") from None
     if not args.shot_list or min(args.shot_list) < 0:
@@ -207,8 +211,14 @@ def load_data(args: argparse.Namespace) -> EvalData:
             )
     if not args.no_mmlu:
         try:
-            test, dev, where = load_mmlu(args.mmlu_path, args.mmlu_dev, max(args.shot_list) > 0, hub)
+            need_dev = max(args.shot_list) > 0
+            test, dev, where = load_mmlu(
+                args.mmlu_path, args.mmlu_dev, need_dev, hub, require_dev=args.shots is not None
+            )
             data.mmlu_test, data.mmlu_dev, data.mmlu_where = spread(test, args.limit), dev, where
+            if need_dev and dev is None:
+                data.shots = (0,)
+                data.notes.append(f"MMLU k-shot skipped: no dev split beside {where} (pass --mmlu_dev FILE)")
         except DataUnavailable as e:
             data.notes.append(str(e))
     if not args.no_code:

@@ -361,15 +361,18 @@ def test_demo_style_run_skips_missing_data_with_a_note(pretrained, tmp_path, mix
     proc = run_script(
         "eval_llm.py",
         *("--save_dir", str(pretrained), "--weight", "pretrain", "--val_path", str(mixed_val)),
-        *("--mmlu_path", str(mmlu_file), "--shots", "0", "--no_samples", "--output", str(out)),
+        *("--mmlu_path", str(mmlu_file), "--no_samples", "--output", str(out)),
         env={"HF_HUB_OFFLINE": "1", **ONE_THREAD},
     )
     report = json.loads(out.read_text())
+    # the default --shots 0,5 falls back to 0-shot: the file has no dev split beside it
+    assert list(report["results"]["pretrain_64"]["mmlu"]) == ["0-shot"]
     assert report["results"]["pretrain_64"]["mmlu"]["0-shot"]["n"] == 6
     assert "code" not in report["results"]["pretrain_64"]
-    assert [n.split(":")[0] for n in report["notes"]] == ["humaneval skipped", "mbpp skipped"]
-    assert "cannot reach openai/openai_humaneval on the Hugging Face Hub" in report["notes"][0]
-    assert "pass --humaneval_path" in report["notes"][0] and "pass --mbpp_path" in report["notes"][1]
+    kshot, humaneval, mbpp = report["notes"]
+    assert kshot.startswith("MMLU k-shot skipped: no dev split beside")
+    assert "cannot reach openai/openai_humaneval on the Hugging Face Hub" in humaneval
+    assert "pass --humaneval_path" in humaneval and "pass --mbpp_path" in mbpp
     assert "note: humaneval skipped" in proc.stdout and "MMLU 0-shot acc" in proc.stdout
 
 
@@ -418,6 +421,9 @@ def test_bad_inputs_give_one_line(pretrained, tmp_path, capsys):
         f.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
         err = fails(capsys, [*base, "--weight", "pretrain", "--mmlu_path", str(f), "--shots", "0"])
         assert msg in err and "row 2" in err, err
+    f.write_text(json.dumps(good) + "\n")
+    err = fails(capsys, [*base, "--weight", "pretrain", "--mmlu_path", str(f), "--shots", "0,5"])
+    assert "no dev split" in err and "--mmlu_dev" in err
     (d / "empty.jsonl").write_text("")
     assert "no documents" in fails(
         capsys, [*base, "--weight", "pretrain", "--val_path", str(d / "empty.jsonl")]

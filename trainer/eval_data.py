@@ -234,12 +234,14 @@ def _split_file(folder: Path, split: str) -> Path | None:
 
 
 def load_mmlu(
-    path: str | None, dev_path: str | None, need_dev: bool, hub: Hub
+    path: str | None, dev_path: str | None, need_dev: bool, hub: Hub, require_dev: bool = True
 ) -> tuple[list[MCQuestion], list[MCQuestion] | None, str]:
     """(test questions, dev questions or None, description of where they came from).
 
     ``path`` is a folder holding ``test.jsonl`` (and ``dev.jsonl`` for k-shot examples), or a
-    file of test questions with ``dev_path`` naming the dev file; None loads cais/mmlu.
+    file of test questions with ``dev_path`` naming the dev file; None loads cais/mmlu. A dev
+    split that ``need_dev`` asks for but that does not exist is an error if ``require_dev``,
+    else None.
     """
     if path is None:
         repo, config = MMLU_HUB
@@ -263,6 +265,8 @@ def load_mmlu(
     test = parse_mmlu_rows(load_local_rows(test_file, "MMLU"), str(test_file))
     dev = None
     if need_dev:
+        if dev_path is None and not require_dev:
+            return test, None, str(test_file)
         if dev_path is None:
             raise UserError(
                 f"--shots asks for k-shot examples but there is no dev split beside {test_file}; "
