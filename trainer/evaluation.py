@@ -118,9 +118,10 @@ class EvalModel:
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         """Greedy continuation of ``prompt`` (up to EOS), decoded."""
         ids = self.start() + self.encode([prompt])[0]
-        ids = ids[-max(1, self.max_len - max_new_tokens) :]
+        # prompt + continuation within the scoring context; the prompt keeps at least half of it
+        ids = ids[-max(self.max_len - max_new_tokens, self.max_len // 2) :]
         with self.autocast():
-            new = self._generate(ids, max_new_tokens)
+            new = self._generate(ids, min(max_new_tokens, self.max_len - len(ids)))
         if self.eos_id is not None and self.eos_id in new:
             new = new[: new.index(self.eos_id)]
         return self.tokenizer.decode(new, skip_special_tokens=True)
