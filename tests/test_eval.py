@@ -119,6 +119,18 @@ def test_prefix_cache_and_pruned_last_layer_match_model_forward(model, tok):
                 torch.testing.assert_close(g_, want, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_scoring_equals_the_model_under_autocast(model, tok):
+    """Pre-cast weights and the pruned last layer change nothing against plain autocast."""
+    import copy
+
+    em = MiniGPTEval(copy.deepcopy(model), "tiny", "memory", tok, 2048, "cpu", torch.bfloat16, {})
+    ids = torch.randint(3, len(tok), (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(ids).float()
+    got = em.logits_at((), ids.tolist(), [[39], [17]])
+    torch.testing.assert_close(torch.cat(got), torch.stack([want[0, 39], want[1, 17]]), atol=2e-2, rtol=0)
+
+
 def test_mmlu_prompt_is_the_standard_shape():
     q = MCQuestion("What is 2 + 3?", ("4", "5", "6", "7"), 1, "elementary_mathematics")
     shot = MCQuestion("What is 1 + 1?", ("2", "3", "4", "5"), 0, "elementary_mathematics")
