@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dataset.jsonl import iter_docs
 from dataset.tokenizer import tokenizer_sha256
 from model.errors import UserError
 
@@ -46,28 +47,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _iter_docs(path: Path) -> Iterator[tuple[str, str]]:
-    """(text, source) per JSONL row; source defaults to the file's stem."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
-                ) from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise UserError(
-                    f'{path}:{lineno}: row needs a string field "text" (rows look like {{"text": ..., "source": ...}})'
-                )
-            source = row.get("source", path.stem)
-            if not isinstance(source, str) or not source:
-                raise UserError(f'{path}:{lineno}: field "source" must be a non-empty string')
-            yield row["text"], source
 
 
 def check_data_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -218,7 +197,7 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
             texts: list[str] = []
             srcs: list[str] = []
             for text, src in tqdm(
-                _iter_docs(path), desc=f"tokenize {path.name}", unit="doc", leave=False, disable=None
+                iter_docs(path), desc=f"tokenize {path.name}", unit="doc", leave=False, disable=None
             ):
                 texts.append(text)
                 srcs.append(src)

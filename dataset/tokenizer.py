@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from dataset.jsonl import iter_jsonl
 from model.errors import UserError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -18,22 +18,10 @@ SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2: the ModelConfig defaults
 
 def iter_jsonl_texts(path: str | Path, field: str = "text") -> Iterator[str]:
     """Yield ``row[field]`` from a JSONL file, one row at a time; bad rows name file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: data file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
-                ) from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise UserError(f"{path}:{lineno}: row has no string field '{field}'")
-            yield row[field]
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row.get(field), str):
+            raise UserError(f"{path}:{lineno}: row has no string field '{field}'")
+        yield row[field]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, output_dir: str | Path, max_length: int = 4096):

@@ -10,7 +10,6 @@ says how to pass local files (``DataUnavailable``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset.formats import mmlu_answer_letter
+from dataset.jsonl import iter_docs
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -135,26 +135,7 @@ def read_val_docs(path: str | Path) -> list[Doc]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: validation file not found")
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
-                ) from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise UserError(
-                    f'{path}:{lineno}: row needs a string field "text" (rows look like {{"text": ..., "source": ...}})'
-                )
-            source = row.get("source", path.stem)
-            if not isinstance(source, str) or not source:
-                raise UserError(f'{path}:{lineno}: field "source" must be a non-empty string')
-            if row["text"]:
-                docs.append(Doc(row["text"], source))
+    docs = [Doc(text, source) for text, source in iter_docs(path) if text]
     if not docs:
         raise UserError(f"{path}: no documents to evaluate (the file is empty)")
     return docs
