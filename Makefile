@@ -45,7 +45,7 @@ demo: install
 	$(BIN)/python trainer/train_midtrain.py --data_config config/data/demo.yaml --use_prepared --prepared_dir $(DEMO)/data \
 		--from_weight pretrain $(DEMO_RUN) --epochs 2 --learning_rate 1e-3 --eval_interval 15
 	$(BIN)/python eval_llm.py --save_dir $(DEMO) --weight pretrain --weight midtrain \
-		--val_path $(DEMO)/data/demo_val.jsonl --output $(DEMO)/eval/demo.json
+		--val_path $(DEMO)/data/demo_val.jsonl --no_hub --output $(DEMO)/eval/demo.json
 	@echo "demo artifacts: data $(DEMO)/data | tokenizer $(DEMO)/tokenizer | weights $(DEMO)/*.pth | resume $(DEMO)/checkpoints | eval $(DEMO)/eval"
 
 # The replay / re-warmup ablation on the real rows in ../shared/data (~30 min on 2 CPU cores):
