@@ -113,6 +113,9 @@ def test_tiny_study_end_to_end(tmp_path):
             assert math.isfinite(mean) and math.isfinite(half)
         assert math.isfinite(v["early_spike_replay"][0])
         assert v["mmlu"]["total"] == 120  # 60 questions x 2 seeds
+    # the realized share of replay tokens: none without replay, some (counted in tokens) with it
+    assert results["variants"]["replay0"]["replay_token_share"] == 0.0
+    assert 0.1 < results["variants"]["replay30_carry"]["replay_token_share"] < 0.9
     # every run was evaluated densely in its early window and on the same held-out set
     for r in results["runs"].values():
         steps = [p["step"] for p in r["curve"]]

@@ -125,7 +125,7 @@ def test_midtrain_lowers_code_loss_and_reports_per_source(prepared, pretrained, 
     for r in train:
         assert r["lr"] == pytest.approx(get_midtrain_lr(r["step"] - 1, total, 2e-3, 0.05))
     # realized token share is reported and follows the prepared data
-    assert "Token share per source" in log and set(k for k in train[-1] if k.startswith("share_")) == {
+    assert "Share of tokens per source" in log and set(k for k in train[-1] if k.startswith("share_")) == {
         "share_replay",
         "share_code",
         "share_reasoning",

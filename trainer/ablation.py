@@ -267,7 +267,12 @@ def early_spike(evals: list[dict], key: str, until_step: int) -> float:
     return max(window) - start
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """(train records, eval records) of a run's metrics JSONL."""
+def read_metrics(path: Path) -> tuple[list[dict], list[dict], dict]:
+    """(train records, eval records, the end-of-run summary or {}) of a run's metrics JSONL."""
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in recs if r["kind"] == "train"], [r for r in recs if r["kind"] == "eval"]
+    summaries = [r for r in recs if r["kind"] == "summary"]
+    return (
+        [r for r in recs if r["kind"] == "train"],
+        [r for r in recs if r["kind"] == "eval"],
+        summaries[-1] if summaries else {},
+    )

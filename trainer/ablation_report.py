@@ -41,7 +41,7 @@ def collect(
     mmlu = mmlu_counts(eval_json)
     for v, seed in runs:
         key = f"{v.name}_s{seed}"
-        train, evals = read_metrics(weights / f"{key}_{hidden}_metrics.jsonl")
+        train, evals, summary = read_metrics(weights / f"{key}_{hidden}_metrics.jsonl")
         total = max(r["step"] for r in train)
         until = max(1, math.ceil(0.05 * total))
         first, last = evals[0], evals[-1]
@@ -59,9 +59,12 @@ def collect(
             "curve": [{"step": e["step"], **{s: e.get(f"loss_{s}") for s in srcs}} for e in evals],
             "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train),
             "mfu": statistics.median(r["mfu"] for r in train),
+            # the variant's replay ratio counts rows; this is the share of trained tokens it became
+            "token_share": summary.get("token_share", {}),
+            "seconds": summary.get("seconds"),
             "mmlu": mmlu.get(f"{key}_{hidden}") or mmlu.get(key),
         }
-    pre_train, pre_evals = read_metrics(weights / f"pretrain_{hidden}_metrics.jsonl")
+    pre_train, pre_evals, _ = read_metrics(weights / f"pretrain_{hidden}_metrics.jsonl")
     variants = {}
     for v in cfg.variants:
         rs = [r for r in per_run.values() if r["variant"] == v.name]
@@ -74,6 +77,9 @@ def collect(
             "delta": {s: mean_ci95([r["delta"][s] for r in rs]) for s in sources},
             "delta_pct": {s: mean_ci95([100 * r["delta"][s] / r["start"][s] for r in rs]) for s in sources},
             "early_spike_replay": mean_ci95([r["early_spike_replay"] for r in rs]),
+            "replay_token_share": statistics.fmean(
+                [r["token_share"].get(cfg.replay_source, 0.0) for r in rs if r["token_share"]] or [math.nan]
+            ),
         }
         counts = [r["mmlu"] for r in rs if r["mmlu"]]
         if counts:
@@ -174,15 +180,21 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "",
         "## Held-out loss after mid-training (change vs the pretrained model)",
         "",
-        "| variant | " + " | ".join(sources) + " |",
-        "|---|" + "---|" * len(sources),
-        "| pretrained | " + " | ".join(f"{pre['heldout_loss'].get(s, math.nan):.3f}" for s in sources) + " |",
+        f"The replay ratio counts rows; `{replay} tokens` is the share of trained tokens that replay rows made up.",
+        "",
+        f"| variant | {replay} tokens | " + " | ".join(sources) + " |",
+        "|---|---|" + "---|" * len(sources),
+        "| pretrained | - | "
+        + " | ".join(f"{pre['heldout_loss'].get(s, math.nan):.3f}" for s in sources)
+        + " |",
     ]
     for v in variants.values():
         cells = [
             f"{_fmt(*v['final'][s])} ({_fmt(*v['delta_pct'][s], digits=1, signed=True)}%)" for s in sources
         ]
-        lines.append(f"| {v['label']} | " + " | ".join(cells) + " |")
+        share = v["replay_token_share"]
+        share_cell = f"{100 * share:.1f}%" if math.isfinite(share) else "-"
+        lines.append(f"| {v['label']} | {share_cell} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"## Early forgetting spike (largest rise of held-out {replay} loss in the first 5% of steps; negative: no rise)",

@@ -456,7 +456,7 @@ class Stage:
     banner: Callable[[int], list[str]] = lambda total: []  # lines printed once the run length is known
     identity: dict = field(default_factory=dict)  # what makes a resume checkpoint belong to this run
     meta: dict = field(default_factory=dict)  # extra facts stored in the checkpoint (data config, ...)
-    target_shares: dict[str, float] | None = None  # the mixture's per-source token share, to compare
+    target_shares: dict[str, float] | None = None  # the mixture's per-source ratio (of rows), to compare
     optimizer_state: dict | None = None  # start from this AdamW state (e.g. carried over from pretrain)
 
 
@@ -596,7 +596,7 @@ def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus |
             return
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"kind": kind, **data}) + "\n")
-        if wandb_run is not None:
+        if wandb_run is not None and kind != "summary":
             prefix = "val/" if kind == "eval" else "train/"
             wandb_run.log({prefix + k: v for k, v in data.items() if k != "step"}, step=data["step"])
 
@@ -772,6 +772,7 @@ def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus |
     summary = _summary(
         train, seen, history, stage, finished, step, total, paths, time.perf_counter() - run_t0
     )
+    record("summary", {k: summary[k] for k in ("step", "finished", "token_share", "seconds")})
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
         wandb_run.finish()
@@ -784,7 +785,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if step == 0 or not path.exists():
         path.write_text("")
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line and json.loads(line)["step"] <= step and json.loads(line)["kind"] != "summary"
+    ]
     path.write_text("".join(line + "\n" for line in keep))
 
 
@@ -794,7 +799,10 @@ def _summary(train, seen, history, stage, finished, step, total, paths, seconds)
     corpus = train.source_token_counts()
     corpus_total = max(sum(corpus.values()), 1)
     if len(names) > 1 or stage.target_shares:
-        log.info("Token share per source: realized in training | in the prepared data | mixture target")
+        # a mixture's ratios count rows (samples); sources with longer rows take a larger share of tokens
+        log.info(
+            "Share of tokens per source: realized in training | in the prepared data | mixture ratio (rows)"
+        )
         for n, share in zip(names, shares, strict=True):
             target = (
                 f"{stage.target_shares[n]:.1%}" if stage.target_shares and n in stage.target_shares else "-"
@@ -816,6 +824,7 @@ def _summary(train, seen, history, stage, finished, step, total, paths, seconds)
         "step": step,
         "total_steps": total,
         "token_share": dict(zip(names, shares, strict=True)),
+        "seconds": seconds,
         "eval_history": history,
         "weights": str(paths.weights),
         "resume": str(paths.resume),
