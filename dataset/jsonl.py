@@ -14,15 +14,21 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{path}:{lineno}: not UTF-8 ({e.reason}); re-encode the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(
-                    f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
+                    f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno}); fix or remove that line"
                 ) from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object per line")

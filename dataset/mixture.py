@@ -42,6 +42,7 @@ from dataset.blend import allocate, interleave, is_val, repeat_order, text_hash
 from dataset.decontam import EvalNgrams, ngram_hashes_batch
 from dataset.filters import TextFilter
 from dataset.formats import FormatSpec, MissingFieldError, render_row
+from dataset.jsonl import iter_jsonl
 from dataset.mixture_config import DataRef, MixtureConfig, SourceConfig, load_mixture_config
 from model.errors import UserError
 
@@ -100,22 +101,8 @@ def _expand_files(ref: DataRef, where: str) -> list[str]:
     return files
 
 
-def _scan_json_lines(path: str) -> str | None:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                return f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})"
-            if not isinstance(row, dict):
-                return f"{path}:{lineno}: expected one JSON object per line, got {type(row).__name__}"
-    return None
-
-
 def _first_bad_json_line(files: list[str]) -> str | None:
-    """``file:line: problem`` for the first malformed JSON line among ``files``, or None."""
+    """``file:line: problem; what to do`` for the first malformed JSON line among ``files``, or None."""
     for path in files:
         if path.endswith(".json"):
             try:
@@ -124,12 +111,14 @@ def _first_bad_json_line(files: list[str]) -> str | None:
                 continue  # one JSON document: whatever went wrong, it was not the syntax
             except json.JSONDecodeError as e:
                 if not e.msg.startswith("Extra data"):  # "Extra data": JSON lines in a .json file
-                    return f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})"
+                    return f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno}); fix that line"
             except UnicodeDecodeError as e:
-                return f"{path}: not UTF-8 ({e.reason})"
-        bad = _scan_json_lines(path)
-        if bad:
-            return bad
+                return f"{path}: not UTF-8 ({e.reason}); re-encode the file as UTF-8"
+        try:
+            for _ in iter_jsonl(path):
+                pass
+        except UserError as e:
+            return str(e)
     return None
 
 
@@ -182,7 +171,7 @@ def _load_quietly(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any,
     except Exception as e:  # noqa: BLE001 - reported as one line below
         bad = _first_bad_json_line(files) if ref.builder == "json" else None
         if bad:
-            raise UserError(f"{where}: {bad}; fix or remove that line") from None
+            raise UserError(f"{where}: {bad}") from None
         raise UserError(f"{where}: cannot read {ref.label} ({_first_line(e)})") from None
     return ds, files
 

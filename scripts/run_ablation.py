@@ -2,8 +2,8 @@
 
     python scripts/run_ablation.py --config config/experiments/replay_ablation_local.yaml
 
-prepare_dataset (pretrain data, the base mixture, one mixture per replay share)
--> train_tokenizer -> train_pretrain (once) -> train_midtrain (each variant x seed, all on the
+prepare_dataset (pretrain data, the base mixture) -> train_tokenizer -> prepare_dataset (one
+mixture per replay share; shares are of tokens) -> train_pretrain (once) -> train_midtrain (each variant x seed, all on the
 same held-out set) -> eval_llm (MMLU-format accuracy) -> out/ablation/<name>/report.md, a JSON
 of every number and PNG plots. Finished steps are kept: re-running the command continues an
 interrupted study (--fresh starts over).
@@ -26,7 +26,14 @@ from pathlib import Path
 import yaml
 
 from model.errors import UserError
-from trainer.ablation import ExperimentConfig, Variant, flags, load_experiment_config, variant_mixture
+from trainer.ablation import (
+    ExperimentConfig,
+    Variant,
+    flags,
+    load_experiment_config,
+    mean_row_tokens,
+    variant_mixture,
+)
 from trainer.ablation_report import write_report
 from trainer.cli import run, setup_logging
 from trainer.paths import REPO_ROOT, repo_path
@@ -73,6 +80,13 @@ class Study:
             out["device"] = self.device
         return out
 
+    def prepare(self, key: str, config: Path) -> None:
+        self.run(
+            f"prepare_{key}",
+            "scripts/prepare_dataset.py",
+            ["--config", str(config), "--output_dir", str(self.data), "--overwrite"],
+        )
+
     def phase(self, name: str, fn) -> None:
         t0 = time.perf_counter()
         log.info(f"== {name}")
@@ -80,25 +94,32 @@ class Study:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def prepare(study: Study) -> dict[str, Path]:
-    """Prepare the pretrain data, the base mixture and one mixture per replay share."""
+def prepare_inputs(study: Study) -> dict[str, Path]:
+    """Prepare the pretrain data and the base mixture (the tokenizer's text, the held-out set)."""
+    mixtures = {"pretrain": study.cfg.pretrain_data, "base": study.cfg.midtrain_data}
+    for key, path in mixtures.items():
+        study.prepare(key, path)
+    return mixtures
+
+
+def prepare_variants(study: Study, tok_dir: Path) -> dict[str, Path]:
+    """One mixture per replay share. Shares are of tokens: each source's row ratio is set from its
+    mean row length in the base mixture, tokenized with the study's tokenizer."""
+    from dataset.tokenizer import load_tokenizer
+
     cfg = study.cfg
-    mixtures: dict[str, Path] = {"pretrain": cfg.pretrain_data, "base": cfg.midtrain_data}
+    row_tokens = mean_row_tokens(prepared(study, cfg.midtrain_data, "train"), load_tokenizer(tok_dir))
+    log.info("  mean tokens per row: " + ", ".join(f"{k} {v:.0f}" for k, v in row_tokens.items()))
+    mixtures = {}
     for share in sorted({v.replay for v in cfg.variants}):
-        path = study.out / "configs" / f"replay{round(share * 100):02d}.yaml"
-        raw = variant_mixture(
-            cfg.midtrain_data, cfg.replay_source, share, f"{cfg.name}_replay{round(share * 100):02d}"
-        )
+        key = f"replay{round(share * 100):02d}"
+        path = study.out / "configs" / f"{key}.yaml"
+        raw = variant_mixture(cfg.midtrain_data, cfg.replay_source, share, f"{cfg.name}_{key}", row_tokens)
         text = yaml.safe_dump(raw, sort_keys=False)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
-        mixtures[f"replay{round(share * 100):02d}"] = path
-    for key, path in mixtures.items():
-        study.run(
-            f"prepare_{key}",
-            "scripts/prepare_dataset.py",
-            ["--config", str(path), "--output_dir", str(study.data), "--overwrite"],
-        )
+        study.prepare(key, path)
+        mixtures[key] = path
     return mixtures
 
 
@@ -138,16 +159,23 @@ def run_key(variant: Variant, seed: int) -> str:
     return f"{variant.name}_s{seed}"
 
 
-def finished(study: Study, save_weight: str, hidden: int) -> bool:
+def finished(study: Study, save_weight: str, hidden: int, data_config: Path | None = None) -> bool:
+    """Whether a finished run of that name is there (for a mid-training run: on this mixture)."""
     import torch
+
+    from dataset.mixture import load_mixture_config
 
     path = study.weights / f"{save_weight}_{hidden}.pth"
     if not path.is_file():
         return False
     try:
-        return bool(torch.load(path, map_location="cpu", weights_only=True)["meta"].get("finished"))
+        meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
     except Exception:  # noqa: BLE001 - a file from an older layout: redo the run
         return False
+    same_data = (
+        data_config is None or meta.get("data_config_sha256") == load_mixture_config(data_config).sha256
+    )
+    return bool(meta.get("finished")) and same_data
 
 
 def main() -> None:
@@ -177,7 +205,7 @@ def main() -> None:
     heldout: list[Path] = []
 
     def do_prepare() -> None:
-        mixtures.update(prepare(study))
+        mixtures.update(prepare_inputs(study))
         heldout.append(build_heldout(study))
 
     study.phase("prepare", do_prepare)
@@ -199,6 +227,7 @@ def main() -> None:
             ],
         ),
     )
+    study.phase("prepare", lambda: mixtures.update(prepare_variants(study, tok)))
     common = [
         "--save_dir",
         str(study.weights),
@@ -236,10 +265,10 @@ def main() -> None:
     def midtrain(item: tuple[Variant, int]) -> None:
         v, seed = item
         key = run_key(v, seed)
-        if finished(study, key, hidden):
+        mix = mixtures[f"replay{round(v.replay * 100):02d}"]
+        if finished(study, key, hidden, mix):
             log.info(f"  {key}: already done")
             return
-        mix = mixtures[f"replay{round(v.replay * 100):02d}"]
         margs = study.scaled({**cfg.midtrain_args, **v.args})
         until = max(1, math.ceil(0.05 * int(margs.get("max_steps", 0) or 1)))
         margs.setdefault("early_eval_steps", until)

@@ -63,6 +63,16 @@ def test_variant_mixture_moves_only_the_replay_share(tmp_path):
         from dataset.mixture import load_mixture_config
 
         load_mixture_config(path)  # the derived file is a valid mixture, with absolute paths
+    # shares of tokens: rows twice as long get half the row ratio for the same share of tokens
+    lengths = {"replay": 200.0, "code": 100.0, "reasoning": 50.0}
+    raw = variant_mixture(base, "replay", 0.3, "v", row_tokens=lengths)
+    rows = {s["name"]: s["ratio"] for s in raw["sources"]}
+    assert sum(rows.values()) == pytest.approx(1.0, abs=1e-9)
+    tokens = {k: rows[k] * lengths[k] for k in rows}
+    shares = {k: v / sum(tokens.values()) for k, v in tokens.items()}
+    assert shares == pytest.approx({"replay": 0.3, "code": 0.35, "reasoning": 0.35}, abs=1e-5)
+    with pytest.raises(UserError, match="reasoning"):
+        variant_mixture(base, "replay", 0.3, "v", row_tokens={"replay": 1.0, "code": 1.0})
 
 
 def test_bad_experiment_config(tmp_path):
@@ -113,9 +123,9 @@ def test_tiny_study_end_to_end(tmp_path):
             assert math.isfinite(mean) and math.isfinite(half)
         assert math.isfinite(v["early_spike_replay"][0])
         assert v["mmlu"]["total"] == 120  # 60 questions x 2 seeds
-    # the realized share of replay tokens: none without replay, some (counted in tokens) with it
+    # replay shares are shares of tokens: 30% of the tokens trained on, not 30% of (longer) rows
     assert results["variants"]["replay0"]["replay_token_share"] == 0.0
-    assert 0.1 < results["variants"]["replay30_carry"]["replay_token_share"] < 0.9
+    assert results["variants"]["replay30_carry"]["replay_token_share"] == pytest.approx(0.3, abs=0.08)
     # every run was evaluated densely in its early window and on the same held-out set
     for r in results["runs"].values():
         steps = [p["step"] for p in r["curve"]]

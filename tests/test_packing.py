@@ -95,6 +95,9 @@ def test_bad_jsonl_names_file_and_line(tmp_path, tok):
     bad.write_text('{"text": "fine"}\n{"text": broken\n')
     with pytest.raises(UserError, match=r"bad.jsonl:2: malformed JSON"):
         build_packed([bad], tok, 64, tmp_path / "cache")
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not UTF-8"):
+        build_packed([bad], tok, 64, tmp_path / "cache")
     bad.write_text('{"txt": "no text field"}\n')
     with pytest.raises(UserError, match=r"bad.jsonl:1: .*\"text\""):
         build_packed([bad], tok, 64, tmp_path / "cache")

@@ -27,7 +27,7 @@ VARIANT_KEYS = {"name", "replay", "args", "label"}
 @dataclass(frozen=True)
 class Variant:
     name: str
-    replay: float  # the replay source's share of the mixture; the other sources share the rest
+    replay: float  # the replay source's share of the mixture's tokens; the other sources share the rest
     args: dict[str, Any] = field(default_factory=dict)  # extra train_midtrain.py flags
     label: str = ""
 
@@ -169,10 +169,33 @@ def flags(args: dict[str, Any]) -> list[str]:
     return out
 
 
-def variant_mixture(base_path: Path, replay_source: str, replay: float, name: str) -> dict:
+def mean_row_tokens(path: Path, tok) -> dict[str, float]:
+    """Mean tokens per row of each source in a prepared ``{"text", "source"}`` JSONL, counted as
+    packing counts them (BOS + text + EOS)."""
+    from dataset.jsonl import iter_docs
+
+    totals: dict[str, list[int]] = {}
+    docs = list(iter_docs(path))
+    encoded = tok.backend_tokenizer.encode_batch([t for t, _ in docs], add_special_tokens=False)
+    for (_, src), enc in zip(docs, encoded, strict=True):
+        n = totals.setdefault(src, [0, 0])
+        n[0] += len(enc.ids) + 2
+        n[1] += 1
+    return {src: tokens / rows for src, (tokens, rows) in totals.items()}
+
+
+def variant_mixture(
+    base_path: Path, replay_source: str, replay: float, name: str, row_tokens: dict[str, float] | None = None
+) -> dict:
     """The base mixture with the replay source at ``replay``; the other sources keep their
     proportions among themselves. replay 0 drops the source. Paths become absolute so the
-    derived YAML can live anywhere."""
+    derived YAML can live anywhere.
+
+    The study's shares are shares of tokens. A mixture's ratios count rows, so with
+    ``row_tokens`` (mean tokens per row of each source) each share is divided by its source's row
+    length before the ratios are normalized: 30% replay then means 30% of the tokens trained on,
+    not 30% of rows that are longer than the others. Without it the shares are row ratios.
+    """
     raw = yaml.safe_load(base_path.read_text(encoding="utf-8"))
     base = base_path.parent
 
@@ -193,6 +216,14 @@ def variant_mixture(base_path: Path, replay_source: str, replay: float, name: st
                 out.append({**s, "ratio": replay})
         else:
             out.append({**s, "ratio": s["ratio"] / rest * (1 - replay)})
+    if row_tokens is not None:
+        if missing := [s["name"] for s in out if not row_tokens.get(s["name"])]:
+            raise UserError(f"{base_path}: no rows of source(s) {missing} in the prepared base mixture")
+        for s in out:
+            s["ratio"] /= row_tokens[s["name"]]
+        total = sum(s["ratio"] for s in out)
+        for s in out:
+            s["ratio"] /= total
     # exact sum of 1: give the rounding remainder to the last source
     for s in out:
         s["ratio"] = round(s["ratio"], 6)

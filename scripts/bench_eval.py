@@ -1,0 +1,106 @@
+"""MMLU scoring benchmark: eval_llm.py on the 14,042 real MMLU test questions.
+
+    python scripts/bench_eval.py [--mmlu_dir ../shared/data/mmlu] [--shots 0,5] [--limit N]
+
+Builds a checkpoint of the default 512x8 model (26M parameters; vocabulary 6400 from a byte-level
+BPE trained on TinyStories) through the same code the trainers save with, then runs the real
+eval_llm.py on it and reports questions/s and the total time per shot setting. The weights are
+freshly initialized: scoring costs the same whatever they are (the prompts, their tokens and the
+forward passes do not depend on them), so no training is needed to measure it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dataset.jsonl import iter_docs
+from dataset.tokenizer import train_tokenizer
+from model.config import ModelConfig
+from model.errors import UserError
+from model.model import MiniGPTForCausalLM
+from trainer.checkpoint import atomic_torch_save, weights_state
+from trainer.cli import run
+from trainer.metrics import measure_matmul_flops
+from trainer.paths import REPO_ROOT
+
+SHARED = REPO_ROOT.parent / "shared" / "data"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mmlu_dir", default=str(SHARED / "mmlu"), help="folder with test.jsonl and dev.jsonl")
+    p.add_argument("--tokenizer_data", default=str(SHARED / "tinystories" / "train_v1_first2MiB.jsonl"))
+    p.add_argument("--shots", default="0", help="comma-separated shot counts (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
+    p.add_argument("--hidden_size", type=int, default=512)
+    p.add_argument("--num_hidden_layers", type=int, default=8)
+    p.add_argument("--max_seq_len", type=int, default=512, help="the model's evaluation context")
+    p.add_argument("--batch_size", type=int, default=None, help="eval_llm.py --batch_size")
+    p.add_argument("--dtype", default=None, help="eval_llm.py --dtype")
+    p.add_argument("--device", default=None)
+    args = p.parse_args()
+    mmlu = Path(args.mmlu_dir)
+    if not (mmlu / "test.jsonl").is_file():
+        raise UserError(f"--mmlu_dir {mmlu}: no test.jsonl there (MMLU from ../shared/data/mmlu)")
+    if not Path(args.tokenizer_data).is_file():
+        raise UserError(f"--tokenizer_data {args.tokenizer_data}: not found")
+
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
+        tmp = Path(tmp)
+        tok = train_tokenizer((t for t, _ in iter_docs(args.tokenizer_data)), 6400, tmp / "tok")
+        cfg = ModelConfig(
+            hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, vocab_size=len(tok)
+        )
+        torch.manual_seed(0)
+        model = MiniGPTForCausalLM(cfg)
+        meta = {"stage": "bench", "max_seq_len": args.max_seq_len, "step": 0, "finished": True}
+        atomic_torch_save(weights_state(model, tok, meta), tmp / f"bench_{args.hidden_size}.pth")
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        peak = measure_matmul_flops(device, torch.bfloat16, seconds=2.0)
+        print(
+            f"model {cfg.num_params() / 1e6:.1f}M params ({args.hidden_size}x{args.num_hidden_layers}, "
+            f"vocab {len(tok)}), context {args.max_seq_len}; bf16 matmul peak measured in this run: "
+            f"{peak / 1e12:.3f} TFLOP/s ({device}, {torch.get_num_threads()} threads)",
+            flush=True,
+        )
+        report = tmp / "eval.json"
+        cmd = [
+            sys.executable,
+            str(REPO_ROOT / "eval_llm.py"),
+            "--save_dir",
+            str(tmp),
+            "--weight",
+            "bench",
+            "--mmlu_path",
+            str(mmlu),
+            "--shots",
+            args.shots,
+            "--no_lm",
+            "--no_code",
+            "--no_samples",
+            "--no_hub",
+            "--output",
+            str(report),
+        ]
+        for flag in ("limit", "batch_size", "dtype", "device"):
+            if getattr(args, flag) is not None:
+                cmd += [f"--{flag}", str(getattr(args, flag))]
+        print("$ " + " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        results = next(iter(json.loads(report.read_text())["results"].values()))["mmlu"]
+    print(f"\n{'setting':<10} {'questions':>10} {'seconds':>9} {'questions/s':>12} {'mean shots':>11}")
+    for setting, r in results.items():
+        print(
+            f"{setting:<10} {r['n']:>10,} {r['seconds']:>9.1f} {r['questions_per_s']:>12.1f} {r['mean_shots']:>11.2f}"
+        )
+
+
+if __name__ == "__main__":
+    run(main)
