@@ -56,6 +56,7 @@ ablation: install
 
 bench: install
 	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_eval.py
 
 clean:
 	rm -rf $(DEMO) out/cache

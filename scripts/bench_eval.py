@@ -4,7 +4,9 @@
 
 Builds a checkpoint of the default 512x8 model (26M parameters; vocabulary 6400 from a byte-level
 BPE trained on TinyStories) through the same code the trainers save with, then runs the real
-eval_llm.py on it and reports questions/s and the total time per shot setting. The weights are
+eval_llm.py on it and reports, per shot setting, the time, questions/s, tokens run through the
+model, the padding share and the forward FLOP rate as a share of a bf16 matmul peak measured in
+the same run. The weights are
 freshly initialized: scoring costs the same whatever they are (the prompts, their tokens and the
 forward passes do not depend on them), so no training is needed to measure it.
 """
@@ -95,10 +97,19 @@ def main() -> None:
         print("$ " + " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         results = next(iter(json.loads(report.read_text())["results"].values()))["mmlu"]
-    print(f"\n{'setting':<10} {'questions':>10} {'seconds':>9} {'questions/s':>12} {'mean shots':>11}")
+    # forward FLOPs per scored token: 2N + the attention term (flops_per_token / 3, PaLM convention,
+    # at the mean row length) less the LM head, which runs at one position per question
+    head = 2 * cfg.vocab_size * cfg.hidden_size
+    print(
+        f"\n{'setting':<8} {'questions':>9} {'seconds':>8} {'q/s':>6} {'tokens':>10} {'padding':>8} {'of peak':>8}"
+    )
     for setting, r in results.items():
+        mean_len = r["tokens"] / r["n"]
+        fwd = cfg.flops_per_token(round(mean_len)) / 3 - head
+        util = r["tokens"] * fwd / r["seconds"] / peak
         print(
-            f"{setting:<10} {r['n']:>10,} {r['seconds']:>9.1f} {r['questions_per_s']:>12.1f} {r['mean_shots']:>11.2f}"
+            f"{setting:<8} {r['n']:>9,} {r['seconds']:>8.1f} {r['questions_per_s']:>6.1f} {r['tokens']:>10,} "
+            f"{r['padding']:>8.1%} {util:>8.1%}"
         )
 
 

@@ -153,10 +153,12 @@ def test_mmlu_loglikelihoods_match_transformers_on_full_sequences(model, tok, mm
     assert facts["mean_shots"] == shots and facts["truncated"] == 0
     hf = to_llama(model)
     bos = tok.bos_token_id
+    full = 0
     for i, q in enumerate(test):
         examples = [d for d in dev if d.subject == q.subject][:shots]
         prompt = mmlu_prompt(q, examples)
         ctx = [bos] + tok.encode(prompt, add_special_tokens=False)
+        full += len(ctx)
         seqs = [[bos] + tok.encode(f"{prompt} {x}", add_special_tokens=False) for x in "ABCD"]
         width = max(map(len, seqs))
         with torch.no_grad():  # the four full strings, right-padded into one batch
@@ -166,6 +168,8 @@ def test_mmlu_loglikelihoods_match_transformers_on_full_sequences(model, tok, mm
             lp = torch.log_softmax(logits[letter], -1)
             want = sum(lp[j - 1, ids[j]].item() for j in range(len(ctx), len(ids)))
             assert ll[i, letter].item() == pytest.approx(want, abs=2e-4)
+    # the shared header (and examples) run once per subject: fewer tokens than the full prompts
+    assert len(test) <= facts["tokens"] < full and 0 <= facts["padding"] < 1
 
 
 def test_shots_shrink_to_fit_the_context(model, tok, mmlu):

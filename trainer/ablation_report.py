@@ -17,8 +17,9 @@ def _fmt(mean: float, half: float, digits: int = 3, signed: bool = False) -> str
     return m if not math.isfinite(half) else f"{m} ± {half:.{digits}f}"
 
 
-def mmlu_counts(eval_json: Path) -> dict[str, tuple[int, int]]:
-    """{model label: (correct, total)} for the first MMLU setting in an eval_llm report."""
+def mmlu_counts(eval_json: Path) -> dict[str, tuple[int, int, float]]:
+    """{model label: (correct, total, mean probability of the four letters)} for the first MMLU
+    setting in an eval_llm report."""
     if not eval_json.is_file():
         return {}
     report = json.loads(eval_json.read_text())
@@ -27,9 +28,17 @@ def mmlu_counts(eval_json: Path) -> dict[str, tuple[int, int]]:
         mmlu = res.get("mmlu") or {}
         for setting in mmlu.values():
             if isinstance(setting, dict) and "acc" in setting and "n" in setting:
-                out[label] = (round(setting["acc"] * setting["n"]), int(setting["n"]))
+                n = int(setting["n"])
+                out[label] = (round(setting["acc"] * n), n, float(setting.get("letter_mass", math.nan)))
                 break
     return out
+
+
+def _pooled_mmlu(counts: list) -> dict:
+    """Questions pooled over runs: accuracy with its Wilson interval, mean letter probability."""
+    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    mass = statistics.fmean(c[2] for c in counts)
+    return {"correct": k, "total": n, "acc_wilson95": wilson95(k, n), "letter_mass": mass}
 
 
 def collect(
@@ -83,8 +92,7 @@ def collect(
         }
         counts = [r["mmlu"] for r in rs if r["mmlu"]]
         if counts:
-            k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
-            agg["mmlu"] = {"correct": k, "total": n, "acc_wilson95": wilson95(k, n)}
+            agg["mmlu"] = _pooled_mmlu(counts)
         variants[v.name] = agg
     pre_mmlu = mmlu.get(f"pretrain_{hidden}") or mmlu.get("pretrain")
     return {
@@ -98,9 +106,7 @@ def collect(
             else None,
             "steps": max((r["step"] for r in pre_train), default=0),
             "final_eval": pre_evals[-1] if pre_evals else None,
-            "mmlu": {"correct": pre_mmlu[0], "total": pre_mmlu[1], "acc_wilson95": wilson95(*pre_mmlu)}
-            if pre_mmlu
-            else None,
+            "mmlu": _pooled_mmlu([pre_mmlu]) if pre_mmlu else None,
         },
         "variants": variants,
         "runs": per_run,
@@ -180,7 +186,8 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "",
         "## Held-out loss after mid-training (change vs the pretrained model)",
         "",
-        f"The replay ratio counts rows; `{replay} tokens` is the share of trained tokens that replay rows made up.",
+        f"Replay shares are shares of the tokens trained on; `{replay} tokens` is the share realized in training "
+        "(mean over seeds).",
         "",
         f"| variant | {replay} tokens | " + " | ".join(sources) + " |",
         "|---|---|" + "---|" * len(sources),
@@ -207,16 +214,20 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "",
         "## MMLU-format accuracy (answer-letter log-likelihood; chance = 25%)",
         "",
-        "| model | correct / total | accuracy [95% Wilson] |",
-        "|---|---|---|",
+        "Questions pooled over seeds. P(A-D): the probability the model puts on the four answer letters "
+        "after `Answer:` (near 0: it has not learned the format).",
+        "",
+        "| model | correct / total | accuracy [95% Wilson] | P(A-D) |",
+        "|---|---|---|---|",
     ]
 
     def acc_row(label: str, m: dict | None) -> str:
         if not m:
-            return f"| {label} | - | - |"
+            return f"| {label} | - | - | - |"
         p, lo, hi = m["acc_wilson95"]
         return (
-            f"| {label} | {m['correct']} / {m['total']} | {100 * p:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] |"
+            f"| {label} | {m['correct']} / {m['total']} | {100 * p:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+            f"| {m.get('letter_mass', math.nan):.3f} |"
         )
 
     lines.append(acc_row("pretrained", pre.get("mmlu")))

@@ -596,6 +596,7 @@ def mmlu_loglikelihoods(
         groups[it.prefix].append(it)
     n_rows = len(plan.stems)
     rows_per_batch = max(1, batch_size // n_rows)
+    scored = padded = 0  # tokens run through the model past the shared prefixes; with padding
     bar = tqdm(total=len(items), desc=f"mmlu {k}-shot {em.label}", unit="q", leave=False, disable=None)
     for prefix, group in groups.items():
         group.sort(key=lambda it: -len(it.body))
@@ -607,6 +608,8 @@ def mmlu_loglikelihoods(
                     rows.append(it.body + list(stem))
                     pos.append(list(range(len(it.body) - 1, len(it.body) + len(stem))))
             logits = em.logits_at(prefix, rows, pos)
+            scored += sum(len(r) for r in rows)
+            padded += len(rows) * max(len(r) for r in rows)
             for c, it in enumerate(chunk):
                 for letter, (si, cont) in enumerate(plan.letters):
                     lp = torch.log_softmax(logits[c * n_rows + si], dim=-1)
@@ -616,6 +619,8 @@ def mmlu_loglikelihoods(
     facts = {
         "mean_shots": sum(it.shots for it in items) / len(items),
         "truncated": sum(it.truncated for it in items),
+        "tokens": scored,
+        "padding": 1 - scored / max(padded, 1),
         "fewer_shots": sum(
             it.shots < min(k, len(dev_by_subject.get(questions[it.index].subject, []))) for it in items
         ),
