@@ -6,9 +6,9 @@ Builds a checkpoint of the default 512x8 model (26M parameters; vocabulary 6400 
 BPE trained on TinyStories) through the same code the trainers save with, then runs the real
 eval_llm.py on it and reports, per shot setting, the time, questions/s, tokens run through the
 model, the padding share and the forward FLOP rate as a share of a bf16 matmul peak measured in
-the same run. The weights are
-freshly initialized: scoring costs the same whatever they are (the prompts, their tokens and the
-forward passes do not depend on them), so no training is needed to measure it.
+the same run. The weights are freshly initialized: scoring costs the same whatever they are
+(the prompts, their tokens and the forward passes do not depend on them), so no training is
+needed to measure it.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
     python scripts/run_ablation.py --config config/experiments/replay_ablation_local.yaml
 
 prepare_dataset (pretrain data, the base mixture) -> train_tokenizer -> prepare_dataset (one
-mixture per replay share; shares are of tokens) -> train_pretrain (once) -> train_midtrain (each variant x seed, all on the
-same held-out set) -> eval_llm (MMLU-format accuracy) -> out/ablation/<name>/report.md, a JSON
-of every number and PNG plots. Finished steps are kept: re-running the command continues an
+mixture per replay share; shares are of tokens) -> train_pretrain (once) -> train_midtrain
+(each variant x seed, all on the same held-out set) -> eval_llm (MMLU-format accuracy) ->
+out/ablation/<name>/report.md, a JSON of every number and PNG plots. Finished steps are kept: re-running the command continues an
 interrupted study (--fresh starts over).
 """
 

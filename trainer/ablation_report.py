@@ -68,7 +68,7 @@ def collect(
             "curve": [{"step": e["step"], **{s: e.get(f"loss_{s}") for s in srcs}} for e in evals],
             "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train),
             "mfu": statistics.median(r["mfu"] for r in train),
-            # the variant's replay ratio counts rows; this is the share of trained tokens it became
+            # the share of the trained tokens each source made up (the variant's shares are targets)
             "token_share": summary.get("token_share", {}),
             "seconds": summary.get("seconds"),
             "mmlu": mmlu.get(f"{key}_{hidden}") or mmlu.get(key),
