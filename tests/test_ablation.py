@@ -104,14 +104,18 @@ def test_bad_experiment_config(tmp_path):
 def test_tiny_study_end_to_end(tmp_path):
     shared_file("mmlu", "dev.jsonl")
     out = tmp_path / "study"
-    proc = run_script(
-        "scripts/run_ablation.py",
-        "--config",
-        "config/experiments/replay_ablation_tiny.yaml",
-        "--out_dir",
-        str(out),
-        timeout=900,
-    )
+
+    def study():
+        return run_script(
+            "scripts/run_ablation.py",
+            "--config",
+            "config/experiments/replay_ablation_tiny.yaml",
+            "--out_dir",
+            str(out),
+            timeout=900,
+        )
+
+    proc = study()
     assert "Report:" in proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert set(results["variants"]) == {"replay0", "replay30_carry"}
@@ -136,12 +140,5 @@ def test_tiny_study_end_to_end(tmp_path):
     for png in ("heldout_loss.png", "final_deltas.png", "early_spike.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run reuses every finished step
-    again = run_script(
-        "scripts/run_ablation.py",
-        "--config",
-        "config/experiments/replay_ablation_tiny.yaml",
-        "--out_dir",
-        str(out),
-        timeout=900,
-    )
+    again = study()
     assert "already done" in again.stdout + again.stderr

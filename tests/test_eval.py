@@ -17,7 +17,7 @@ from dataset.tokenizer import load_tokenizer
 from model import MiniGPTForCausalLM, ModelConfig
 from model.errors import UserError
 from model.hf import to_llama
-from tests.conftest import REPO, run_script, shared_file
+from tests.conftest import ONE_THREAD, REPO, run_script, shared_file
 from trainer.cli import run
 from trainer.eval_data import (
     DataUnavailable,
@@ -51,16 +51,7 @@ def _load_script():
 eval_llm = _load_script()
 
 
-# One thread: tiny matmuls on 2 threads stall for milliseconds each when the machine is busy.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def jsonl(path):

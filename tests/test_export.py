@@ -7,19 +7,10 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_script, shared_file
+from tests.conftest import ONE_THREAD, run_script, shared_file
 from trainer.checkpoint import load_model
 
-# One thread: tiny matmuls on 2 threads stall for milliseconds each when the machine is busy.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from trainer.ablation import ExperimentConfig, Variant, early_spike, mean_ci95, read_metrics, wilson95
+from trainer.paths import atomic_write
 
 
 def _fmt(mean: float, half: float, digits: int = 3, signed: bool = False) -> str:
@@ -122,6 +123,12 @@ def _plots(results: dict, out: Path, replay: str) -> list[Path]:
     sources, variants, runs = results["sources"], results["variants"], results["runs"]
     paths = []
 
+    def save(fig, name: str) -> Path:
+        fig.tight_layout()
+        atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        return out / name
+
     def mean_curve(vname: str, src: str) -> tuple[list[int], list[float]]:
         curves = [r["curve"] for r in runs.values() if r["variant"] == vname]
         steps = [p["step"] for p in curves[0]]
@@ -136,10 +143,7 @@ def _plots(results: dict, out: Path, replay: str) -> list[Path]:
         ax.set_xlabel("mid-training step")
         ax.set_ylabel("loss (mean over seeds)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "heldout_loss.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, "heldout_loss.png"))
 
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sources) * len(variants) / 3), 4))
     width = 0.8 / len(variants)
@@ -152,10 +156,7 @@ def _plots(results: dict, out: Path, replay: str) -> list[Path]:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sources))], sources)
     ax.set_ylabel("final - pretrained held-out loss (95% CI over seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "final_deltas.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, "final_deltas.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     window = max((r["early_window"] for r in runs.values()), default=1)
@@ -168,10 +169,7 @@ def _plots(results: dict, out: Path, replay: str) -> list[Path]:
     ax.set_ylabel(f"held-out {replay} loss")
     ax.set_title("early forgetting window")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "early_spike.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, "early_spike.png"))
     return paths
 
 
@@ -270,10 +268,6 @@ def write_report(
     pngs = _plots(results, out, cfg.replay_source)
     md = out / "report.md"
     js = out / "results.json"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=float))
-    tmp.replace(js)
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(markdown(results, timings, scale, cfg.replay_source))
-    tmp.replace(md)
+    atomic_write(js, lambda tmp: tmp.write_text(json.dumps(results, indent=1, default=float)))
+    atomic_write(md, lambda tmp: tmp.write_text(markdown(results, timings, scale, cfg.replay_source)))
     return {"md": md, "json": js, "png": pngs}

@@ -11,9 +11,7 @@ tokenizer.json text, a few hundred KB), so later scripts rebuild both from the f
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,6 +21,7 @@ from dataset.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from model.config import ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
+from trainer.paths import atomic_write
 
 FORMAT = "minigpt/v1"
 
@@ -47,23 +46,9 @@ def checkpoint_paths(
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash (even kill -9) at any point leaves either the old file or the new one, never a
-    truncated mix.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through :func:`trainer.paths.atomic_write`: the old file or the new one, never a
+    truncated mix, whenever the process dies."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def weights_state(model: MiniGPTForCausalLM, tokenizer, meta: dict) -> dict:

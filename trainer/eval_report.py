@@ -7,10 +7,10 @@ and, with exactly two models, a delta column (second minus first) that says whic
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from trainer.paths import atomic_write
 
 RANDOM_MMLU = 0.25  # four choices
 
@@ -309,18 +309,6 @@ def chart(report: dict, path: Path) -> bool:
     return True
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict, output: Path) -> dict[str, Path]:
     """``output`` (JSON) with ``.md`` and ``.png`` beside it; returns the paths written."""
     output = Path(output)
@@ -331,16 +319,16 @@ def write_report(report: dict, output: Path) -> dict[str, Path]:
         nonlocal has_chart
         has_chart = chart(report, tmp)
 
-    _atomic_write(paths["png"], png)
+    atomic_write(paths["png"], png)
     if not has_chart:
         paths["png"].unlink(missing_ok=True)
         del paths["png"]
-    _atomic_write(
+    atomic_write(
         paths["json"],
         lambda p: p.write_text(
             json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
         ),
     )
     md = markdown_report(report, paths["png"].name if "png" in paths else None)
-    _atomic_write(paths["md"], lambda p: p.write_text(md, encoding="utf-8"))
+    atomic_write(paths["md"], lambda p: p.write_text(md, encoding="utf-8"))
     return paths
