@@ -34,11 +34,10 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 from model.errors import UserError
-from trainer.cli import run, setup_logging
-from trainer.eval_data import (
+from trainer import runtime
+from trainer.cli import add_runtime_flags, add_save_dir_flag, run, setup_logging
+from trainer.evaluation.data import (
     DataUnavailable,
     Hub,
     limit_per_source,
@@ -48,16 +47,9 @@ from trainer.eval_data import (
     spread,
     val_path_from_config,
 )
-from trainer.eval_report import summary_rows, terminal_table, write_report
-from trainer.evaluation import (
-    DTYPES,
-    SAMPLE_PROMPTS,
-    EvalData,
-    ModelSpec,
-    evaluate_all,
-    load_eval_model,
-    unique_labels,
-)
+from trainer.evaluation.models import ModelSpec, load_eval_model, unique_labels
+from trainer.evaluation.report import summary_rows, terminal_table, write_report
+from trainer.evaluation.suite import SAMPLE_PROMPTS, EvalData, evaluate_all
 from trainer.paths import repo_path
 
 log = logging.getLogger("eval_llm")
@@ -89,9 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="a transformers model folder (repeatable)",
     )
-    g.add_argument(
-        "--save_dir", default=str(repo_path("out")), help="where --weight names are looked up (default: out/)"
-    )
+    add_save_dir_flag(g, help="where --weight names are looked up (default: out/)")
     g.add_argument(
         "--hidden_size", type=int, default=None, help="pick NAME_<hidden_size>.pth when several sizes exist"
     )
@@ -151,13 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="context for scoring (default: the checkpoint's training length, else 512)",
     )
-    g.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
-    g.add_argument("--device", default=None, help="cuda if available, else cpu")
-    g.add_argument(
-        "--dtype",
-        default="bfloat16",
-        help="bfloat16 | float16 | float32 (autocast; bf16 is ~3x faster on CPU)",
-    )
+    add_runtime_flags(g, batch_size=16, batch_help="sequences per forward pass", dtype="bfloat16")
     g.add_argument(
         "--output", default=None, help="report JSON (default: out/eval/<names>.json); .md and .png beside it"
     )
@@ -179,8 +163,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.code_samples < 0:
         raise UserError(f"--code_samples must be >= 0, got {args.code_samples}")
-    if args.dtype not in DTYPES:
-        raise UserError(f"--dtype {args.dtype!r}: use one of {', '.join(DTYPES)}")
     try:
         args.shot_list = tuple(dict.fromkeys(int(s) for s in (args.shots or "0,5").split(",") if s.strip()))
     except ValueError:
@@ -238,8 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_args(args)
     setup_logging()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype]
+    device = runtime.resolve_device(args.device)
+    dtype = runtime.resolve_dtype(args.dtype, device)
     models = [
         load_eval_model(s, args.save_dir, args.hidden_size, device, dtype, args.max_len) for s in args.models
     ]
@@ -253,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": args.command,
-        "device": device,
+        "device": str(device),
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "limit": args.limit,

@@ -20,30 +20,27 @@ workers process batches and the main process consumes them in order.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
-import re
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
-from dataset.blend import allocate, interleave, is_val, repeat_order, text_hash
-from dataset.decontam import EvalNgrams, ngram_hashes_batch
-from dataset.filters import TextFilter
-from dataset.formats import FormatSpec, MissingFieldError, render_row
-from dataset.jsonl import iter_jsonl
-from dataset.mixture_config import DataRef, MixtureConfig, SourceConfig, load_mixture_config
+from dataset import sources
+from dataset.blend import allocate, interleave, is_val, repeat_order
+from dataset.decontam import EvalNgrams
+from dataset.formats import FormatSpec
+from dataset.io import AtomicFiles
+from dataset.mixture_config import MixtureConfig, SourceConfig, load_mixture_config
+from dataset.pool import Runner, eval_batch, pool_process_batch, process_batch
 from model.errors import UserError
 
 __all__ = [
@@ -52,349 +49,77 @@ __all__ = [
     "format_summary",
     "load_mixture_config",
     "prepare_mixture",
+    "prepared_data",
     "prepared_paths",
 ]
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-BATCH_SIZE = 1000
-LOAD_CHUNK_BYTES = 1 << 20
 BYTES_PER_TOKEN = 4  # rough English BPE average; exact counts come after tokenization
-HUB_HINT = (
-    "check the id and your network, or download the data and point data_files: at the local "
-    "copies (see config/data/midtrain/phase1/local.yaml)"
-)
 
 
-def _default_output_dir() -> Path:
-    from trainer.paths import repo_path
+class PreparedPaths(NamedTuple):
+    train: Path  # {output_dir}/{name}_train.jsonl
+    val: Path  # {output_dir}/{name}_val.jsonl
+    manifest: Path  # {output_dir}/{name}_manifest.json
 
-    return repo_path("dataset")
 
-
-def prepared_paths(
-    config: MixtureConfig, output_dir: str | os.PathLike | None = None
-) -> tuple[Path, Path, Path]:
-    """``(train, val, manifest)`` paths of a prepared mixture; default folder: the repo's dataset/."""
-    out = Path(output_dir) if output_dir is not None else _default_output_dir()
-    return (
+def prepared_paths(config: MixtureConfig, output_dir: str | os.PathLike) -> PreparedPaths:
+    """The one place that knows how a prepared mixture's files are named."""
+    out = Path(output_dir)
+    return PreparedPaths(
         out / f"{config.name}_train.jsonl",
         out / f"{config.name}_val.jsonl",
         out / f"{config.name}_manifest.json",
     )
 
 
-# ---------------------------------------------------------------------------- loading
-
-
-def _expand_files(ref: DataRef, where: str) -> list[str]:
-    files: list[str] = []
-    for pattern in ref.data_files:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.isfile(m)]
-        if not matches:
-            raise UserError(
-                f"{where}: data_files {pattern!r} matches no file; fix the path (relative to the config)"
-            )
-        files += [m for m in matches if m not in files]
-    return files
-
-
-def _first_bad_json_line(files: list[str]) -> str | None:
-    """``file:line: problem; what to do`` for the first malformed JSON line among ``files``, or None."""
-    for path in files:
-        if path.endswith(".json"):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    json.load(f)
-                continue  # one JSON document: whatever went wrong, it was not the syntax
-            except json.JSONDecodeError as e:
-                if not e.msg.startswith("Extra data"):  # "Extra data": JSON lines in a .json file
-                    return f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno}); fix that line"
-            except UnicodeDecodeError as e:
-                return f"{path}: not UTF-8 ({e.reason}); re-encode the file as UTF-8"
-        try:
-            for _ in iter_jsonl(path):
-                pass
-        except UserError as e:
-            return str(e)
-    return None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-@contextlib.contextmanager
-def _quiet_datasets_logs() -> Iterator[None]:
-    """Mute datasets' own error logs while loading: a failure becomes our one-line UserError."""
-    import datasets  # noqa: F401 - its import sets the level we override
-
-    logger = logging.getLogger("datasets")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _load(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any, list[str]]:
-    """``(datasets.Dataset, files)`` for a source or eval set; UserError on any failure."""
-    with _quiet_datasets_logs():
-        return _load_quietly(ref, where, cache_dir)
-
-
-def _load_quietly(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any, list[str]]:
-    import datasets
-
-    if ref.dataset:
-        try:
-            ds = datasets.load_dataset(
-                ref.dataset, ref.subset, split=ref.split, revision=ref.revision, cache_dir=cache_dir
-            )
-        except Exception as e:  # noqa: BLE001 - any failure to fetch is the user's to fix
-            raise UserError(
-                f"{where}: cannot load Hugging Face dataset {ref.dataset!r} ({_first_line(e)}); {HUB_HINT}"
-            ) from None
-        return ds, []
-    files = _expand_files(ref, where)
-    try:
-        # 1 MB read chunks (datasets' default is 10 MB): the one-time JSON -> Arrow conversion
-        # then peaks at ~20 MB whatever the file size, and runs as fast (measured).
-        chunks = {"chunksize": LOAD_CHUNK_BYTES} if ref.builder in ("json", "text") else {}
-        ds = datasets.load_dataset(
-            ref.builder, data_files=files, split="train", cache_dir=cache_dir, **chunks
-        )
-    except Exception as e:  # noqa: BLE001 - reported as one line below
-        bad = _first_bad_json_line(files) if ref.builder == "json" else None
-        if bad:
-            raise UserError(f"{where}: {bad}") from None
-        raise UserError(f"{where}: cannot read {ref.label} ({_first_line(e)})") from None
-    return ds, files
-
-
-def _check_columns(ds: Any, ref: DataRef, where: str) -> list[str]:
-    missing = ref.format.missing_columns(ds.column_names)
+def find_prepared(config: MixtureConfig, output_dir: str | os.PathLike) -> PreparedPaths:
+    """The prepared files of ``config`` in ``output_dir``, checked: all three exist and the manifest
+    was written from this version of the config (its sha256). Otherwise a UserError that names the
+    command which (re)makes them."""
+    paths = prepared_paths(config, output_dir)
+    command = f"python scripts/prepare_dataset.py --config {config.path} --output_dir {output_dir}"
+    missing = [p for p in paths if not p.is_file()]
     if missing:
-        hint = (
-            "set text_field: to one of them" if ref.format.format == "text" else "pick the format that fits"
-        )
+        raise UserError(f"{missing[0]} not found; prepare the mixture first: {command}")
+    sha = json.loads(paths.manifest.read_text()).get("config_sha256")
+    if sha != config.sha256:
         raise UserError(
-            f"{where} ({ref.label}): rows have no field {', '.join(map(repr, missing))} "
-            f"needed by format {ref.format.format} (fields: {', '.join(ds.column_names)}); {hint}"
+            f"{paths.manifest} was prepared from a different version of {config.path} "
+            f"(config sha256 {str(sha)[:12]} vs now {config.sha256[:12]}); re-run: {command} --overwrite"
         )
-    return ref.format.columns(ds.column_names)
+    return paths
 
 
-def _resolved_revision(ds: Any) -> str | None:
-    """The Hub commit a dataset was read at: datasets caches it under a folder named by the sha."""
-    for f in getattr(ds, "cache_files", None) or []:
-        parent = os.path.basename(os.path.dirname(f.get("filename", "")))
-        if re.fullmatch(r"[0-9a-f]{40}", parent):
-            return parent
-    return None
-
-
-def _file_record(path: str) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": path, "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
-
-
-# ---------------------------------------------------------------------------- workers
-
-# Set in each worker process by _init_worker (and read only there): the evaluation
-# n-grams are ~10 MB, so they travel once per worker instead of once per batch.
-_WORKER_EVAL: EvalNgrams | None = None
-
-
-def _init_worker(evalset: EvalNgrams | None) -> None:
-    global _WORKER_EVAL
-    _WORKER_EVAL = evalset
-
-
-def _render_batch(rows: dict[str, list], spec: FormatSpec) -> tuple[list[str | None], list[str]]:
-    """Rendered texts (None where a row failed) and the error per row ("" when fine)."""
-    names = list(rows)
-    n = len(rows[names[0]]) if names else 0
-    texts: list[str | None] = []
-    errors: list[str] = []
-    for i in range(n):
+def prepared_data(
+    config: MixtureConfig, prepared_dir: str | os.PathLike | None, cache_dir: str | os.PathLike
+) -> tuple[Path, Path]:
+    """(train, val) JSONL of a mixture: the files prepared in ``prepared_dir`` (checked against the
+    config), or, with ``prepared_dir`` None, a preparation cached under ``cache_dir`` by the
+    config's hash (made on first use)."""
+    if prepared_dir is not None:
         try:
-            texts.append(render_row({k: rows[k][i] for k in names}, spec))
-            errors.append("")
-        except (MissingFieldError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            texts.append(None)
-            errors.append(str(e) or type(e).__name__)
-    return texts, errors
-
-
-def process_batch(
-    rows: dict[str, list], spec: FormatSpec, filters: dict, evalset: EvalNgrams | None
-) -> list[tuple[str, str | None, int]]:
-    """Per row ``(verdict, text, hash)``: verdict "" keeps the row, else names why it goes.
-
-    Verdicts: a filter name, "empty", "decontaminated", or "error: <message>". Text and
-    hash are only filled for kept rows.
-    """
-    check = TextFilter(filters)
-    texts, errors = _render_batch(rows, spec)
-    verdicts = [f"error: {err}" if err else check(t) for t, err in zip(texts, errors, strict=True)]
-    passing = [i for i, v in enumerate(verdicts) if not v]
-    if evalset is not None and len(evalset) and passing:
-        dirty = evalset.contaminated([texts[i] for i in passing])
-        for i, bad in zip(passing, dirty, strict=True):
-            if bad:
-                verdicts[i] = "decontaminated"
-    return [
-        ("", texts[i], text_hash(texts[i])) if not v else (v, None, 0)  # type: ignore[arg-type]
-        for i, v in enumerate(verdicts)
-    ]
-
-
-def _pool_process_batch(rows: dict[str, list], spec: FormatSpec, filters: dict) -> list:
-    return process_batch(rows, spec, filters, _WORKER_EVAL)
-
-
-def eval_batch(rows: dict[str, list], spec: FormatSpec, n: int) -> tuple[np.ndarray, list[str]]:
-    """n-gram hashes of a batch of evaluation rows, and the error per row."""
-    texts, errors = _render_batch(rows, spec)
-    hashes, _ = ngram_hashes_batch([t or "" for t in texts], n)
-    return hashes, errors
-
-
-class _Runner:
-    """Runs batch functions in-process (num_proc=1) or in a pool, always yielding in order."""
-
-    def __init__(self, num_proc: int, evalset: EvalNgrams | None = None):
-        self.num_proc = num_proc
-        self.evalset = evalset
-        self.pool = None
-        if num_proc > 1:
-            methods = multiprocessing.get_all_start_methods()
-            # fork is cheap and the workers only run pure Python and numpy; elsewhere spawn.
-            ctx = multiprocessing.get_context(
-                "fork" if "fork" in methods and sys.platform == "linux" else "spawn"
-            )
-            self.pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(evalset,))
-
-    def map(self, fn: Callable, local_fn: Callable, tasks: Iterator[tuple]) -> Iterator[Any]:
-        """Yield ``fn(*task)`` for each task, in order, keeping at most 2 x num_proc in flight."""
-        if self.pool is None:
-            for task in tasks:
-                yield local_fn(*task)
-            return
-        pending: deque = deque()
-        try:
-            for task in tasks:
-                pending.append(self.pool.apply_async(fn, task))
-                if len(pending) >= 2 * self.num_proc:
-                    yield pending.popleft().get()
-            while pending:
-                yield pending.popleft().get()
-        finally:
-            # The consumer may stop early (a source has its rows): let the few batches in
-            # flight finish, so no worker is left blocked writing a result nobody reads.
-            for result in pending:
-                result.wait(timeout=60)  # bounded: a worker killed by Ctrl-C never answers
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
-            self.pool = None
-
-    def terminate(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
-
-    def __enter__(self) -> _Runner:
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        # Graceful shutdown normally; on errors (and Ctrl-C) do not wait for the workers.
-        if exc_type is None:
-            self.close()
-        else:
-            self.terminate()
-
-
-def draw_run(n_rows: int) -> int:
-    """How many consecutive rows are drawn together from a source of ``n_rows`` rows.
-
-    Arrow files are memory-mapped and every page fault maps ~64 KB around it, so rows
-    drawn one by one from a large file would map most of the file. Runs of up to 64
-    consecutive rows (n / 1024, at least 1) keep the pages touched proportional to the
-    rows used. The rows kept are shuffled afterwards, so only the sample, not the output
-    order, is clustered: ~1,000 or more random places per source.
-    """
-    return max(1, min(64, n_rows // 1024))
-
-
-def _row_order(n_rows: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Row indices in a seeded random order (random runs of :func:`draw_run` rows), ~BATCH_SIZE at a time."""
-    run = draw_run(n_rows)
-    starts = rng.permutation(-(-n_rows // run)) * run
-    per_batch = max(1, BATCH_SIZE // run)
-    for i in range(0, len(starts), per_batch):
-        idx = (starts[i : i + per_batch, None] + np.arange(run)).ravel()
-        yield idx[idx < n_rows]
-
-
-class _RowReader:
-    """Reads rows of a memory-mapped dataset, re-mapping its Arrow files every REMAP_ROWS rows.
-
-    Every page of an Arrow file that is read stays mapped, and counted in resident
-    memory, for as long as the mapping lives. Opening the files afresh from time to time
-    drops those pages, so memory stays flat however large the input is.
-    """
-
-    REMAP_ROWS = 2_000
-
-    def __init__(self, ds: Any, columns: list[str]):
-        self.ds, self.columns = ds, columns
-        files = [f["filename"] for f in ds.cache_files or []]
-        self.remappable = bool(files) and ds._indices is None and all(os.path.exists(f) for f in files)
-        self.files = files
-        self.view = ds.select_columns(columns)
-        self.since_remap = 0
-
-    def _remap(self) -> None:
-        import datasets
-
-        self.view = None  # the last reference: its mapping is released here
-        parts = [datasets.Dataset.from_file(f, info=self.ds.info, split=self.ds.split) for f in self.files]
-        fresh = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        self.view = fresh.select_columns(self.columns)
-        self.since_remap = 0
-
-    def __getitem__(self, key: slice | list[int]) -> dict[str, list]:
-        if self.remappable and self.since_remap >= self.REMAP_ROWS:
-            self._remap()
-        rows = self.view[key]
-        self.since_remap += len(next(iter(rows.values()))) if rows else 0
-        return rows
-
-
-def _batches(ds: Any, columns: list[str]) -> Iterator[dict[str, list]]:
-    """Column dicts of BATCH_SIZE rows in storage order."""
-    reader = _RowReader(ds, columns)
-    for start in range(0, len(ds), BATCH_SIZE):
-        yield reader[start : start + BATCH_SIZE]
+            paths = find_prepared(config, prepared_dir)
+        except UserError as e:
+            raise UserError(f"--use_prepared: {e}") from None
+        return paths.train, paths.val
+    out = Path(cache_dir) / "mixtures" / f"{config.name}-{config.sha256[:12]}"
+    paths = prepared_paths(config, out)
+    if not paths.manifest.is_file():
+        log.info(
+            f"Preparing {config.path} into {out} (pass --use_prepared to read files from scripts/prepare_dataset.py)"
+        )
+        prepare_mixture(config, out)
+    return paths.train, paths.val
 
 
 # ---------------------------------------------------------------------------- stages
 
 
 def _build_evalset(
-    config: MixtureConfig, runner: _Runner, cache_dir: str | None
+    config: MixtureConfig, runner: Runner, cache_dir: str | None
 ) -> tuple[EvalNgrams | None, list]:
     if not config.decontaminate:
         return None, []
@@ -402,10 +127,10 @@ def _build_evalset(
     records = []
     for i, ref in enumerate(config.decontaminate):
         where = f"{config.path.name}: decontaminate[{i}]"
-        ds, files = _load(ref, where, cache_dir)
-        columns = _check_columns(ds, ref, where)
+        ds, files = sources.load(ref, where, cache_dir)
+        columns = sources.check_columns(ds, ref, where)
         bar = tqdm(total=len(ds), desc=f"eval set {ref.label}"[:40], unit="row", disable=None, leave=False)
-        tasks = ((rows, ref.format, config.decontaminate_ngram) for rows in _batches(ds, columns))
+        tasks = ((rows, ref.format, config.decontaminate_ngram) for rows in sources.batches(ds, columns))
         offset = 0
         for hashes, errors in runner.map(eval_batch, eval_batch, tasks):
             for j, err in enumerate(errors):
@@ -415,7 +140,7 @@ def _build_evalset(
             offset += len(errors)
             bar.update(len(errors))
         bar.close()
-        records.append({**_ref_record(ref, ds, files), "rows": len(ds)})
+        records.append({**sources.ref_record(ref, ds, files), "rows": len(ds)})
     evalset = EvalNgrams(
         np.concatenate(parts) if parts else np.zeros(0, np.uint64),
         config.decontaminate_ngram,
@@ -423,19 +148,6 @@ def _build_evalset(
     )
     log.info("decontamination: %d evaluation %d-grams from %d sets", len(evalset), evalset.n, len(records))
     return evalset, records
-
-
-def _ref_record(ref: DataRef, ds: Any, files: list[str]) -> dict[str, Any]:
-    if ref.dataset:
-        return {
-            "dataset": ref.dataset,
-            "subset": ref.subset,
-            "split": ref.split,
-            "revision": ref.revision,
-            "revision_resolved": _resolved_revision(ds),
-            "format": ref.format.format,
-        }
-    return {"data_files": [_file_record(f) for f in files], "format": ref.format.format}
 
 
 def _source_seed(seed: int, name: str) -> list[int]:
@@ -447,14 +159,14 @@ def _select_source(
     source: SourceConfig,
     needed: int,
     config: MixtureConfig,
-    runner: _Runner,
+    runner: Runner,
     seen: set[int],
     cache_dir: str | None,
 ) -> tuple[list[str], list[int], dict[str, Any]]:
     """Pick ``needed`` rows of one source: ``(texts, hashes, manifest record)``."""
     where = f"{config.path.name}: source {source.name!r}"
-    ds, files = _load(source, where, cache_dir)
-    columns = _check_columns(ds, source, where)
+    ds, files = sources.load(source, where, cache_dir)
+    columns = sources.check_columns(ds, source, where)
     rng = np.random.default_rng(_source_seed(config.seed, source.name))
 
     dropped = dict.fromkeys(("empty", *source.filters), 0)
@@ -466,8 +178,8 @@ def _select_source(
     in_flight: deque[np.ndarray] = deque()  # row indices of the batches handed out, in order
 
     def tasks() -> Iterator[tuple]:
-        reader = _RowReader(ds, columns)
-        for idx in _row_order(len(ds), rng):
+        reader = sources.RowReader(ds, columns)
+        for idx in sources.row_order(len(ds), rng):
             in_flight.append(idx)
             yield reader[idx.tolist()], source.format, source.filters
 
@@ -475,7 +187,7 @@ def _select_source(
         return process_batch(rows, spec, filters, runner.evalset)
 
     bar = tqdm(total=needed, desc=f"{source.name}"[:24], unit="row", disable=None, leave=False)
-    results = runner.map(_pool_process_batch, local, tasks())
+    results = runner.map(pool_process_batch, local, tasks())
     try:
         for batch in results:
             idx = in_flight.popleft()
@@ -527,7 +239,7 @@ def _select_source(
     pick = repeat_order(kept, needed, rng)
     record = {
         "name": source.name,
-        **_ref_record(source, ds, files),
+        **sources.ref_record(source, ds, files),
         "ratio": source.ratio,
         "filters": source.filters,
         "rows_total": len(ds),
@@ -547,28 +259,6 @@ def _select_source(
 
 
 # ---------------------------------------------------------------------------- writing
-
-
-class _AtomicWriter:
-    """Write files as ``.<name>.tmp`` siblings, then rename them all into place at once."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Path, Path]] = []
-
-    def open(self, path: Path):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.pending.append((tmp, path))
-        return open(tmp, "wb")
-
-    def commit(self) -> None:
-        for tmp, path in self.pending:
-            os.replace(tmp, path)
-        self.pending.clear()
-
-    def discard(self) -> None:
-        for tmp, _ in self.pending:
-            tmp.unlink(missing_ok=True)
-        self.pending.clear()
 
 
 def _check_output_dir(out: Path, paths: tuple[Path, Path, Path], overwrite: bool) -> None:
@@ -627,31 +317,30 @@ def _versions() -> dict[str, str]:
 
 def prepare_mixture(
     config: MixtureConfig | str | os.PathLike,
-    output_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike,
     num_proc: int = 1,
     overwrite: bool = False,
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
     """Build the mixture a config describes; write train/val JSONL and a manifest; return the manifest.
 
-    ``output_dir`` defaults to the repo's dataset/ folder; ``cache_dir`` is passed to
-    ``datasets.load_dataset`` (default: the Hugging Face cache).
+    ``cache_dir`` is passed to ``datasets.load_dataset`` (default: the Hugging Face cache).
     """
     if not isinstance(config, MixtureConfig):
         config = load_mixture_config(config)
-    out = Path(output_dir) if output_dir is not None else _default_output_dir()
+    out = Path(output_dir)
     paths = prepared_paths(config, out)
     _check_output_dir(out, paths, overwrite)
     if num_proc < 1:
         raise UserError(f"num_proc must be >= 1, got {num_proc}")
 
     counts = allocate(config.total_samples, [s.ratio for s in config.sources])
-    with _Runner(num_proc) as runner:
+    with Runner(num_proc) as runner:
         evalset, eval_records = _build_evalset(config, runner, cache_dir)
     seen: set[int] = set()
     selected: list[tuple[list[str], list[int]]] = []
     records: list[dict[str, Any]] = []
-    with _Runner(num_proc, evalset) as runner:
+    with Runner(num_proc, evalset) as runner:
         for source, needed in zip(config.sources, counts, strict=True):
             texts, hashes, record = _select_source(source, needed, config, runner, seen, cache_dir)
             selected.append((texts, hashes))
@@ -690,7 +379,7 @@ def prepare_mixture(
         "token_estimate": f"utf-8 bytes / {BYTES_PER_TOKEN}",
         "sources": records,
     }
-    writer = _AtomicWriter()
+    writer = AtomicFiles()
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

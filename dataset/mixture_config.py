@@ -21,7 +21,7 @@ import yaml
 
 from dataset.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from dataset.formats import FORMATS, FormatSpec, template_fields
-from model.errors import UserError
+from model.errors import UserError, check_keys
 
 TOP_KEYS = {
     "name",
@@ -116,18 +116,7 @@ class _Checker:
         return UserError(f"{self.path}: {where}: {problem}" if where else f"{self.path}: {problem}")
 
     def keys(self, obj: Any, where: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
-        if not isinstance(obj, dict):
-            raise self.fail(where, f"expected a mapping, got {type(obj).__name__}")
-        for key in obj:
-            if key not in allowed:
-                raise self.fail(
-                    f"{where}.{key}" if where else str(key),
-                    f"unknown key (allowed: {', '.join(sorted(allowed))}); see config/README.md",
-                )
-        for key in required:
-            if key not in obj:
-                raise self.fail(f"{where}.{key}" if where else key, "required key is missing")
-        return obj
+        return check_keys(obj, allowed, where, file=self.path, required=required, hint="see config/README.md")
 
     def integer(self, value: Any, where: str, lo: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -20,9 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.jsonl import iter_docs
+from dataset.io import atomic_dir, file_sha256, iter_docs
 from dataset.tokenizer import tokenizer_sha256
 from model.errors import UserError
 
@@ -39,14 +36,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100
 _BATCH = 1024  # documents per tokenizer call: large enough for the Rust batch encoder to be efficient
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_data_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -149,17 +138,8 @@ def build_packed(paths: Sequence[str | Path], tok, seq_len: int, cache_dir: str 
     if (folder / "meta.json").is_file():
         log.info(f"Token cache hit: {folder}")
         return PackedCorpus(folder, seq_len)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder, replace=False) as tmp:  # a concurrent build of the same key is identical
         _write_packed(paths, tok, seq_len, tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same entry first: theirs is identical
-            if not (folder / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     corpus = PackedCorpus(folder, seq_len)
     log.info(f"Tokenized {corpus.num_tokens:,} tokens from {len(paths)} file(s) into {folder}")
     return corpus

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from dataset.jsonl import iter_jsonl
+from dataset.io import atomic_dir, iter_jsonl
 from model.errors import UserError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -56,27 +53,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_dir: str | Pat
         model_max_length=max_length,
         clean_up_tokenization_spaces=False,
     )
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir) as tmp:
         fast.save_pretrained(tmp)
-        replace_dir(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return fast
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move folder src to dst, replacing dst; dst is never left half-written."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_tokenizer(path: str | Path):

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from model.errors import UserError
+from model.errors import UserError, check_keys
 
 
 @dataclass
@@ -73,10 +73,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"model config: unknown field(s) {unknown}; known: {sorted(known)}")
+        check_keys(d, {f.name for f in fields(cls)}, file="model config")
         return cls(**d)
 
     def num_params(self) -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from model.config import ModelConfig
 from model.model import MiniGPTForCausalLM
 
+# Written by scripts/export_hf.py beside the transformers files: where the weights came from and
+# the context the model was trained with (eval_llm scores an export with it).
+EXPORT_META = "minigpt.json"
+
 
 def to_llama_config(cfg: ModelConfig):
     """The transformers.LlamaConfig describing the same network."""

@@ -77,14 +77,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x, cos, sin, cache: KVCache | None = None, at: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, T, hidden) -> (B, T, hidden); with ``at`` (B, Q) positions in this chunk, the
+        output (B, Q, hidden) at those positions only (keys and values still cover every position)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        xq, qcos, qsin = x, cos, sin
+        if at is not None:
+            xq = x[torch.arange(b, device=x.device)[:, None], at]
+            qcos, qsin = cos[at][:, None], sin[at][:, None]
+        q = self.q_proj(xq).view(b, xq.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = q * qcos.to(q.dtype) + rotate_half(q) * qsin.to(q.dtype)
+        k = k * cos.to(k.dtype) + rotate_half(k) * sin.to(k.dtype)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -95,14 +102,18 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        mask, causal = None, past == 0 and t > 1
-        if past and t > 1:  # a chunk after a cached prefix: queries see the prefix and their own past
+        mask, causal = None, past == 0 and t > 1 and at is None
+        if at is not None:  # each selected query sees the prefix and the positions up to its own
+            mask = (torch.arange(k.shape[2], device=x.device)[None, None, :] <= (past + at)[:, :, None])[
+                :, None
+            ]
+        elif past and t > 1:  # a chunk after a cached prefix: queries see the prefix and their own past
             s = past + t
             mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(b, xq.shape[1], -1))
 
 
 class MLP(nn.Module):
@@ -127,8 +138,12 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.drop(self.self_attn(self.input_layernorm(x), cos, sin, cache))
+    def forward(self, x, cos, sin, cache=None, at: torch.Tensor | None = None):
+        """x (B, T, hidden) -> (B, T, hidden), or (B, Q, hidden) at positions ``at`` (B, Q) only."""
+        a = self.self_attn(self.input_layernorm(x), cos, sin, cache, at)
+        if at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device)[:, None], at]
+        x = x + self.drop(a)
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -170,6 +185,21 @@ class MiniGPTForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits of shape (B, T, vocab) for input_ids of shape (B, T)."""
+        return self.lm_head(self.forward_hidden(input_ids, cache))
+
+    def forward_hidden(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (after the last norm, before the LM head).
+
+        Without ``at``: shape (B, T, hidden). With ``at = (rows, positions)``, two (N,) long
+        tensors: shape (N, hidden), the states at those (row, position) pairs only; the last
+        layer then runs its queries, attention output and MLP there alone (scoring reads a
+        logit at one position per row: 1/layers less work, and the LM head runs N times, not B x T).
+        """
         t = input_ids.shape[1]
         start = cache.pos if cache is not None else 0
         if start + t > self.config.max_position_embeddings:
@@ -179,11 +209,18 @@ class MiniGPTForCausalLM(nn.Module):
             )
         cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
         x = self.model.drop(self.model.embed_tokens(input_ids))
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, cache)
+        layers = self.model.layers
+        if at is None:
+            for layer in layers:
+                x = layer(x, cos, sin, cache)
+        else:
+            for layer in layers[:-1]:
+                x = layer(x, cos, sin, cache)
+            rows, slots, padded = _side_by_side(*at, x.shape[0])
+            x = layers[-1](x, cos, sin, cache, padded)[rows, slots]
         if cache is not None:
             cache.pos += t
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)
 
     @torch.no_grad()
     def generate(
@@ -219,6 +256,18 @@ class MiniGPTForCausalLM(nn.Module):
                 break
             logits = self(nxt[:, None], cache)[:, -1, :]
         return out
+
+
+def _side_by_side(rows: torch.Tensor, pos: torch.Tensor, b: int) -> tuple[torch.Tensor, ...]:
+    """(rows, slots, padded): the selections of each row side by side in a (b, Q) table ``padded``
+    (slot j of row r holds its j-th position; unused slots repeat position 0), and the slot of
+    each selection, so that ``table[rows, slots]`` reads them back in their original order."""
+    counts = torch.bincount(rows, minlength=b)
+    first = torch.cumsum(counts, 0) - counts
+    slots = torch.arange(len(rows), device=rows.device) - first[rows]
+    padded = torch.zeros(b, int(counts.max()), dtype=torch.long, device=rows.device)
+    padded[rows, slots] = pos
+    return rows, slots, padded
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:

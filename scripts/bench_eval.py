@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from dataset.jsonl import iter_docs
+from dataset.io import iter_docs
 from dataset.tokenizer import train_tokenizer
 from model.config import ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
 from trainer.checkpoint import atomic_torch_save, weights_state
 from trainer.cli import run
-from trainer.metrics import measure_matmul_flops
 from trainer.paths import REPO_ROOT
+from trainer.throughput import measure_matmul_flops
 
 SHARED = REPO_ROOT.parent / "shared" / "data"
 

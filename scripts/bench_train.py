@@ -12,7 +12,6 @@ measured in the same run, so the ratio does not depend on how loaded this shared
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -23,9 +22,11 @@ import torch
 
 from model.config import ModelConfig
 from model.errors import UserError
+from trainer.checkpoint import checkpoint_paths
 from trainer.cli import run
-from trainer.metrics import measure_matmul_flops
+from trainer.metrics import MetricsLog
 from trainer.paths import REPO_ROOT
+from trainer.throughput import measure_matmul_flops
 
 MODES = {
     "fp32": ["--dtype", "float32"],
@@ -121,11 +122,8 @@ def main() -> None:
                 cmd += ["--device", args.device]
             print(f"\n== {mode}: {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            recs = [
-                json.loads(line)
-                for line in (out / f"pretrain_{args.hidden_size}_metrics.jsonl").read_text().splitlines()
-            ]
-            tps = [r["tokens_per_sec"] for r in recs if r["kind"] == "train"][1:]  # skip warm-up / compile
+            train, _, _ = MetricsLog.read(checkpoint_paths(out, out, "pretrain", args.hidden_size).metrics)
+            tps = [r["tokens_per_sec"] for r in train][1:]  # skip warm-up / compile
             med = statistics.median(tps)
             rows.append((mode, med, med * fpt / peak))
             print(f"{mode}: useful tokens/s {med:,.0f} (intervals: {', '.join(f'{t:,.0f}' for t in tps)})")

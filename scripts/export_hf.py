@@ -18,23 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from dataset.tokenizer import replace_dir
+from dataset.io import atomic_dir
 from model.errors import UserError
-from model.hf import to_llama
+from model.hf import EXPORT_META, to_llama
+from trainer import runtime
 from trainer.checkpoint import load_model, resolve_weight
-from trainer.cli import run, setup_logging
-from trainer.evaluation import DEFAULT_CONTEXT, EXPORT_META
+from trainer.cli import add_save_dir_flag, run, setup_logging
+from trainer.config import DEFAULT_SEQ_LEN
 from trainer.paths import repo_path
 
 log = logging.getLogger("export_hf")
-
-SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def add_bos(tok) -> None:
@@ -74,20 +71,15 @@ def export(weight_path: Path, out: Path, dtype: torch.dtype) -> dict:
         "tokens_seen": meta.get("tokens_seen"),
         # the context eval_llm.py scores the checkpoint with, so --hf_path gives the same numbers
         "context_length": min(
-            int(meta.get("max_seq_len") or DEFAULT_CONTEXT), model.config.max_position_embeddings
+            int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), model.config.max_position_embeddings
         ),
         "model_config": model.config.to_dict(),
         "dtype": str(dtype).removeprefix("torch."),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / EXPORT_META).write_text(json.dumps(info, indent=1) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return info
 
 
@@ -96,9 +88,7 @@ def main() -> None:
     p.add_argument(
         "--weight", required=True, help="a prefix (midtrain), a stem (midtrain_512) or a .pth path"
     )
-    p.add_argument(
-        "--save_dir", default=str(repo_path("out")), help="where --weight names are looked up (default: out/)"
-    )
+    add_save_dir_flag(p, help="where --weight names are looked up (default: out/)")
     p.add_argument(
         "--hidden_size", type=int, default=None, help="pick NAME_<hidden_size>.pth when several sizes exist"
     )
@@ -108,12 +98,10 @@ def main() -> None:
     )
     args = p.parse_args()
     setup_logging()
-    if args.dtype not in SAVE_DTYPES:
-        raise UserError(f"--dtype {args.dtype!r}: use one of {', '.join(SAVE_DTYPES)}")
     path = resolve_weight(args.weight, args.save_dir, args.hidden_size)
     out = Path(args.output_dir) if args.output_dir else repo_path("out", "hf", path.stem)
     check_output_dir(out)
-    info = export(path, out, SAVE_DTYPES[args.dtype])
+    info = export(path, out, runtime.resolve_dtype(args.dtype, torch.device("cpu")))
     log.info(f"Exported {path} ({info['stage']}, step {info['step']}) to {out}")
     log.info(
         f'Load it with AutoModelForCausalLM.from_pretrained("{out}") and AutoTokenizer.from_pretrained("{out}")'

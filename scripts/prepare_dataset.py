@@ -18,6 +18,7 @@ import time
 
 from dataset.mixture import format_summary, load_mixture_config, prepare_mixture, prepared_paths
 from trainer.cli import run, setup_logging
+from trainer.paths import repo_path
 
 log = logging.getLogger("prepare_dataset")
 
@@ -48,12 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
     config = load_mixture_config(args.config)
+    output_dir = args.output_dir or repo_path("dataset")
     start = time.perf_counter()
     manifest = prepare_mixture(
-        config, args.output_dir, num_proc=args.num_proc, overwrite=args.overwrite, cache_dir=args.cache_dir
+        config, output_dir, num_proc=args.num_proc, overwrite=args.overwrite, cache_dir=args.cache_dir
     )
     print(format_summary(manifest))
-    manifest_path = prepared_paths(config, args.output_dir)[2]
+    manifest_path = prepared_paths(config, output_dir).manifest
     print(f"manifest: {manifest_path}  ({time.perf_counter() - start:.1f} s)")
 
 

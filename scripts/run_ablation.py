@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from dataset.mixture import load_mixture_config, prepared_paths
 from model.errors import UserError
-from trainer.ablation import (
+from trainer.ablation.config import (
     ExperimentConfig,
     Variant,
     flags,
@@ -34,7 +35,8 @@ from trainer.ablation import (
     mean_row_tokens,
     variant_mixture,
 )
-from trainer.ablation_report import write_report
+from trainer.ablation.report import write_report
+from trainer.checkpoint import checkpoint_paths, is_finished
 from trainer.cli import run, setup_logging
 from trainer.paths import REPO_ROOT, repo_path
 
@@ -124,10 +126,8 @@ def prepare_variants(study: Study, tok_dir: Path) -> dict[str, Path]:
 
 
 def prepared(study: Study, config: Path, split: str) -> Path:
-    from dataset.mixture import load_mixture_config, prepared_paths
-
-    train, val, _ = prepared_paths(load_mixture_config(config), study.data)
-    return train if split == "train" else val
+    paths = prepared_paths(load_mixture_config(config), study.data)
+    return paths.train if split == "train" else paths.val
 
 
 def build_heldout(study: Study) -> Path:
@@ -161,21 +161,8 @@ def run_key(variant: Variant, seed: int) -> str:
 
 def finished(study: Study, save_weight: str, hidden: int, data_config: Path | None = None) -> bool:
     """Whether a finished run of that name is there (for a mid-training run: on this mixture)."""
-    import torch
-
-    from dataset.mixture import load_mixture_config
-
-    path = study.weights / f"{save_weight}_{hidden}.pth"
-    if not path.is_file():
-        return False
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
-    except Exception:  # noqa: BLE001 - a file from an older layout: redo the run
-        return False
-    same_data = (
-        data_config is None or meta.get("data_config_sha256") == load_mixture_config(data_config).sha256
-    )
-    return bool(meta.get("finished")) and same_data
+    weights = checkpoint_paths(study.weights, study.out / "checkpoints", save_weight, hidden).weights
+    return is_finished(weights, load_mixture_config(data_config).sha256 if data_config else None)
 
 
 def main() -> None:

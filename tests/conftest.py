@@ -1,16 +1,13 @@
-"""Shared fixtures: the real public data in ../shared/data (never copied into the repo)."""
+"""Shared fixtures (helpers live in tests/helpers.py): the real public data in ../shared/data
+(never copied into the repo), a tokenizer and a tiny pretrained model built once per session."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from trainer.paths import REPO_ROOT
-
-# One thread: tiny matmuls on 2 threads stall for milliseconds each when the machine is busy.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+from tests.helpers import TINY_MODEL, run_script, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -24,59 +21,10 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-SHARED_DATA = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
-def shared_file(*parts: str) -> Path:
-    """A file under ../shared/data: under CI a missing file fails the test, elsewhere it skips."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        msg = f"real test data missing: {path} (set MINIGPT_SHARED_DATA to the shared/data folder)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
 @pytest.fixture
 def shared_data() -> Path:
     """The ../shared/data folder itself (fails under CI=true when absent)."""
     return shared_file()
-
-
-REPO = REPO_ROOT
-
-
-def run_script(*args: str, env: dict | None = None, timeout: int = 600, check: bool = True):
-    """Run a repo script with this interpreter, as a user would; returns the CompletedProcess."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-        )
-    return proc
-
-
-TINY_MODEL = [
-    "--hidden_size",
-    "64",
-    "--num_hidden_layers",
-    "2",
-    "--num_attention_heads",
-    "4",
-    "--num_key_value_heads",
-    "2",
-]
 
 
 @pytest.fixture(scope="session")
@@ -132,3 +80,14 @@ def pretrained(tmp_path_factory, tokenizer_dir) -> Path:
         str(out / "cache"),
     )
     return out
+
+
+SLOW_FIXTURES = {"tokenizer_dir", "pretrained"}  # each runs the real scripts once per session
+
+
+def pytest_collection_modifyitems(items):
+    """Tests built on the session's trained tokenizer or model are end-to-end: mark them slow, so
+    ``pytest -m "not slow"`` is the fast inner loop (``make test`` runs everything)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dataset.mixture import load_mixture_config
-from trainer.ablation import load_experiment_config
+from trainer.ablation.config import load_experiment_config
 from trainer.paths import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "config"

@@ -1,27 +1,36 @@
-"""Checkpoints: naming (one function), atomic writes, and self-describing contents.
+"""Checkpoints: the one owner of the files a run writes and every later script reads.
 
-Two files per run, named by ``checkpoint_paths``:
+Two files per run, named by :func:`checkpoint_paths`:
   {save_dir}/{save_weight}_{hidden_size}.pth               weights + model config + tokenizer + run meta
-  {checkpoint_dir}/{save_weight}_{hidden_size}_resume.pth  all of that + optimizer, step, RNG, data position
+  {checkpoint_dir}/{save_weight}_{hidden_size}_resume.pth  all of that + the training state (:class:`TrainState`)
 
 Both load with ``torch.load(path, weights_only=True)``: only tensors, numbers, strings, lists
 and dicts are stored. A checkpoint carries its model config and its tokenizer (the full
 tokenizer.json text, a few hundred KB), so later scripts rebuild both from the file alone.
+Both are written atomically (:func:`dataset.io.atomic_write`).
+
+Everything that reads or writes these files goes through this module: :func:`save_run`,
+:func:`load_model`, :func:`load_resume`, :func:`carried_optimizer_state`, :func:`is_finished`,
+the run identity (:func:`identity_sha256`, :func:`check_resume_identity`) and the RNG state.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from dataset.io import atomic_write
 from dataset.tokenizer import tokenizer_from_dict, tokenizer_to_dict
 from model.config import ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
-from trainer.paths import atomic_write
 
 FORMAT = "minigpt/v1"
 
@@ -45,8 +54,11 @@ def checkpoint_paths(
     )
 
 
+# --------------------------------------------------------------------------- writing
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through :func:`trainer.paths.atomic_write`: the old file or the new one, never a
+    """torch.save through :func:`dataset.io.atomic_write`: the old file or the new one, never a
     truncated mix, whenever the process dies."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
@@ -60,6 +72,40 @@ def weights_state(model: MiniGPTForCausalLM, tokenizer, meta: dict) -> dict:
         "tokenizer": tokenizer_to_dict(tokenizer),
         "meta": meta,
     }
+
+
+@dataclass
+class TrainState:
+    """What a resume file holds beyond the weights file: enough to continue bit-identically."""
+
+    optimizer: dict  # AdamW state_dict
+    scaler: dict  # GradScaler state_dict (fp16)
+    rng: dict  # {"torch": cpu RNG state, "cuda": ...}
+    step: int  # optimizer steps taken
+    total_steps: int  # the run length the LR schedule spans
+    world_size: int
+    identity: dict  # what makes a resume belong to this run (see check_resume_identity)
+    eval_history: list  # [{"step", "all", <source>...}] validation losses so far
+    source_tokens_seen: torch.Tensor  # float64 (num sources,): targets trained on per source
+    wandb_id: str | None = None
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> TrainState:
+        return cls(**{f.name: ckpt.get(f.name) for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict:
+        # not dataclasses.asdict: it deep-copies, and the optimizer state is 2x the model
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def save_run(paths: RunPaths, model: MiniGPTForCausalLM, tokenizer, meta: dict, state: TrainState) -> None:
+    """Write a run's weights file and its resume file (call on the main rank only)."""
+    weights = weights_state(model, tokenizer, meta)
+    atomic_torch_save(weights, paths.weights)
+    atomic_torch_save({**weights, **state.to_dict()}, paths.resume)
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -102,6 +148,82 @@ def load_model(path: str | Path) -> tuple[MiniGPTForCausalLM, Any, dict]:
     ckpt = load_checkpoint(path)
     return model_from_checkpoint(ckpt, path), tokenizer_from_dict(ckpt["tokenizer"]), ckpt
 
+
+def load_resume(path: str | Path) -> tuple[MiniGPTForCausalLM, Any, dict, TrainState]:
+    """(model, tokenizer, weights meta, training state) from a resume file."""
+    model, tok, ckpt = load_model(path)
+    if "optimizer" not in ckpt:
+        raise UserError(f"{path}: a weights file, not a resume checkpoint")
+    return model, tok, ckpt["meta"], TrainState.from_checkpoint(ckpt)
+
+
+def carried_optimizer_state(parent: dict, save_dir: str | Path, checkpoint_dir: str | Path, hidden_size: int):
+    """``(optimizer state, path)``: the AdamW state the run that wrote ``parent`` (a weights meta)
+    ended with, from its resume file; a missing or mismatched file is a UserError."""
+    if "save_weight" not in parent:
+        raise UserError("--optimizer_state pretrain: the --from_weight checkpoint does not name its run")
+    path = checkpoint_paths(save_dir, checkpoint_dir, parent["save_weight"], hidden_size).resume
+    if not path.is_file():
+        raise UserError(
+            f"--optimizer_state pretrain: {path} not found (the pretrain run's resume state); {available(path.parent, '_resume')}"
+        )
+    ckpt = load_checkpoint(path)
+    if ckpt["meta"].get("identity_sha256") != parent.get("identity_sha256") or ckpt.get("step") != parent.get(
+        "step"
+    ):
+        raise UserError(
+            f"--optimizer_state pretrain: {path} is not the state that {parent.get('path')} was saved with"
+        )
+    return ckpt["optimizer"], path, ckpt["step"]
+
+
+def is_finished(path: str | Path, data_config_sha256: str | None = None) -> bool:
+    """Whether ``path`` is a weights file of a finished run (and, if given, one trained on the
+    mixture config with that sha256). Anything unreadable counts as not finished."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        meta = load_checkpoint(path)["meta"]
+    except UserError:  # a file from an older layout: redo the run
+        return False
+    same_data = data_config_sha256 is None or meta.get("data_config_sha256") == data_config_sha256
+    return bool(meta.get("finished")) and same_data
+
+
+# --------------------------------------------------------------------------- run identity, RNG
+
+
+def identity_sha256(identity: dict) -> str:
+    """A stable hash of a run's identity (stored in the weights meta; links a child run to it)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_resume_identity(saved: dict, now: dict, path: str | Path) -> None:
+    """A resume file belongs to this run only if every identity field agrees; else a UserError."""
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in diff[:3])
+        raise UserError(
+            f"{path} belongs to another run ({details}); resume with the same settings, "
+            "or drop --from_resume / use another --save_weight to start a new run"
+        )
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------------- finding a checkpoint
 
 _STEM = re.compile(r"^(?P<prefix>.+)_(?P<hidden>\d+)$")
 

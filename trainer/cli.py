@@ -40,3 +40,31 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+# --------------------------------------------------------------------------- flags shared by several scripts
+
+
+def add_save_dir_flag(group, help: str = "weights folder (default: out/ at the repo root)") -> None:
+    """--save_dir: the folder weights files live in (written by the trainers, read by the others)."""
+    from trainer.paths import repo_path
+
+    group.add_argument("--save_dir", default=str(repo_path("out")), help=help)
+
+
+def add_runtime_flags(group, *, batch_size: int, batch_help: str, dtype: str) -> None:
+    """--batch_size, --device, --dtype: how a script runs the model, the same meaning everywhere.
+
+    The values are checked by trainer.runtime.resolve_device / resolve_dtype.
+    """
+    group.add_argument(
+        "--batch_size", type=int, default=batch_size, help=f"{batch_help} (default {batch_size})"
+    )
+    group.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+    )
+    group.add_argument(
+        "--dtype",
+        default=dtype,
+        help=f"bfloat16 | float16 | float32: autocast precision, on CPU too (default {dtype})",
+    )

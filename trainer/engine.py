@@ -1,24 +1,23 @@
 """The one training engine: every stage script (pretrain, midtrain) parses its flags, builds what
-differs (data, starting weights, LR schedule, defaults) and calls ``fit``.
+differs (data, starting weights, LR schedule, defaults) and calls :func:`fit`.
 
-It owns the loop, gradient accumulation, precision, DDP, evaluation per data source,
-logging (terminal, metrics JSONL, wandb), checkpointing and exact resume.
+A run, as named steps (:class:`Trainer`):
+  start     the model and tokenizer (:func:`trainer.start.load_start`), the optimizer, the resume state
+  step      one optimizer step over ``accumulation_steps`` micro-batches (:meth:`Trainer.train_step`)
+  log       the log line, the metrics log, wandb (:meth:`Trainer.log_step`)
+  evaluate  validation loss per source (:meth:`Trainer.evaluate`, :func:`val_loss_per_source`)
+  save      weights + resume state (:meth:`Trainer.save`, through :mod:`trainer.checkpoint`)
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,242 +25,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset, StepSampler
-from dataset.tokenizer import load_tokenizer, tokenizer_from_dict, tokenizer_sha256
-from model.config import ModelConfig
+from dataset.tokenizer import tokenizer_sha256
 from model.errors import UserError
-from model.model import MiniGPTForCausalLM
-from trainer import dist
-from trainer.checkpoint import (
-    atomic_torch_save,
-    available,
-    checkpoint_paths,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_weight,
-    weights_state,
-)
+from trainer import checkpoint as ckpt
+from trainer import runtime
 from trainer.cli import setup_logging
-from trainer.metrics import mfu, peak_flops
-from trainer.paths import repo_path
+from trainer.config import TrainConfig
+from trainer.metrics import MetricsLog
+from trainer.schedule import Schedule
+from trainer.start import Start
+from trainer.throughput import mfu, peak_flops
 
 log = logging.getLogger("trainer")
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-ARCH_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
-
-
-# --------------------------------------------------------------------------- flags
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every engine flag, typed. Stage scripts add their own flags on top."""
-
-    save_dir: str
-    checkpoint_dir: str
-    cache_dir: str
-    save_weight: str
-    tokenizer_path: str | None
-    epochs: int
-    max_steps: int | None
-    stop_after: int | None
-    batch_size: int
-    accumulation_steps: int
-    learning_rate: float
-    warmup_ratio: float
-    weight_decay: float
-    grad_clip: float
-    dtype: str
-    device: str | None
-    hidden_size: int | None
-    num_hidden_layers: int | None
-    num_attention_heads: int | None
-    num_key_value_heads: int | None
-    max_seq_len: int | None
-    from_weight: str | None
-    from_resume: int
-    log_interval: int
-    save_interval: int
-    eval_interval: int
-    eval_batches: int
-    early_eval_steps: int
-    early_eval_interval: int
-    use_wandb: bool
-    wandb_project: str
-    wandb_run_name: str | None
-    use_compile: bool
-    num_workers: int
-    seed: int
-    peak_tflops: float | None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        positive = (
-            "epochs",
-            "batch_size",
-            "accumulation_steps",
-            "log_interval",
-            "early_eval_interval",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_steps", "stop_after"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.max_seq_len is not None and self.max_seq_len <= 0:
-            raise UserError(f"--max_seq_len must be positive, got {self.max_seq_len}")
-        if self.eval_batches < 0:
-            raise UserError(
-                f"--eval_batches must be >= 0 (0: the whole validation set), got {self.eval_batches}"
-            )
-        if self.learning_rate <= 0:
-            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype {self.dtype!r}: unknown dtype; use one of {', '.join(DTYPES)}")
-        if self.from_resume not in (0, 1):
-            raise UserError(f"--from_resume takes 0 or 1, got {self.from_resume}")
-
-    @property
-    def global_batch_rows(self) -> int:
-        return self.batch_size * self.accumulation_steps
-
-
-def engine_parser(
-    description: str, *, save_weight: str, learning_rate: float, warmup_ratio: float, wandb_project: str
-) -> argparse.ArgumentParser:
-    """The flags every stage shares (MiniMind-compatible names), with the stage's defaults."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("outputs")
-    g.add_argument(
-        "--save_dir", default=str(repo_path("out")), help="weights folder (default: out/ at the repo root)"
-    )
-    g.add_argument(
-        "--checkpoint_dir",
-        default=str(repo_path("checkpoints")),
-        help="resume-state folder (default: checkpoints/)",
-    )
-    g.add_argument(
-        "--cache_dir", default=str(repo_path("out", "cache")), help="token cache folder (default: out/cache)"
-    )
-    g.add_argument("--save_weight", default=save_weight, help=f"weight name prefix (default: {save_weight})")
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--tokenizer_path",
-        default=None,
-        help="tokenizer folder (default: out/tokenizer, or the one in --from_weight)",
-    )
-    g.add_argument(
-        "--hidden_size",
-        type=int,
-        default=None,
-        help="default 512 for a new model; taken from the checkpoint otherwise",
-    )
-    g.add_argument("--num_hidden_layers", type=int, default=None, help="default 8 for a new model")
-    g.add_argument("--num_attention_heads", type=int, default=None, help="default 8 for a new model")
-    g.add_argument("--num_key_value_heads", type=int, default=None, help="default 2 for a new model (GQA)")
-    g.add_argument(
-        "--max_seq_len",
-        type=int,
-        default=None,
-        help="tokens per packed training row (default: the --from_weight run's, else 512)",
-    )
-    g.add_argument(
-        "--from_weight",
-        default=None,
-        help="start from these weights: a prefix (pretrain), a stem (pretrain_512) or a .pth path",
-    )
-    g.add_argument(
-        "--from_resume",
-        type=int,
-        default=0,
-        choices=(0, 1),
-        help="1: continue from the resume checkpoint if there is one",
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=1)
-    g.add_argument(
-        "--max_steps",
-        type=int,
-        default=None,
-        help="cap on optimizer steps; the LR schedule spans the capped total",
-    )
-    g.add_argument(
-        "--stop_after",
-        type=int,
-        default=None,
-        help="stop after this optimizer step, saving a resume checkpoint, as if preempted (the schedule is unchanged)",
-    )
-    g.add_argument("--batch_size", type=int, default=32, help="rows per micro-batch per process")
-    g.add_argument("--accumulation_steps", type=int, default=1)
-    g.add_argument(
-        "--learning_rate", type=float, default=learning_rate, help=f"peak LR (default {learning_rate:g})"
-    )
-    g.add_argument(
-        "--warmup_ratio",
-        type=float,
-        default=warmup_ratio,
-        help=f"fraction of steps spent warming up (default {warmup_ratio:g})",
-    )
-    g.add_argument("--weight_decay", type=float, default=0.1)
-    g.add_argument("--grad_clip", type=float, default=1.0, help="max global grad norm (0: off)")
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", default=None, help="cuda if available else cpu; or cuda:N")
-    g.add_argument(
-        "--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (autocast; bf16 on CPU too)"
-    )
-    g.add_argument("--use_compile", action="store_true", help="torch.compile the model")
-    g.add_argument(
-        "--num_workers",
-        type=int,
-        default=0,
-        help="DataLoader workers (rows come from a memory map; 0 is fine on CPU)",
-    )
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument(
-        "--peak_tflops",
-        type=float,
-        default=None,
-        help="peak per device for MFU (default: GPU table, or a CPU matmul measured at start)",
-    )
-    g = p.add_argument_group("logging")
-    g.add_argument("--log_interval", type=int, default=10)
-    g.add_argument(
-        "--save_interval",
-        type=int,
-        default=500,
-        help="save weights + resume state every N steps (0: only at the end)",
-    )
-    g.add_argument(
-        "--eval_interval",
-        type=int,
-        default=100,
-        help="validation loss per source every N steps (0: only at start and end)",
-    )
-    g.add_argument(
-        "--eval_batches",
-        type=int,
-        default=20,
-        help="validation batches per evaluation (0: the whole validation set)",
-    )
-    g.add_argument(
-        "--early_eval_steps",
-        type=int,
-        default=0,
-        help="also evaluate every --early_eval_interval steps during the first N steps (to see an early loss spike)",
-    )
-    g.add_argument("--early_eval_interval", type=int, default=1)
-    g.add_argument("--use_wandb", action="store_true")
-    g.add_argument("--wandb_project", default=wandb_project)
-    g.add_argument("--wandb_run_name", default=None)
-    return p
 
 
 # --------------------------------------------------------------------------- setup
@@ -272,128 +47,23 @@ class Session:
     """Process-level state chosen once: ranks, device, precision."""
 
     cfg: TrainConfig
-    dist: dist.DistInfo
+    dist: runtime.DistInfo
     device: torch.device
     dtype: torch.dtype
 
     def autocast(self):
-        """The one precision context: autocast to bf16/fp16 (CPU included), nothing for fp32."""
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return runtime.autocast(self.device, self.dtype)
 
 
 def setup(cfg: TrainConfig) -> Session:
-    info, device = dist.init_distributed(cfg.device)
+    info, device = runtime.init_distributed(cfg.device)
     setup_logging(info.rank)
-    dtype = DTYPES[cfg.dtype]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--dtype bfloat16: this GPU has no bf16 support; use --dtype float16")
+    dtype = runtime.resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     return Session(cfg, info, device, dtype)
 
 
-@dataclass
-class Start:
-    """Where a run starts: the model and tokenizer, and the checkpoint they came from."""
-
-    model: MiniGPTForCausalLM
-    tokenizer: Any
-    resume: dict | None = None  # the resume state when continuing an interrupted run
-    parent: dict | None = None  # meta of the --from_weight checkpoint
-    parent_path: Path | None = None
-
-
-def _check_arch_flags(cfg: TrainConfig, model_cfg: ModelConfig, where: Path) -> None:
-    for name in ARCH_FLAGS:
-        flag = getattr(cfg, name)
-        if flag is not None and flag != getattr(model_cfg, name):
-            raise UserError(
-                f"--{name} {flag} does not match {where} ({name}={getattr(model_cfg, name)}); "
-                "the architecture comes from the checkpoint: drop the flag"
-            )
-
-
-def _check_tokenizer_flag(cfg: TrainConfig, tok, where: Path) -> None:
-    if cfg.tokenizer_path is not None and tokenizer_sha256(
-        load_tokenizer(cfg.tokenizer_path)
-    ) != tokenizer_sha256(tok):
-        raise UserError(
-            f"--tokenizer_path {cfg.tokenizer_path} is not the tokenizer {where} was trained with; "
-            "drop the flag (the checkpoint carries its tokenizer)"
-        )
-
-
-def load_start(session: Session, require_weight: Callable[[str], str] | None = None) -> Start:
-    """Resume state if asked for and present, else --from_weight, else a new model.
-
-    ``require_weight``: for stages that never start from scratch (mid-training), turns "what
-    is missing" into the error message, both when --from_weight is absent and when it names
-    no checkpoint. Settles ``session.cfg.max_seq_len``: the flag, else the length the starting
-    checkpoint was trained with, else 512.
-    """
-    start = _load_start(session.cfg, require_weight)
-    cfg = session.cfg
-    if cfg.max_seq_len is None:
-        trained = (start.resume or {}).get("meta", {}).get("max_seq_len") or (start.parent or {}).get(
-            "max_seq_len"
-        )
-        session.cfg = dataclasses.replace(cfg, max_seq_len=int(trained or 512))
-    return start
-
-
-def _load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None) -> Start:
-    if cfg.from_resume:
-        try:
-            path = resolve_weight(cfg.save_weight, cfg.checkpoint_dir, cfg.hidden_size, suffix="_resume")
-        except UserError:
-            path = None
-            log.info(
-                f"No resume checkpoint for '{cfg.save_weight}' in {cfg.checkpoint_dir}: starting a new run"
-            )
-        if path is not None:
-            ckpt = load_checkpoint(path)
-            if "optimizer" not in ckpt:
-                raise UserError(f"{path}: a weights file, not a resume checkpoint")
-            model = model_from_checkpoint(ckpt, path)
-            _check_arch_flags(cfg, model.config, path)
-            tok = tokenizer_from_dict(ckpt["tokenizer"])
-            _check_tokenizer_flag(cfg, tok, path)
-            log.info(f"Resuming from {path} at step {ckpt['step']}")
-            parent = ckpt["meta"].get("parent")
-            return Start(model, tok, resume=ckpt, parent=parent)
-    if cfg.from_weight:
-        try:
-            path = resolve_weight(cfg.from_weight, cfg.save_dir, cfg.hidden_size)
-        except UserError as e:
-            if require_weight is None:
-                raise
-            raise UserError(require_weight(str(e))) from None
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt, path)
-        _check_arch_flags(cfg, model.config, path)
-        tok = tokenizer_from_dict(ckpt["tokenizer"])
-        _check_tokenizer_flag(cfg, tok, path)
-        meta = {**ckpt["meta"], "path": str(path)}
-        return Start(model, tok, parent=meta, parent_path=path)
-    if require_weight is not None:
-        raise UserError(require_weight(f"--from_weight is required; {available(cfg.save_dir)}"))
-    tok = load_tokenizer(cfg.tokenizer_path or repo_path("out", "tokenizer"))
-    model_cfg = ModelConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg.hidden_size or 512,
-        num_hidden_layers=cfg.num_hidden_layers or 8,
-        num_attention_heads=cfg.num_attention_heads or 8,
-        num_key_value_heads=cfg.num_key_value_heads or 2,
-        max_position_embeddings=max(4096, cfg.max_seq_len or 512),
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return Start(MiniGPTForCausalLM(model_cfg), tok)
-
-
-# --------------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- validation loss
 
 
 def token_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -405,13 +75,15 @@ def token_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
+def val_loss_per_source(
     model, corpus: PackedCorpus, session: Session, batch_size: int, max_batches: int
 ) -> dict[str, float]:
     """Mean validation loss overall and per source, on the first ``max_batches`` batches of rows.
 
-    Rows are split across ranks and the per-source sums all-reduced, so every rank returns the
-    same numbers. Keys: "all" and each source name.
+    This is the in-training number over packed rows (documents share rows, as in training);
+    ``eval_llm.py`` scores each document on its own. Rows are split across ranks and the
+    per-source sums all-reduced, so every rank returns the same numbers. Keys: "all" and each
+    source name.
     """
     was_training = model.training
     model.eval()
@@ -428,8 +100,8 @@ def evaluate(
         s = s.clamp(min=-1) + 1  # pad positions (-1) go to bin 0 with zero loss
         sums += torch.bincount(s.flatten(), weights=losses.flatten(), minlength=n_src + 1)
         counts += torch.bincount(s.flatten(), minlength=n_src + 1).double()
-    dist.all_reduce_sum(sums)
-    dist.all_reduce_sum(counts)
+    runtime.all_reduce_sum(sums)
+    runtime.all_reduce_sum(counts)
     model.train(was_training)
     out = {"all": float(sums[1:].sum() / counts[1:].sum().clamp(min=1))}
     if n_src == 1:  # a single source: its loss is the overall loss
@@ -444,7 +116,7 @@ def format_losses(losses: dict[str, float]) -> str:
     return " ".join(f"{k}:{v:.4f}" for k, v in losses.items())
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the run
 
 
 @dataclass
@@ -452,8 +124,7 @@ class Stage:
     """What a stage script hands the engine besides the model and data."""
 
     name: str  # "pretrain", "midtrain": stored in the checkpoint meta
-    lr_at: Callable[[int, int], float]  # (step, total_steps) -> LR used at that step
-    banner: Callable[[int], list[str]] = lambda total: []  # lines printed once the run length is known
+    schedule: Schedule  # the LR at each step, and its banner
     identity: dict = field(default_factory=dict)  # what makes a resume checkpoint belong to this run
     meta: dict = field(default_factory=dict)  # extra facts stored in the checkpoint (data config, ...)
     target_shares: dict[str, float] | None = None  # the mixture's per-source ratio (of rows), to compare
@@ -469,328 +140,340 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     )
 
 
-def _run_identity(cfg: TrainConfig, session: Session, model: MiniGPTForCausalLM, tok, stage: Stage) -> dict:
-    return {
-        "stage": stage.name,
-        "model_config": model.config.to_dict(),
-        "tokenizer_sha256": tokenizer_sha256(tok),
-        "seed": cfg.seed,
-        "max_seq_len": cfg.max_seq_len,
-        "global_batch_rows": cfg.global_batch_rows * session.dist.world_size,
-        **stage.identity,
-    }
-
-
-def _identity_hash(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _check_resume_identity(saved: dict, now: dict, path: str) -> None:
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in diff[:3])
-        raise UserError(
-            f"{path} belongs to another run ({details}); resume with the same settings, "
-            "or drop --from_resume / use another --save_weight to start a new run"
-        )
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus | None, stage: Stage) -> dict:
-    """Train ``start.model`` on ``train`` and return a summary dict (also stored in the checkpoint)."""
-    cfg, info, device = session.cfg, session.dist, session.device
-    model, tok = start.model.to(device), start.tokenizer
-    model.train()
+class Trainer:
+    """One run of one stage: built by ``start``, driven by :meth:`fit`."""
 
-    sampler_probe = StepSampler(
-        train.num_rows, cfg.batch_size, cfg.accumulation_steps, info.world_size, info.rank, cfg.seed, 1
-    )
-    steps_per_epoch = sampler_probe.steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    def __init__(
+        self, session: Session, start: Start, train: PackedCorpus, val: PackedCorpus | None, stage: Stage
+    ):
+        cfg, info, device = session.cfg, session.dist, session.device
+        self.session, self.cfg, self.info, self.device = session, cfg, info, device
+        self.start_, self.train_data, self.val_data, self.stage = start, train, val, stage
+        self.model, self.tok = start.model.to(device), start.tokenizer
+        self.model.train()
+        self.steps_per_epoch = StepSampler(
+            train.num_rows, cfg.batch_size, cfg.accumulation_steps, info.world_size, info.rank, cfg.seed, 1
+        ).steps_per_epoch
+        self.total = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total = min(self.total, cfg.max_steps)
+        self.stop_at = min(self.total, cfg.stop_after) if cfg.stop_after else self.total
+        self.identity = {
+            "stage": stage.name,
+            "model_config": self.model.config.to_dict(),
+            "tokenizer_sha256": tokenizer_sha256(self.tok),
+            "seed": cfg.seed,
+            "max_seq_len": cfg.max_seq_len,
+            "global_batch_rows": cfg.global_batch_rows * info.world_size,
+            **stage.identity,
+        }
+        self.paths = ckpt.checkpoint_paths(
+            cfg.save_dir, cfg.checkpoint_dir, cfg.save_weight, self.model.config.hidden_size
+        )
+        self.optimizer = _optimizer(self.model, cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=session.dtype == torch.float16)
+        self.step, self.history, self.wandb_id = 0, [], None
+        self.seen = torch.zeros(len(train.source_names), dtype=torch.float64)
+        self._restore()
+        for g in self.optimizer.param_groups:  # the schedule sets the LR each step; keep "initial_lr" out
+            g["lr"] = stage.schedule.lr_at(self.step, self.total)
+        self.train_model = torch.compile(self.model) if cfg.use_compile else self.model
+        if info.enabled:
+            self.train_model = DDP(
+                self.train_model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.metrics: MetricsLog | None = None
+        self.wandb_run = None
 
-    identity = _run_identity(cfg, session, model, tok, stage)
-    paths = checkpoint_paths(cfg.save_dir, cfg.checkpoint_dir, cfg.save_weight, model.config.hidden_size)
-    optimizer = _optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=session.dtype == torch.float16)
-    step, history, seen = 0, [], torch.zeros(len(train.source_names), dtype=torch.float64)
-    wandb_id = None
-    if start.resume is not None:
-        r = start.resume
-        _check_resume_identity(r["identity"], identity, str(paths.resume))
-        optimizer.load_state_dict(r["optimizer"])
-        scaler.load_state_dict(r["scaler"])
-        _set_rng_state(r["rng"], device)
-        step, history, wandb_id = r["step"], r["eval_history"], r.get("wandb_id")
-        seen = r["source_tokens_seen"].double()
-        if r["total_steps"] != total:
+    def _restore(self) -> None:
+        """Continue from the resume state, or start from the stage's optimizer state."""
+        r = self.start_.resume
+        if r is None:
+            if self.stage.optimizer_state is not None:
+                self.optimizer.load_state_dict(self.stage.optimizer_state)
+            return
+        ckpt.check_resume_identity(r.identity, self.identity, self.paths.resume)
+        self.optimizer.load_state_dict(r.optimizer)
+        self.scaler.load_state_dict(r.scaler)
+        ckpt.set_rng_state(r.rng, self.device)
+        self.step, self.history, self.wandb_id = r.step, r.eval_history, r.wandb_id
+        self.seen = r.source_tokens_seen.double()
+        if r.total_steps != self.total:
             log.info(
-                f"Run length changed from {r['total_steps']} to {total} steps: the LR schedule is recomputed over the new total"
+                f"Run length changed from {r.total_steps} to {self.total} steps: the LR schedule is recomputed over the new total"
             )
-        if step >= total:
+        if self.step >= self.total:
             raise UserError(
-                f"{paths.resume} is already at step {step} of {total}; raise --epochs or --max_steps to train further"
+                f"{self.paths.resume} is already at step {self.step} of {self.total}; raise --epochs or --max_steps to train further"
             )
-    elif stage.optimizer_state is not None:
-        optimizer.load_state_dict(stage.optimizer_state)
-    for g in optimizer.param_groups:  # the schedule sets the LR each step; keep "initial_lr" out of it
-        g["lr"] = stage.lr_at(step, total)
 
-    train_model = torch.compile(model) if cfg.use_compile else model
-    if info.enabled:
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    # ----------------------------------------------------------------- start
 
-    n_params = model.num_params()
-    flops_per_token = model.config.flops_per_token(cfg.max_seq_len)
-    peak, peak_src = peak_flops(device, session.dtype, cfg.peak_tflops)
-    log.info(
-        f"Model: {n_params / 1e6:.2f}M parameters ({model.config.hidden_size}x{model.config.num_hidden_layers}, "
-        f"vocab {model.config.vocab_size}) | device {device} x{info.world_size} | {cfg.dtype}"
-        f"{' + compile' if cfg.use_compile else ''}"
-    )
-    log.info(
-        f"Data: {train.num_tokens:,} tokens, {train.num_rows:,} rows of {cfg.max_seq_len} | global batch "
-        f"{cfg.global_batch_rows * info.world_size} rows | {steps_per_epoch} steps/epoch | {total} steps"
-    )
-    log.info(f"Peak for MFU: {peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
-    for line in stage.banner(total):
-        log.info(line)
-
-    wandb_run = None
-    if cfg.use_wandb and info.is_main:
-        import wandb
-
-        wandb_run = wandb.init(
-            project=cfg.wandb_project,
-            name=cfg.wandb_run_name,
-            id=wandb_id,
-            resume="allow",
-            config={**dataclasses.asdict(cfg), "stage": stage.name, **stage.meta},
+    def _announce(self) -> None:
+        cfg, model, info = self.cfg, self.model, self.info
+        self.flops_per_token = model.config.flops_per_token(cfg.max_seq_len)
+        self.peak, peak_src = peak_flops(self.device, self.session.dtype, cfg.peak_tflops)
+        log.info(
+            f"Model: {model.num_params() / 1e6:.2f}M parameters ({model.config.hidden_size}x{model.config.num_hidden_layers}, "
+            f"vocab {model.config.vocab_size}) | device {self.device} x{info.world_size} | {cfg.dtype}"
+            f"{' + compile' if cfg.use_compile else ''}"
         )
-        wandb_id = wandb_run.id
-
-    metrics_path = paths.metrics
-    if info.is_main:
-        _truncate_metrics(metrics_path, step)
-
-    def record(kind: str, data: dict) -> None:
-        if not info.is_main:
-            return
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"kind": kind, **data}) + "\n")
-        if wandb_run is not None and kind != "summary":
-            prefix = "val/" if kind == "eval" else "train/"
-            wandb_run.log({prefix + k: v for k, v in data.items() if k != "step"}, step=data["step"])
-
-    def run_eval() -> None:
-        if val is None:
-            return
-        losses = evaluate(model, val, session, cfg.batch_size, cfg.eval_batches)
-        history.append({"step": step, **losses})
-        log.info(f"eval step {step}/{total}: val_loss {format_losses(losses)}")
-        record("eval", {"step": step, **{f"loss_{k}": v for k, v in losses.items()}})
-
-    def save(final: bool) -> None:
-        state = weights_state(
-            model,
-            tok,
-            {
-                "stage": stage.name,
-                "save_weight": cfg.save_weight,
-                "max_seq_len": cfg.max_seq_len,
-                "step": step,
-                "total_steps": total,
-                "final_lr": stage.lr_at(min(step, total) - 1, total) if step else stage.lr_at(0, total),
-                "tokens_seen": float(seen.sum()),
-                "parent": start.parent,
-                "identity_sha256": _identity_hash(identity),
-                "eval_history": history,
-                "finished": final,
-                **stage.meta,
-            },
+        log.info(
+            f"Data: {self.train_data.num_tokens:,} tokens, {self.train_data.num_rows:,} rows of {cfg.max_seq_len} | global batch "
+            f"{cfg.global_batch_rows * info.world_size} rows | {self.steps_per_epoch} steps/epoch | {self.total} steps"
         )
-        if info.is_main:
-            atomic_torch_save(state, paths.weights)
-            atomic_torch_save(
-                {
-                    **state,
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": _rng_state(device),
-                    "step": step,
-                    "total_steps": total,
-                    "world_size": info.world_size,
-                    "identity": identity,
-                    "eval_history": history,
-                    "source_tokens_seen": seen,
-                    "wandb_id": wandb_id,
-                },
-                paths.resume,
+        log.info(f"Peak for MFU: {self.peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
+        for line in self.stage.schedule.describe(self.total):
+            log.info(line)
+
+    def _open_logs(self) -> None:
+        cfg, stage = self.cfg, self.stage
+        if cfg.use_wandb and self.info.is_main:
+            import wandb
+
+            self.wandb_run = wandb.init(
+                project=cfg.wandb_project,
+                name=cfg.wandb_run_name,
+                id=self.wandb_id,
+                resume="allow",
+                config={**dataclasses.asdict(cfg), "stage": stage.name, **stage.meta},
             )
-        dist.barrier()
+            self.wandb_id = self.wandb_run.id
+        self.metrics = MetricsLog(self.paths.metrics, enabled=self.info.is_main, wandb_run=self.wandb_run)
+        self.metrics.start(self.step)
 
-    if not history:
-        run_eval()
+    def _micro_batches(self) -> Iterator[list[tuple[torch.Tensor, ...]]]:
+        """The rest of the run, one list of ``accumulation_steps`` micro-batches per optimizer step."""
+        cfg, info = self.cfg, self.info
+        loader = torch.utils.data.DataLoader(
+            PackedDataset(self.train_data),
+            batch_sampler=StepSampler(
+                self.train_data.num_rows,
+                cfg.batch_size,
+                cfg.accumulation_steps,
+                info.world_size,
+                info.rank,
+                cfg.seed,
+                self.total,
+                start_step=self.step,
+            ),
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+        )
+        group: list[tuple[torch.Tensor, ...]] = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == cfg.accumulation_steps:
+                yield group
+                group = []
 
-    loader = torch.utils.data.DataLoader(
-        PackedDataset(train),
-        batch_sampler=StepSampler(
-            train.num_rows,
-            cfg.batch_size,
-            cfg.accumulation_steps,
-            info.world_size,
-            info.rank,
-            cfg.seed,
-            total,
-            start_step=step,
-        ),
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-    )
-    stop_at = min(total, cfg.stop_after) if cfg.stop_after else total
-    bar = tqdm(
-        total=stop_at,
-        initial=step,
-        desc=stage.name,
-        unit="step",
-        disable=None if info.is_main else True,
-        mininterval=2.0,
-        leave=False,
-    )
-    micro, loss_acc, tokens_acc = 0, torch.zeros((), dtype=torch.float64), 0
-    interval_tokens, interval_t0 = 0, time.perf_counter()
-    run_t0, run_step0 = time.perf_counter(), step
-    last = {}
-    for x, y, s in loader:
-        if step >= stop_at:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        lr = stage.lr_at(step, total)
-        for g in optimizer.param_groups:
+    # ----------------------------------------------------------------- step
+
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, ...]]) -> dict:
+        """One optimizer step; returns {"loss", "lr", "grad_norm", "tokens"} (all ranks)."""
+        cfg, info, device = self.cfg, self.info, self.device
+        lr = self.stage.schedule.lr_at(self.step, self.total)
+        for g in self.optimizer.param_groups:
             g["lr"] = lr
-        micro += 1
-        sync = micro == cfg.accumulation_steps
-        ctx = train_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
-        with ctx:
-            with session.autocast():
-                logits = train_model(x)
-            n_valid = (y != IGNORE_INDEX).sum()
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            loss = loss / n_valid.clamp(min=1)
-            scaler.scale(loss / cfg.accumulation_steps).backward()
-        loss_acc += loss.detach().double().cpu() / cfg.accumulation_steps
-        tokens_acc += int(n_valid)
-        valid_src = s[s >= 0]
-        if len(train.source_names):
-            seen += torch.bincount(valid_src, minlength=len(train.source_names)).double()
-        if not sync:
-            continue
-        micro = 0
-        scaler.unscale_(optimizer)
+        loss_acc, tokens_acc = torch.zeros((), dtype=torch.float64), 0
+        for i, (x, y, s) in enumerate(micro_batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = i == len(micro_batches) - 1
+            ctx = self.train_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
+            with ctx:
+                with self.session.autocast():
+                    logits = self.train_model(x)
+                n_valid = (y != IGNORE_INDEX).sum()
+                loss = F.cross_entropy(
+                    logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+                loss = loss / n_valid.clamp(min=1)
+                self.scaler.scale(loss / cfg.accumulation_steps).backward()
+            loss_acc += loss.detach().double().cpu() / cfg.accumulation_steps
+            tokens_acc += int(n_valid)
+            if len(self.train_data.source_names):
+                self.seen += torch.bincount(s[s >= 0], minlength=len(self.train_data.source_names)).double()
+        self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         )
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
         stats = torch.stack([loss_acc, torch.tensor(float(tokens_acc), dtype=torch.float64)])
-        dist.all_reduce_sum(stats)
-        step_loss, step_tokens = float(stats[0]) / info.world_size, int(stats[1])
-        interval_tokens += step_tokens
-        loss_acc.zero_()
-        tokens_acc = 0
-        last = {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm)}
+        runtime.all_reduce_sum(stats)
+        step_loss = float(stats[0]) / info.world_size
         if not math.isfinite(step_loss):
             raise UserError(
-                f"loss became {step_loss} at step {step}; lower --learning_rate or use --dtype bfloat16/float32"
+                f"loss became {step_loss} at step {self.step}; lower --learning_rate or use --dtype bfloat16/float32"
             )
+        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(stats[1])}
 
-        if step % cfg.log_interval == 0 or step == stop_at:
-            el = time.perf_counter() - interval_t0
-            tps = interval_tokens / el if el > 0 else 0.0
-            util = mfu(tps, flops_per_token, peak * info.world_size)
-            eta = (time.perf_counter() - run_t0) / max(step - run_step0, 1) * (stop_at - step)
-            epoch = min((step - 1) // steps_per_epoch + 1, cfg.epochs)
-            log.info(
-                f"Epoch:[{epoch}/{cfg.epochs}]({step}/{total}) loss:{step_loss:.6f} lr:{lr:.10f} "
-                f"grad_norm:{float(grad_norm):.4f} tokens/s:{tps:.0f} MFU:{util * 100:.2f}% ETA {_fmt_time(eta)}"
-            )
-            seen_all = seen.clone()
-            dist.all_reduce_sum(seen_all)
-            shares = (seen_all / seen_all.sum().clamp(min=1)).tolist()
-            record(
-                "train",
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    **last,
-                    "tokens_per_sec": tps,
-                    "mfu": util,
-                    **{f"share_{n}": v for n, v in zip(train.source_names, shares, strict=True)},
-                },
-            )
-            interval_tokens, interval_t0 = 0, time.perf_counter()
-        pause_t0 = time.perf_counter()
-        if step < total and (
+    # ----------------------------------------------------------------- log
+
+    def log_step(self, last: dict, tokens_per_sec: float, eta: float) -> None:
+        """The log line and the metrics record of the step just taken."""
+        cfg = self.cfg
+        util = mfu(tokens_per_sec, self.flops_per_token, self.peak * self.info.world_size)
+        epoch = min((self.step - 1) // self.steps_per_epoch + 1, cfg.epochs)
+        log.info(
+            f"Epoch:[{epoch}/{cfg.epochs}]({self.step}/{self.total}) loss:{last['loss']:.6f} lr:{last['lr']:.10f} "
+            f"grad_norm:{last['grad_norm']:.4f} tokens/s:{tokens_per_sec:.0f} MFU:{util * 100:.2f}% ETA {_fmt_time(eta)}"
+        )
+        seen_all = self.seen.clone()
+        runtime.all_reduce_sum(seen_all)
+        shares = (seen_all / seen_all.sum().clamp(min=1)).tolist()
+        self.metrics.append(
+            "train",
+            {
+                "step": self.step,
+                "epoch": epoch,
+                **{k: last[k] for k in ("loss", "lr", "grad_norm")},
+                "tokens_per_sec": tokens_per_sec,
+                "mfu": util,
+                **{f"share_{n}": v for n, v in zip(self.train_data.source_names, shares, strict=True)},
+            },
+        )
+
+    # ----------------------------------------------------------------- evaluate
+
+    def evaluate(self) -> None:
+        if self.val_data is None:
+            return
+        cfg = self.cfg
+        losses = val_loss_per_source(
+            self.model, self.val_data, self.session, cfg.batch_size, cfg.eval_batches
+        )
+        self.history.append({"step": self.step, **losses})
+        log.info(f"eval step {self.step}/{self.total}: val_loss {format_losses(losses)}")
+        self.metrics.append("eval", {"step": self.step, **{f"loss_{k}": v for k, v in losses.items()}})
+
+    def _due_for_eval(self) -> bool:
+        cfg, step = self.cfg, self.step
+        return step < self.total and (
             (cfg.eval_interval and step % cfg.eval_interval == 0)
             or (step <= cfg.early_eval_steps and step % cfg.early_eval_interval == 0)
-        ):
-            run_eval()
-        if cfg.save_interval and step % cfg.save_interval == 0 and step < stop_at:
-            save(final=False)
-        interval_t0 += time.perf_counter() - pause_t0  # throughput counts training time only
-    bar.close()
+        )
 
-    finished = step >= total
-    if finished:
-        run_eval()
-    save(final=finished)
-    dist.all_reduce_sum(seen)
-    summary = _summary(
-        train, seen, history, stage, finished, step, total, paths, time.perf_counter() - run_t0
-    )
-    record("summary", {k: summary[k] for k in ("step", "finished", "token_share", "seconds")})
-    if wandb_run is not None:
-        wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
-        wandb_run.finish()
-    return summary
+    # ----------------------------------------------------------------- save
+
+    def save(self, final: bool) -> None:
+        """Weights file + resume file (main rank), then every rank waits for them."""
+        cfg, stage, step, total = self.cfg, self.stage, self.step, self.total
+        meta = {
+            "stage": stage.name,
+            "save_weight": cfg.save_weight,
+            "max_seq_len": cfg.max_seq_len,
+            "step": step,
+            "total_steps": total,
+            "final_lr": stage.schedule.lr_at(min(step, total) - 1, total)
+            if step
+            else stage.schedule.lr_at(0, total),
+            "tokens_seen": float(self.seen.sum()),
+            "parent": self.start_.parent,
+            "identity_sha256": ckpt.identity_sha256(self.identity),
+            "eval_history": self.history,
+            "finished": final,
+            **stage.meta,
+        }
+        if self.info.is_main:
+            state = ckpt.TrainState(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=ckpt.rng_state(self.device),
+                step=step,
+                total_steps=total,
+                world_size=self.info.world_size,
+                identity=self.identity,
+                eval_history=self.history,
+                source_tokens_seen=self.seen,
+                wandb_id=self.wandb_id,
+            )
+            ckpt.save_run(self.paths, self.model, self.tok, meta, state)
+        runtime.barrier()
+
+    # ----------------------------------------------------------------- the loop
+
+    def fit(self) -> dict:
+        """Train to the end (or --stop_after) and return a summary dict (also logged)."""
+        cfg = self.cfg
+        self._announce()
+        self._open_logs()
+        if not self.history:
+            self.evaluate()
+        bar = tqdm(
+            total=self.stop_at,
+            initial=self.step,
+            desc=self.stage.name,
+            unit="step",
+            disable=None if self.info.is_main else True,
+            mininterval=2.0,
+            leave=False,
+        )
+        interval_tokens, interval_t0 = 0, time.perf_counter()
+        run_t0, run_step0 = time.perf_counter(), self.step
+        for micro_batches in self._micro_batches():
+            if self.step >= self.stop_at:
+                break
+            last = self.train_step(micro_batches)
+            bar.update(1)
+            interval_tokens += last["tokens"]
+            if self.step % cfg.log_interval == 0 or self.step == self.stop_at:
+                el = time.perf_counter() - interval_t0
+                eta = (
+                    (time.perf_counter() - run_t0)
+                    / max(self.step - run_step0, 1)
+                    * (self.stop_at - self.step)
+                )
+                self.log_step(last, interval_tokens / el if el > 0 else 0.0, eta)
+                interval_tokens, interval_t0 = 0, time.perf_counter()
+            pause_t0 = time.perf_counter()
+            if self._due_for_eval():
+                self.evaluate()
+            if cfg.save_interval and self.step % cfg.save_interval == 0 and self.step < self.stop_at:
+                self.save(final=False)
+            interval_t0 += time.perf_counter() - pause_t0  # throughput counts training time only
+        bar.close()
+        return self._finish(time.perf_counter() - run_t0)
+
+    def _finish(self, seconds: float) -> dict:
+        finished = self.step >= self.total
+        if finished:
+            self.evaluate()
+        self.save(final=finished)
+        runtime.all_reduce_sum(self.seen)
+        summary = _summary(
+            self.train_data,
+            self.seen,
+            self.history,
+            self.stage,
+            finished,
+            self.step,
+            self.total,
+            self.paths,
+            seconds,
+        )
+        self.metrics.append(
+            "summary", {k: summary[k] for k in ("step", "finished", "token_share", "seconds")}
+        )
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(
+                {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+            )
+            self.wandb_run.finish()
+        return summary
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics log consistent with the state we start from: drop records past ``step``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if step == 0 or not path.exists():
-        path.write_text("")
-        return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line and json.loads(line)["step"] <= step and json.loads(line)["kind"] != "summary"
-    ]
-    path.write_text("".join(line + "\n" for line in keep))
+def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus | None, stage: Stage) -> dict:
+    """Train ``start.model`` on ``train`` and return a summary dict (also stored in the checkpoint)."""
+    return Trainer(session, start, train, val, stage).fit()
 
 
 def _summary(train, seen, history, stage, finished, step, total, paths, seconds) -> dict:

@@ -1,80 +1,60 @@
-"""Throughput maths: model FLOPs utilisation against a peak from a table or a measurement."""
+"""The metrics log: the one owner of ``{save_dir}/{save_weight}_{hidden_size}_metrics.jsonl``.
+
+One JSON object per line, ``{"kind": ..., "step": ..., ...}``:
+  train    every --log_interval steps: loss, lr, grad_norm, tokens_per_sec, mfu, share_<source>, epoch
+  eval     every evaluation: loss_all and loss_<source> (validation loss per source)
+  summary  once at the end of a run: step, finished, token_share {source: share}, seconds
+
+The training engine writes it (and mirrors train/eval records to wandb); the ablation study and
+the benchmarks read it back with :meth:`MetricsLog.read`.
+"""
 
 from __future__ import annotations
 
-import time
-
-import torch
-
-# Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' data sheets.
-GPU_PEAK_FLOPS = {
-    "H200": 989.5e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989.5e12,
-    "GH200": 989.5e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "A800": 312e12,
-    "L40S": 362e12,
-    "L40": 181e12,
-    "L4": 121e12,
-    "A10G": 70e12,
-    "A10": 125e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "V100": 125e12,
-    "T4": 65e12,
-}
+import json
+from pathlib import Path
+from typing import Any
 
 
-def gpu_peak_flops(name: str) -> float | None:
-    """The table entry whose key appears in the device name (longest key first), or None."""
-    for key in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):
-        if key.lower() in name.lower():
-            return GPU_PEAK_FLOPS[key]
-    return None
+class MetricsLog:
+    """Append-only records of one run; ``enabled=False`` (non-main ranks) writes nothing."""
 
+    def __init__(self, path: str | Path, enabled: bool = True, wandb_run: Any = None):
+        self.path, self.enabled, self.wandb_run = Path(path), enabled, wandb_run
 
-def measure_matmul_flops(
-    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0
-) -> float:
-    """Achieved FLOP/s of an n x n matmul in ``dtype``: the practical peak of this machine."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    iters, t0 = 0, time.perf_counter()
-    while True:
-        for _ in range(4):
-            a @ b
-        iters += 4
-        sync()
-        el = time.perf_counter() - t0
-        if el >= seconds:
-            return 2 * n**3 * iters / el
+    def start(self, step: int) -> None:
+        """Make the log consistent with the state a run starts from: empty for a new run; for a
+        resumed one, the records up to ``step`` (a later summary or record is dropped)."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if step == 0 or not self.path.exists():
+            self.path.write_text("")
+            return
+        keep = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= step and json.loads(line)["kind"] != "summary"
+        ]
+        self.path.write_text("".join(line + "\n" for line in keep))
 
+    def append(self, kind: str, data: dict) -> None:
+        """One record; train and eval records also go to wandb (as train/... and val/...)."""
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"kind": kind, **data}) + "\n")
+        if self.wandb_run is not None and kind != "summary":
+            prefix = "val/" if kind == "eval" else "train/"
+            self.wandb_run.log({prefix + k: v for k, v in data.items() if k != "step"}, step=data["step"])
 
-def peak_flops(
-    device: torch.device, dtype: torch.dtype, override_tflops: float | None = None
-) -> tuple[float, str]:
-    """(peak FLOP/s per device, where the number came from)."""
-    if override_tflops:
-        return override_tflops * 1e12, "--peak_tflops"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = gpu_peak_flops(name)
-        if peak is not None:
-            return peak, f"{name} data sheet"
-        return measure_matmul_flops(device, torch.bfloat16), f"{name}, measured bf16 matmul"
-    mm_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
-    return measure_matmul_flops(
-        device, mm_dtype
-    ), f"CPU, measured {str(mm_dtype).removeprefix('torch.')} matmul"
-
-
-def mfu(tokens_per_sec: float, flops_per_token: float, peak: float) -> float:
-    """Model FLOPs utilisation in [0, 1] (can exceed 1 only if the peak is wrong)."""
-    return tokens_per_sec * flops_per_token / peak if peak > 0 else 0.0
+    @staticmethod
+    def read(path: str | Path) -> tuple[list[dict], list[dict], dict]:
+        """(train records, eval records, the end-of-run summary or {}) of a metrics log."""
+        recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        summaries = [r for r in recs if r["kind"] == "summary"]
+        return (
+            [r for r in recs if r["kind"] == "train"],
+            [r for r in recs if r["kind"] == "eval"],
+            summaries[-1] if summaries else {},
+        )

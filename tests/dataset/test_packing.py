@@ -1,0 +1,116 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from dataset.packed import IGNORE_INDEX, StepSampler, build_packed
+from model.errors import UserError
+from tests.helpers import shared_file
+
+
+@pytest.fixture
+def tok(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def mixed_file(tmp_path, n=300):
+    """Real rows from two sources, tagged like a prepared mixture."""
+    rows = []
+    with open(shared_file("tinystories", "validation_first1000.jsonl")) as f:
+        rows += [{"text": json.loads(line)["text"], "source": "replay"} for line in list(f)[:n]]
+    with open(shared_file("code_instructions", "code_alpaca_2k.jsonl")) as f:
+        rows += [
+            {"text": json.loads(line)["output"], "source": "code"}
+            for line in list(f)[:n]
+            if json.loads(line)["output"]
+        ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def test_packing_uses_every_token_exactly_once(tmp_path, tok):
+    path, rows = mixed_file(tmp_path)
+    corpus = build_packed([path], tok, seq_len=64, cache_dir=tmp_path / "cache")
+    expected = []
+    for r in rows:
+        expected += [
+            tok.bos_token_id,
+            *tok(r["text"], add_special_tokens=False)["input_ids"],
+            tok.eos_token_id,
+        ]
+    assert corpus.num_tokens == len(expected)
+    targets, inputs = [], []
+    for i in range(corpus.num_rows):
+        x, y, s = corpus.row(i)
+        keep = y != IGNORE_INDEX
+        targets += y[keep].tolist()
+        inputs += x[keep].tolist()
+        assert (s[keep] >= 0).all() and (s[~keep] == -1).all()
+    # each token after the first is predicted exactly once, in order; no padding but the last row's tail
+    assert targets == expected[1:]
+    assert inputs == expected[:-1]
+    pad_rows = [i for i in range(corpus.num_rows) if (corpus.row(i)[1] == IGNORE_INDEX).any()]
+    assert pad_rows in ([], [corpus.num_rows - 1])
+    # per-token source ids follow the documents
+    counts = corpus.source_token_counts()
+    assert set(counts) == {"replay", "code"} and sum(counts.values()) == len(expected)
+
+
+def test_cache_is_keyed_by_content_tokenizer_and_length(tmp_path, tok):
+    path, _ = mixed_file(tmp_path, n=50)
+    a = build_packed([path], tok, 64, tmp_path / "cache")
+    assert build_packed([path], tok, 64, tmp_path / "cache").folder == a.folder  # hit
+    assert build_packed([path], tok, 32, tmp_path / "cache").folder != a.folder
+    path.write_text(path.read_text() + json.dumps({"text": "one more story", "source": "replay"}) + "\n")
+    assert build_packed([path], tok, 64, tmp_path / "cache").folder != a.folder
+    assert not list((tmp_path / "cache").glob(".*")), "no temporary folders left behind"
+
+
+def test_sampler_is_deterministic_and_splits_ranks_like_one_big_batch():
+    one = list(
+        StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200)
+    )
+    again = list(
+        StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200)
+    )
+    assert one == again
+    r0 = list(StepSampler(1000, 4, 2, world_size=2, rank=0, seed=3, total_steps=200))
+    r1 = list(StepSampler(1000, 4, 2, world_size=2, rank=1, seed=3, total_steps=200))
+    assert all(a + b == c for a, b, c in zip(r0, r1, one, strict=True))
+    # an epoch visits each row at most once; a new epoch reshuffles
+    spe = 1000 // 16
+    epoch0 = [i for b in one[: spe * 2] for i in b]
+    assert len(epoch0) == len(set(epoch0))
+    assert one[: spe * 2] != one[spe * 2 : spe * 4]
+    # resuming at step k yields exactly the tail
+    tail = list(StepSampler(1000, 8, 2, 1, 0, seed=3, total_steps=200, start_step=77))
+    assert tail == one[77 * 2 :]
+
+
+def test_bad_jsonl_names_file_and_line(tmp_path, tok):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: malformed JSON"):
+        build_packed([bad], tok, 64, tmp_path / "cache")
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not UTF-8"):
+        build_packed([bad], tok, 64, tmp_path / "cache")
+    bad.write_text('{"txt": "no text field"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: .*\"text\""):
+        build_packed([bad], tok, 64, tmp_path / "cache")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="empty"):
+        build_packed([empty], tok, 64, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == [], "a failed build leaves nothing in the cache"
+
+
+def test_token_file_is_compact(tmp_path, tok):
+    path, _ = mixed_file(tmp_path, n=100)
+    corpus = build_packed([path], tok, 64, tmp_path / "cache")
+    assert corpus.tokens.dtype == np.uint16
+    assert (corpus.folder / "tokens.bin").stat().st_size == 2 * corpus.num_tokens
+    assert Counter(corpus.sources.tolist()).keys() <= {0, 1}

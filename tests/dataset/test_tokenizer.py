@@ -1,0 +1,34 @@
+import json
+
+from transformers import AutoTokenizer
+
+from dataset.tokenizer import tokenizer_from_dict, tokenizer_sha256, tokenizer_to_dict
+from tests.helpers import shared_file
+
+
+def real_texts():
+    for name in ("validation_first1000.jsonl",):
+        with open(shared_file("tinystories", name)) as f:
+            yield from (json.loads(line)["text"] for line in list(f)[:200])
+    with open(shared_file("code_instructions", "code_alpaca_2k.jsonl")) as f:
+        yield from (json.loads(line)["output"] for line in list(f)[:200])
+
+
+def test_autotokenizer_loads_and_round_trips_real_text(tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    assert len(tok) == 1024
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    n = 0
+    for text in real_texts():  # stories with curly quotes, and code with tabs and braces
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+        n += 1
+    assert n == 400
+
+
+def test_checkpoint_copy_is_the_same_tokenizer(tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    copy = tokenizer_from_dict(tokenizer_to_dict(tok))
+    assert tokenizer_sha256(copy) == tokenizer_sha256(tok)
+    text = "Once upon a time, Lily said “hi”.\n\tdef f(x): return x"
+    assert copy(text)["input_ids"] == tok(text)["input_ids"]

@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from model import KVCache, MiniGPTForCausalLM, ModelConfig
+from model.errors import UserError
+from model.hf import to_llama
+
+
+def small_config(**kw) -> ModelConfig:
+    return ModelConfig(
+        **{
+            "vocab_size": 512,
+            "hidden_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+            **kw,
+        }
+    )
+
+
+def test_default_config_is_the_26m_model():
+    cfg = ModelConfig()
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.vocab_size) == (
+        512,
+        8,
+        8,
+        6400,
+    )
+    assert cfg.num_key_value_heads < cfg.num_attention_heads and cfg.tie_word_embeddings and cfg.dropout == 0
+    model = MiniGPTForCausalLM(cfg)
+    assert model.num_params() == cfg.num_params()
+    assert 25e6 < cfg.num_params() < 27e6
+
+
+@pytest.mark.parametrize(
+    "cfg", [ModelConfig(), small_config(tie_word_embeddings=False)], ids=["default", "untied"]
+)
+def test_logits_match_transformers_llama(cfg):
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(cfg).eval()
+    # non-trivial norm weights so a wrong norm mapping would show
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    hf = to_llama(model)
+    x = torch.randint(0, cfg.vocab_size, (2, 100))
+    with torch.no_grad():
+        ours, theirs = model(x), hf(x).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_kv_cache_generation_equals_full_recompute():
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(small_config()).eval()
+    prompt = torch.randint(0, 512, (3, 7))
+    out = model.generate(prompt, max_new_tokens=25, temperature=0)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(25):
+            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+
+
+def test_chunked_prefill_after_cache_matches_full_forward():
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(small_config()).eval()
+    x = torch.randint(0, 512, (2, 30))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(model.config, 2, 30, x.device, torch.float32)
+        a = model(x[:, :12], cache)
+        b = model(x[:, 12:], cache)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_modes():
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(small_config()).eval()
+    prompt = torch.randint(0, 512, (2, 5))
+    greedy = model.generate(prompt, 10, temperature=0)
+    # a vanishing nucleus keeps only the top token: sampling becomes greedy
+    assert torch.equal(model.generate(prompt, 10, temperature=1.0, top_p=1e-9), greedy)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    s1 = model.generate(prompt, 10, temperature=1.0, top_p=0.9, generator=g1)
+    assert torch.equal(s1, model.generate(prompt, 10, temperature=1.0, top_p=0.9, generator=g2))
+    assert s1.shape == (2, 15)
+
+
+def test_generation_stops_at_eos():
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(small_config()).eval()
+    prompt = torch.randint(0, 512, (1, 4))
+    first = model.generate(prompt, 1, temperature=0)[0, -1].item()
+    out = model.generate(prompt, 20, temperature=0, eos_token_id=first)
+    assert out.shape[1] == 5 and out[0, -1].item() == first
+
+
+def test_bad_config_is_a_user_error():
+    with pytest.raises(UserError, match="num_attention_heads"):
+        ModelConfig(hidden_size=100, num_attention_heads=8)
+    with pytest.raises(UserError, match="unknown key"):
+        ModelConfig.from_dict({"hidden_size": 64, "n_embd": 3})

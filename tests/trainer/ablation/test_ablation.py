@@ -1,0 +1,146 @@
+"""The ablation study: its maths, its config, and a minutes-long run of the whole thing."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from model.errors import UserError
+from tests.helpers import REPO, run_script, shared_file
+from trainer.ablation.config import flags, load_experiment_config, variant_mixture
+from trainer.ablation.stats import early_spike, mean_ci95, wilson95
+
+
+def test_mean_ci95_matches_the_t_interval():
+    m, h = mean_ci95([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-3)
+    m, h = mean_ci95([5.0])
+    assert m == 5.0 and math.isnan(h)
+
+
+def test_wilson_interval():
+    p, lo, hi = wilson95(25, 100)
+    assert p == 0.25 and lo == pytest.approx(0.1754, abs=1e-3) and hi == pytest.approx(0.3430, abs=1e-3)
+    p, lo, hi = wilson95(0, 10)
+    assert p == 0 and lo == pytest.approx(0, abs=1e-12) and 0 < hi < 0.35
+
+
+def test_early_spike():
+    evals = [
+        {"step": 0, "loss_r": 2.0},
+        {"step": 1, "loss_r": 2.5},
+        {"step": 2, "loss_r": 2.2},
+        {"step": 10, "loss_r": 9.0},
+    ]
+    assert early_spike(evals, "loss_r", until_step=2) == pytest.approx(0.5)
+    assert early_spike(
+        [{"step": 0, "loss_r": 2.0}, {"step": 1, "loss_r": 1.5}], "loss_r", 1
+    ) == pytest.approx(-0.5)
+
+
+def test_flags():
+    assert flags({"max_steps": 3, "use_compile": True, "x": False, "p": ["a", "b"]}) == [
+        "--max_steps",
+        "3",
+        "--use_compile",
+        "--p",
+        "a",
+        "--p",
+        "b",
+    ]
+
+
+def test_variant_mixture_moves_only_the_replay_share(tmp_path):
+    base = REPO / "config" / "data" / "ablation" / "midtrain_local.yaml"
+    for share in (0.0, 0.2, 0.4):
+        raw = variant_mixture(base, "replay", share, "v")
+        ratios = {s["name"]: s["ratio"] for s in raw["sources"]}
+        assert sum(ratios.values()) == pytest.approx(1.0, abs=1e-9)
+        assert ratios.get("replay", 0.0) == pytest.approx(share)
+        assert ratios["code"] == pytest.approx(ratios["reasoning"], abs=1e-6)  # 35:35 keeps its 1:1 split
+        path = tmp_path / f"v{share}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        from dataset.mixture import load_mixture_config
+
+        load_mixture_config(path)  # the derived file is a valid mixture, with absolute paths
+    # shares of tokens: rows twice as long get half the row ratio for the same share of tokens
+    lengths = {"replay": 200.0, "code": 100.0, "reasoning": 50.0}
+    raw = variant_mixture(base, "replay", 0.3, "v", row_tokens=lengths)
+    rows = {s["name"]: s["ratio"] for s in raw["sources"]}
+    assert sum(rows.values()) == pytest.approx(1.0, abs=1e-9)
+    tokens = {k: rows[k] * lengths[k] for k in rows}
+    shares = {k: v / sum(tokens.values()) for k, v in tokens.items()}
+    assert shares == pytest.approx({"replay": 0.3, "code": 0.35, "reasoning": 0.35}, abs=1e-5)
+    with pytest.raises(UserError, match="reasoning"):
+        variant_mixture(base, "replay", 0.3, "v", row_tokens={"replay": 1.0, "code": 1.0})
+
+
+def test_bad_experiment_config(tmp_path):
+    good = yaml.safe_load((REPO / "config" / "experiments" / "replay_ablation_tiny.yaml").read_text())
+    good["data"] = {
+        k: str((REPO / "config" / "experiments" / v).resolve())
+        if k in ("pretrain", "midtrain", "mbpp")
+        else v
+        for k, v in good["data"].items()
+    }
+    good.pop("eval")
+
+    def load(raw):
+        p = tmp_path / "x.yaml"
+        p.write_text(yaml.safe_dump(raw))
+        return load_experiment_config(p)
+
+    load(good)
+    with pytest.raises(UserError, match="unknown key"):
+        load({**good, "sedes": [1]})
+    with pytest.raises(UserError, match="unknown flag"):
+        load({**good, "midtrain": {"args": {"max_step": 3}}})
+    with pytest.raises(UserError, match="replay must be in"):
+        load({**good, "variants": [{"name": "a", "replay": 1.5}]})
+    with pytest.raises(UserError, match="replay_source"):
+        load({**good, "data": {**good["data"], "replay_source": "nope"}})
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path):
+    shared_file("mmlu", "dev.jsonl")
+    out = tmp_path / "study"
+
+    def study():
+        return run_script(
+            "scripts/run_ablation.py",
+            "--config",
+            "config/experiments/replay_ablation_tiny.yaml",
+            "--out_dir",
+            str(out),
+            timeout=900,
+        )
+
+    proc = study()
+    assert "Report:" in proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["variants"]) == {"replay0", "replay30_carry"}
+    assert set(results["sources"]) >= {"replay", "code", "reasoning", "mbpp"}
+    for v in results["variants"].values():
+        assert v["seeds"] == [1, 2]
+        for src in results["sources"]:
+            mean, half = v["delta"][src]
+            assert math.isfinite(mean) and math.isfinite(half)
+        assert math.isfinite(v["early_spike_replay"][0])
+        assert v["mmlu"]["total"] == 120  # 60 questions x 2 seeds
+        assert 0.0 < v["mmlu"]["letter_mass"] <= 1.0
+    # replay shares are shares of tokens: 30% of the tokens trained on, not 30% of (longer) rows
+    assert results["variants"]["replay0"]["replay_token_share"] == 0.0
+    assert results["variants"]["replay30_carry"]["replay_token_share"] == pytest.approx(0.3, abs=0.08)
+    # every run was evaluated densely in its early window and on the same held-out set
+    for r in results["runs"].values():
+        steps = [p["step"] for p in r["curve"]]
+        assert steps[:2] == [0, 1] and steps[-1] == r["steps"]
+    md = (out / "report.md").read_text()
+    assert "Early forgetting spike" in md and "MMLU-format accuracy" in md and "Wilson" in md
+    for png in ("heldout_loss.png", "final_deltas.png", "early_spike.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second run reuses every finished step
+    again = study()
+    assert "already done" in again.stdout + again.stderr

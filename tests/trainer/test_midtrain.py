@@ -1,0 +1,274 @@
+"""Mid-training on the real local mixture (../shared/data through prepare_dataset)."""
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tests.helpers import REPO, bad, run_script, shared_file
+
+
+def mixture_config(folder, total=600, code_ratio=0.35, name="mix") -> str:
+    """A small version of config/data/midtrain/phase1/local.yaml over the shared data."""
+    d = shared_file()
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        name: {name}
+        total_samples: {total}
+        val_ratio: 0.1
+        seed: 7
+        sources:
+          - name: replay
+            data_files: {d}/tinystories/validation_first1000.jsonl
+            format: text
+            ratio: {round(0.65 - code_ratio, 2)}
+          - name: code
+            data_files: {d}/code_instructions/code_alpaca_2k.jsonl
+            format: alpaca
+            ratio: {code_ratio}
+          - name: reasoning
+            data_files: {d}/mmlu/auxiliary_train_subset.jsonl
+            format: mmlu
+            ratio: 0.35
+        decontaminate:
+          - {{data_files: {d}/mmlu/test.jsonl, format: mmlu}}
+        """)
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mix")
+    cfg = mixture_config(folder)
+    run_script("scripts/prepare_dataset.py", "--config", cfg, "--output_dir", str(folder / "data"))
+    return cfg, folder / "data"
+
+
+def midtrain_args(cfg, data_dir, pretrained, out, *extra):
+    return [
+        "trainer/train_midtrain.py",
+        "--data_config",
+        cfg,
+        "--use_prepared",
+        "--prepared_dir",
+        str(data_dir),
+        "--save_dir",
+        str(pretrained),
+        "--checkpoint_dir",
+        str(out),
+        "--cache_dir",
+        str(out / "cache"),
+        "--save_weight",
+        f"mid_{out.name}",
+        "--max_seq_len",
+        "128",
+        "--batch_size",
+        "8",
+        "--log_interval",
+        "1",
+        "--eval_batches",
+        "4",
+        *extra,
+    ]
+
+
+def records(pretrained, out, kind):
+    lines = (pretrained / f"mid_{out.name}_64_metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_midtrain_lowers_code_loss_and_reports_per_source(prepared, pretrained, tmp_path):
+    cfg, data = prepared
+    out = tmp_path / "run"
+    proc = run_script(
+        *midtrain_args(
+            cfg,
+            data,
+            pretrained,
+            out,
+            "--from_weight",
+            "pretrain",
+            "--epochs",
+            "2",
+            "--max_steps",
+            "30",
+            "--learning_rate",
+            "2e-3",
+            "--eval_interval",
+            "10",
+        )
+    )
+    log = proc.stdout
+    assert f"Loaded pretrained model from: {pretrained / 'pretrain_64.pth'}" in log
+    assert "Mid-training with LR re-warmup:" in log and "warmup steps out of" in log
+    assert "LR schedule: 2.00e-04 → 2.00e-03 (warmup) → 2.00e-04 (decay)" in log
+    assert "Epoch:[1/2](1/" in log and "MFU:" in log and "tokens/s:" in log
+    evals = records(pretrained, out, "eval")
+    for e in evals:
+        for src in ("all", "replay", "code", "reasoning"):
+            assert math.isfinite(e[f"loss_{src}"]), e
+    first, last = evals[0], evals[-1]
+    assert first["step"] == 0 and last["step"] > 0
+    assert last["loss_code"] < first["loss_code"] - 0.3, (first, last)
+    # the logged lr is the one the schedule gives at that step
+    train = records(pretrained, out, "train")
+    total = int(log.split("warmup steps out of ")[1].split()[0])
+    from trainer.schedule import get_midtrain_lr
+
+    for r in train:
+        assert r["lr"] == pytest.approx(get_midtrain_lr(r["step"] - 1, total, 2e-3, 0.05))
+    # realized token share is reported and follows the prepared data
+    assert "Share of tokens per source" in log and set(k for k in train[-1] if k.startswith("share_")) == {
+        "share_replay",
+        "share_code",
+        "share_reasoning",
+    }
+    assert "Validation loss per source: step 0 ->" in log
+
+
+def test_resume_is_bit_identical(prepared, pretrained, tmp_path):
+    cfg, data = prepared
+    common = [
+        "--from_weight",
+        "pretrain",
+        "--max_steps",
+        "8",
+        "--eval_interval",
+        "3",
+        "--save_interval",
+        "0",
+        "--dtype",
+        "float32",
+    ]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_script(*midtrain_args(cfg, data, pretrained, full, *common))
+    # stop after step 5 (as if preempted), then continue from the resume checkpoint
+    proc = run_script(*midtrain_args(cfg, data, pretrained, part, *common, "--stop_after", "5"))
+    assert "stopped at step 5 of 8" in proc.stdout
+    run_script(*midtrain_args(cfg, data, pretrained, part, *common, "--from_resume", "1"))
+    a = (pretrained / "mid_full_64.pth").read_bytes()
+    b = (pretrained / "mid_part_64.pth").read_bytes()
+    wa = torch.load(pretrained / "mid_full_64.pth", weights_only=True)["model"]
+    wb = torch.load(pretrained / "mid_part_64.pth", weights_only=True)["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert len(a) > 0 and len(b) > 0
+    la = [(r["step"], r["loss"]) for r in records(pretrained, full, "train")]
+    lb = [(r["step"], r["loss"]) for r in records(pretrained, part, "train")]
+    assert la == lb  # every loss, before and after the interruption, bit for bit
+    ea = [(r["step"], r["loss_all"]) for r in records(pretrained, full, "eval")]
+    eb = [(r["step"], r["loss_all"]) for r in records(pretrained, part, "eval")]
+    assert ea == eb
+
+
+def test_resume_with_another_config_fails(prepared, pretrained, tmp_path):
+    cfg, data = prepared
+    out = tmp_path / "other"
+    common = ["--from_weight", "pretrain", "--max_steps", "4", "--eval_interval", "0"]
+    run_script(*midtrain_args(cfg, data, pretrained, out, *common, "--stop_after", "2"))
+    other_cfg = mixture_config(tmp_path, total=500, code_ratio=0.3, name="mix")
+    run_script("scripts/prepare_dataset.py", "--config", other_cfg, "--output_dir", str(tmp_path / "data2"))
+    line = bad(*midtrain_args(other_cfg, tmp_path / "data2", pretrained, out, *common, "--from_resume", "1"))
+    assert "belongs to another run" in line and "data_config_sha256" in line
+
+
+def test_missing_weight_errors(prepared, pretrained, tmp_path):
+    cfg, data = prepared
+    out = tmp_path / "x"
+    line = bad(*midtrain_args(cfg, data, tmp_path, out))
+    assert (
+        line.startswith("error: Mid-training requires a pretrained checkpoint")
+        and "train_pretrain.py" in line
+    )
+    line = bad(*midtrain_args(cfg, data, pretrained, out, "--from_weight", "nosuch"))
+    assert "Mid-training requires a pretrained checkpoint" in line and "pretrain_64.pth" in line
+    line = bad(
+        *midtrain_args(cfg, data, pretrained, out, "--from_weight", "pretrain", "--hidden_size", "128")
+    )
+    assert "Mid-training requires a pretrained checkpoint" in line and "pretrain_128.pth" in line
+
+
+def test_mismatching_tokenizer_or_architecture_is_an_error(prepared, pretrained, tmp_path):
+    cfg, data = prepared
+    out = tmp_path / "x"
+    line = bad(
+        *midtrain_args(
+            cfg,
+            data,
+            pretrained,
+            out,
+            "--from_weight",
+            str(pretrained / "pretrain_64.pth"),
+            "--num_hidden_layers",
+            "4",
+        )
+    )
+    assert "--num_hidden_layers 4 does not match" in line
+    other_tok = tmp_path / "tok"
+    run_script(
+        "scripts/train_tokenizer.py",
+        "--data_path",
+        str(shared_file("mmlu", "dev.jsonl")),
+        "--text_field",
+        "question",
+        "--vocab_size",
+        "300",
+        "--output_dir",
+        str(other_tok),
+    )
+    line = bad(
+        *midtrain_args(
+            cfg, data, pretrained, out, "--from_weight", "pretrain", "--tokenizer_path", str(other_tok)
+        )
+    )
+    assert "is not the tokenizer" in line
+
+
+def test_use_prepared_checks_files_and_config_hash(prepared, pretrained, tmp_path):
+    cfg, data = prepared
+    out = tmp_path / "x"
+    line = bad(*midtrain_args(cfg, tmp_path / "empty", pretrained, out, "--from_weight", "pretrain"))
+    assert "not found" in line and "python scripts/prepare_dataset.py --config" in line
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    for f in data.iterdir():
+        (stale / f.name).write_bytes(f.read_bytes())
+    manifest = stale / "mix_manifest.json"
+    m = json.loads(manifest.read_text())
+    m["config_sha256"] = "0" * 64
+    manifest.write_text(json.dumps(m))
+    line = bad(*midtrain_args(cfg, stale, pretrained, out, "--from_weight", "pretrain"))
+    assert "different version" in line and "--overwrite" in line
+
+
+@pytest.mark.slow
+def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
+    """SIGKILL a process in the middle of atomic_torch_save: the old file must still load."""
+    target = tmp_path / "state.pth"
+    from trainer.checkpoint import atomic_torch_save
+
+    atomic_torch_save({"step": 1, "w": torch.ones(3)}, target)
+    code = textwrap.dedent(f"""
+        import torch, sys
+        from trainer.checkpoint import atomic_torch_save
+        big = {{"step": 2, "w": torch.zeros(60_000_000)}}  # 240 MB: the write takes a while
+        print("saving", flush=True)
+        atomic_torch_save(big, {str(target)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saving"
+    import time
+
+    deadline = time.time() + 30
+    while not list(tmp_path.glob(".state.pth.*.tmp")) and time.time() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    state = torch.load(target, weights_only=True)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))

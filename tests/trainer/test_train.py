@@ -1,0 +1,186 @@
+import json
+import os
+import shutil
+
+import torch
+
+from model import MiniGPTForCausalLM, ModelConfig
+from tests.helpers import TINY_MODEL, run_script, shared_file
+from trainer.checkpoint import atomic_torch_save, load_model, weights_state
+
+STORIES = "tinystories/train_v1_first2MiB.jsonl"
+
+
+def metrics(folder, stem="pretrain_64"):
+    return [json.loads(line) for line in (folder / f"{stem}_metrics.jsonl").read_text().splitlines()]
+
+
+def pretrain_args(tokenizer_dir, out, *extra):
+    return [
+        "trainer/train_pretrain.py",
+        "--data_path",
+        str(shared_file(*STORIES.split("/"))),
+        "--tokenizer_path",
+        str(tokenizer_dir),
+        *TINY_MODEL,
+        "--max_seq_len",
+        "64",
+        "--batch_size",
+        "8",
+        "--save_dir",
+        str(out),
+        "--checkpoint_dir",
+        str(out),
+        "--cache_dir",
+        str(out / "cache"),
+        "--log_interval",
+        "1",
+        "--eval_interval",
+        "0",
+        *extra,
+    ]
+
+
+def test_tiny_pretrain_lowers_val_loss(pretrained):
+    evals = [r for r in metrics(pretrained) if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 30, 60]
+    assert evals[-1]["loss_all"] < evals[0]["loss_all"] - 1.0, evals
+    train = [r for r in metrics(pretrained) if r["kind"] == "train"]
+    assert all(r["tokens_per_sec"] > 0 and 0 < r["mfu"] < 1 for r in train)
+    assert (pretrained / "pretrain_64.pth").is_file() and (
+        pretrained / "ckpt" / "pretrain_64_resume.pth"
+    ).is_file()
+
+
+def test_checkpoint_is_self_describing_and_reloads_identically(pretrained, tmp_path):
+    ckpt = torch.load(pretrained / "pretrain_64.pth", map_location="cpu", weights_only=True)
+    assert ckpt["model_config"]["hidden_size"] == 64 and ckpt["meta"]["stage"] == "pretrain"
+    model, tok, _ = load_model(pretrained / "pretrain_64.pth")
+    x = torch.tensor([tok("Once upon a time")["input_ids"]])
+    resumed, _, _ = load_model(pretrained / "ckpt" / "pretrain_64_resume.pth")
+    with torch.no_grad():
+        assert torch.equal(model(x), resumed(x))
+    # save -> load round trip of a fresh model
+    torch.manual_seed(1)
+    fresh = MiniGPTForCausalLM(
+        ModelConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
+    atomic_torch_save(weights_state(fresh, tok, {"stage": "test"}), tmp_path / "m.pth")
+    again, tok2, _ = load_model(tmp_path / "m.pth")
+    with torch.no_grad():
+        assert torch.equal(fresh(x), again(x))
+    assert tok2("Once upon a time")["input_ids"] == x[0].tolist()
+
+
+def test_wandb_offline_writes_run_files(tokenizer_dir, tmp_path):
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    run_script(
+        *pretrain_args(tokenizer_dir, tmp_path, "--max_steps", "3", "--use_wandb", "--wandb_project", "t"),
+        env=env,
+    )
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = list(runs[0].glob("run-*.wandb"))
+    assert len(records) == 1
+    data = records[0].read_bytes()  # the offline run's record log carries every logged key
+    for key in (b"train/loss", b"train/lr", b"train/grad_norm", b"train/tokens_per_sec", b"train/mfu"):
+        assert key in data, key
+
+
+def test_ddp_gloo_matches_single_process(tokenizer_dir, tmp_path):
+    """2 gloo ranks with batch 4 each == 1 process with batch 8: same rows, same mean loss."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    common = ["--max_steps", "4", "--dtype", "float32", "--save_interval", "0"]
+    run_script(*pretrain_args(tokenizer_dir, single, *common))
+    args = pretrain_args(tokenizer_dir, ddp, *common)
+    args[args.index("--batch_size") + 1] = "4"
+    run_script(
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        *args,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    a = [r["loss"] for r in metrics(single) if r["kind"] == "train"]
+    b = [r["loss"] for r in metrics(ddp) if r["kind"] == "train"]
+    assert len(a) == len(b) == 4
+    # fp32; differences come only from summation order across ranks
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4, (a, b)
+
+
+def bad(*args, **kw):
+    proc = run_script(*args, check=False, **kw)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return lines[-1]
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tokenizer_dir, tmp_path, pretrained):
+    out = tmp_path / "out"
+    args = pretrain_args(tokenizer_dir, out, "--max_steps", "2")
+    i = args.index("--data_path") + 1
+
+    missing = list(args)
+    missing[i] = str(tmp_path / "nope.jsonl")
+    assert "nope.jsonl: data file not found" in bad(*missing)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args_empty = list(args)
+    args_empty[i] = str(empty)
+    assert "empty" in bad(*args_empty)
+
+    malformed = tmp_path / "bad.jsonl"
+    malformed.write_text('{"text": "ok"}\n{"text": "unterminated\n')
+    args_bad = list(args)
+    args_bad[i] = str(malformed)
+    assert "bad.jsonl:2" in bad(*args_bad)
+
+    assert "--dtype 'int8'" in bad(*args, "--dtype", "int8")
+    assert "--device" in bad(*args, "--device", "tpu")
+    assert "--device cuda" in bad(*args, "--device", "cuda") if not torch.cuda.is_available() else True
+
+    broken_tok = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, broken_tok)
+    (broken_tok / "tokenizer.json").write_text("{not json")
+    args_tok = list(args)
+    args_tok[args_tok.index("--tokenizer_path") + 1] = str(broken_tok)
+    assert "unreadable tokenizer" in bad(*args_tok)
+
+    # a checkpoint whose weights do not fit the architecture it claims
+    ckpt = torch.load(pretrained / "pretrain_64.pth", weights_only=True)
+    ckpt["model_config"]["num_hidden_layers"] = 3
+    torch.save(ckpt, tmp_path / "other_64.pth")
+    assert "do not match the model config" in bad(*args, "--from_weight", str(tmp_path / "other_64.pth"))
+    # an architecture flag that disagrees with the checkpoint
+    assert "--hidden_size 128 does not match" in bad(
+        *args, "--from_weight", str(pretrained / "pretrain_64.pth"), "--hidden_size", "128"
+    )
+    # a file that is not a checkpoint at all
+    (tmp_path / "junk.pth").write_bytes(b"not a zip file")
+    assert "not a readable checkpoint" in bad(*args, "--from_weight", str(tmp_path / "junk.pth"))
+    # nothing half-written
+    assert not (out / "pretrain_64.pth").exists()
+    assert not [p for p in out.rglob("*.tmp")] if out.exists() else True
+
+
+def test_paths_resolve_from_repo_root_not_cwd(tokenizer_dir, tmp_path):
+    from trainer.paths import REPO_ROOT, repo_path
+
+    assert repo_path("out") == REPO_ROOT / "out"
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert repo_path("checkpoints") == REPO_ROOT / "checkpoints"
+    finally:
+        os.chdir(cwd)

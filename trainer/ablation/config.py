@@ -1,0 +1,215 @@
+"""The study's YAML (validated; flags checked against the real parsers) and the derived mixtures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.errors import UserError, check_keys
+from trainer.config import midtrain_parser, pretrain_parser
+
+TOP_KEYS = {"name", "seeds", "data", "tokenizer", "pretrain", "midtrain", "variants", "eval", "jobs"}
+DATA_KEYS = {"pretrain", "midtrain", "replay_source", "mbpp", "mbpp_rows"}
+EVAL_KEYS = {"mmlu", "mmlu_dev", "mmlu_limit", "shots"}
+VARIANT_KEYS = {"name", "replay", "args", "label"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    replay: float  # the replay source's share of the mixture's tokens; the other sources share the rest
+    args: dict[str, Any] = field(default_factory=dict)  # extra train_midtrain.py flags
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    path: Path
+    name: str
+    seeds: list[int]
+    pretrain_data: Path  # mixture YAML prepared for pretraining
+    midtrain_data: Path  # the base mid-training mixture; variants change its replay ratio
+    replay_source: str
+    mbpp: Path | None
+    mbpp_rows: int
+    vocab_size: int
+    pretrain_args: dict[str, Any]
+    midtrain_args: dict[str, Any]
+    variants: list[Variant]
+    mmlu: Path | None
+    mmlu_dev: Path | None
+    mmlu_limit: int | None
+    shots: int
+    jobs: int
+
+
+def _flags_ok(args: Any, parser, where: str) -> dict[str, Any]:
+    """Check an args mapping against a script's real flags, so a typo fails before hours of work."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise UserError(f"{where}: expected a mapping of flag -> value")
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(k for k in args if k not in known)
+    if unknown:
+        raise UserError(f"{where}: unknown flag(s) {unknown} for {parser.prog}")
+    return dict(args)
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Load and validate an ablation YAML (yaml.safe_load; unknown keys are errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: experiment config not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    where = str(path)
+    check_keys(raw, TOP_KEYS, file=where, required=("seeds", "data", "pretrain", "midtrain", "variants"))
+    base = path.parent
+
+    def rel(p: str | None) -> Path | None:
+        return None if p is None else (base / p).resolve()
+
+    data = check_keys(
+        raw["data"], DATA_KEYS, "data", file=where, required=("pretrain", "midtrain", "replay_source")
+    )
+    ev = check_keys(raw.get("eval") or {}, EVAL_KEYS, "eval", file=where)
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise UserError(f"{where}: seeds must be a non-empty list of integers")
+    variants = []
+    for i, v in enumerate(raw["variants"] or []):
+        check_keys(v, VARIANT_KEYS, f"variants[{i}]", file=where, required=("name", "replay"))
+        if not isinstance(v["replay"], (int, float)) or not 0 <= v["replay"] < 1:
+            raise UserError(f"{where}: variants[{i}].replay must be in [0, 1), got {v['replay']!r}")
+        args = _flags_ok(v.get("args"), midtrain_parser(), f"{where}: variants[{i}].args")
+        variants.append(Variant(str(v["name"]), float(v["replay"]), args, str(v.get("label", v["name"]))))
+    if not variants:
+        raise UserError(f"{where}: variants is empty")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: variant names repeat: {names}")
+    pretrain = check_keys(raw["pretrain"], {"args"}, "pretrain", file=where)
+    midtrain = check_keys(raw["midtrain"], {"args"}, "midtrain", file=where)
+    cfg = ExperimentConfig(
+        path=path,
+        name=str(raw.get("name") or path.stem),
+        seeds=seeds,
+        pretrain_data=rel(data["pretrain"]),
+        midtrain_data=rel(data["midtrain"]),
+        replay_source=str(data["replay_source"]),
+        mbpp=rel(data.get("mbpp")),
+        mbpp_rows=int(data.get("mbpp_rows", 100)),
+        vocab_size=int(
+            check_keys(raw.get("tokenizer") or {}, {"vocab_size"}, "tokenizer", file=where).get(
+                "vocab_size", 4096
+            )
+        ),
+        pretrain_args=_flags_ok(pretrain.get("args"), pretrain_parser(), f"{where}: pretrain.args"),
+        midtrain_args=_flags_ok(midtrain.get("args"), midtrain_parser(), f"{where}: midtrain.args"),
+        variants=variants,
+        mmlu=rel(ev.get("mmlu")),
+        mmlu_dev=rel(ev.get("mmlu_dev")),
+        mmlu_limit=ev.get("mmlu_limit"),
+        shots=int(ev.get("shots", 0)),
+        jobs=int(raw.get("jobs", 1)),
+    )
+    from dataset.mixture import load_mixture_config
+
+    base_mix = load_mixture_config(cfg.midtrain_data)
+    load_mixture_config(cfg.pretrain_data)
+    if cfg.replay_source not in {s.name for s in base_mix.sources}:
+        raise UserError(
+            f"{where}: data.replay_source {cfg.replay_source!r} is not a source of {cfg.midtrain_data}"
+        )
+    if cfg.jobs < 1:
+        raise UserError(f"{where}: jobs must be >= 1")
+    return cfg
+
+
+def flags(args: dict[str, Any]) -> list[str]:
+    """{"max_steps": 40, "use_compile": True} -> ["--max_steps", "40", "--use_compile"]."""
+    out: list[str] = []
+    for k, v in args.items():
+        if v is True:
+            out.append(f"--{k}")
+        elif v is False or v is None:
+            continue
+        elif isinstance(v, list):
+            for item in v:
+                out += [f"--{k}", str(item)]
+        else:
+            out += [f"--{k}", str(v)]
+    return out
+
+
+def mean_row_tokens(path: Path, tok) -> dict[str, float]:
+    """Mean tokens per row of each source in a prepared ``{"text", "source"}`` JSONL, counted as
+    packing counts them (BOS + text + EOS)."""
+    from dataset.io import iter_docs
+
+    totals: dict[str, list[int]] = {}
+    docs = list(iter_docs(path))
+    encoded = tok.backend_tokenizer.encode_batch([t for t, _ in docs], add_special_tokens=False)
+    for (_, src), enc in zip(docs, encoded, strict=True):
+        n = totals.setdefault(src, [0, 0])
+        n[0] += len(enc.ids) + 2
+        n[1] += 1
+    return {src: tokens / rows for src, (tokens, rows) in totals.items()}
+
+
+def variant_mixture(
+    base_path: Path, replay_source: str, replay: float, name: str, row_tokens: dict[str, float] | None = None
+) -> dict:
+    """The base mixture with the replay source at ``replay``; the other sources keep their
+    proportions among themselves. replay 0 drops the source. Paths become absolute so the
+    derived YAML can live anywhere.
+
+    The study's shares are shares of tokens. A mixture's ratios count rows, so with
+    ``row_tokens`` (mean tokens per row of each source) each share is divided by its source's row
+    length before the ratios are normalized: 30% replay then means 30% of the tokens trained on,
+    not 30% of rows that are longer than the others. Without it the shares are row ratios.
+    """
+    raw = yaml.safe_load(base_path.read_text(encoding="utf-8"))
+    base = base_path.parent
+
+    def absolute(ref: dict) -> dict:
+        ref = dict(ref)
+        if "data_files" in ref:
+            files = ref["data_files"] if isinstance(ref["data_files"], list) else [ref["data_files"]]
+            files = [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
+            ref["data_files"] = files if len(files) > 1 else files[0]
+        return ref
+
+    sources = [absolute(s) for s in raw["sources"]]
+    rest = sum(s["ratio"] for s in sources if s["name"] != replay_source)
+    out = []
+    for s in sources:
+        if s["name"] == replay_source:
+            if replay > 0:
+                out.append({**s, "ratio": replay})
+        else:
+            out.append({**s, "ratio": s["ratio"] / rest * (1 - replay)})
+    if row_tokens is not None:
+        if missing := [s["name"] for s in out if not row_tokens.get(s["name"])]:
+            raise UserError(f"{base_path}: no rows of source(s) {missing} in the prepared base mixture")
+        for s in out:
+            s["ratio"] /= row_tokens[s["name"]]
+        total = sum(s["ratio"] for s in out)
+        for s in out:
+            s["ratio"] /= total
+    # exact sum of 1: give the rounding remainder to the last source
+    for s in out:
+        s["ratio"] = round(s["ratio"], 6)
+    out[-1]["ratio"] = round(1 - sum(s["ratio"] for s in out[:-1]), 6)
+    return {
+        **raw,
+        "name": name,
+        "sources": out,
+        "decontaminate": [absolute(d) for d in raw.get("decontaminate") or []],
+    }

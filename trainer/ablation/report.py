@@ -1,0 +1,280 @@
+"""Turn an ablation study's metrics logs and MMLU evaluation into report.md, results.json and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from dataset.io import atomic_write
+from trainer.ablation.config import ExperimentConfig, Variant
+from trainer.ablation.stats import early_spike, mean_ci95, wilson95
+from trainer.checkpoint import checkpoint_paths
+from trainer.metrics import MetricsLog
+
+
+def _fmt(mean: float, half: float, digits: int = 3, signed: bool = False) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    m = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return m if not math.isfinite(half) else f"{m} ± {half:.{digits}f}"
+
+
+def mmlu_counts(eval_json: Path) -> dict[str, tuple[int, int, float]]:
+    """{model label: (correct, total, mean probability of the four letters)} for the first MMLU
+    setting in an eval_llm report."""
+    if not eval_json.is_file():
+        return {}
+    report = json.loads(eval_json.read_text())
+    out = {}
+    for label, res in report.get("results", {}).items():
+        mmlu = res.get("mmlu") or {}
+        for setting in mmlu.values():
+            if isinstance(setting, dict) and "acc" in setting and "n" in setting:
+                n = int(setting["n"])
+                out[label] = (round(setting["acc"] * n), n, float(setting.get("letter_mass", math.nan)))
+                break
+    return out
+
+
+def _pooled_mmlu(counts: list) -> dict:
+    """Questions pooled over runs: accuracy with its Wilson interval, mean letter probability."""
+    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    mass = statistics.fmean(c[2] for c in counts)
+    return {"correct": k, "total": n, "acc_wilson95": wilson95(k, n), "letter_mass": mass}
+
+
+def _metrics_path(weights: Path, save_weight: str, hidden: int) -> Path:
+    return checkpoint_paths(weights, weights, save_weight, hidden).metrics  # metrics live beside the weights
+
+
+def collect(
+    cfg: ExperimentConfig, weights: Path, hidden: int, runs: list[tuple[Variant, int]], eval_json: Path
+) -> dict:
+    """Every number of the study, per run and per variant."""
+    per_run: dict[str, dict] = {}
+    sources: list[str] = []
+    mmlu = mmlu_counts(eval_json)
+    for v, seed in runs:
+        key = f"{v.name}_s{seed}"
+        train, evals, summary = MetricsLog.read(_metrics_path(weights, key, hidden))
+        total = max(r["step"] for r in train)
+        until = max(1, math.ceil(0.05 * total))
+        first, last = evals[0], evals[-1]
+        srcs = [k[5:] for k in first if k.startswith("loss_")]
+        sources = sources or srcs
+        per_run[key] = {
+            "variant": v.name,
+            "seed": seed,
+            "steps": total,
+            "early_window": until,
+            "start": {s: first[f"loss_{s}"] for s in srcs},
+            "final": {s: last[f"loss_{s}"] for s in srcs},
+            "delta": {s: last[f"loss_{s}"] - first[f"loss_{s}"] for s in srcs},
+            "early_spike_replay": early_spike(evals, f"loss_{cfg.replay_source}", until),
+            "curve": [{"step": e["step"], **{s: e.get(f"loss_{s}") for s in srcs}} for e in evals],
+            "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train),
+            "mfu": statistics.median(r["mfu"] for r in train),
+            # the share of the trained tokens each source made up (the variant's shares are targets)
+            "token_share": summary.get("token_share", {}),
+            "seconds": summary.get("seconds"),
+            "mmlu": mmlu.get(f"{key}_{hidden}") or mmlu.get(key),
+        }
+    pre_train, pre_evals, _ = MetricsLog.read(_metrics_path(weights, "pretrain", hidden))
+    variants = {}
+    for v in cfg.variants:
+        rs = [r for r in per_run.values() if r["variant"] == v.name]
+        agg = {
+            "label": v.label,
+            "replay": v.replay,
+            "args": v.args,
+            "seeds": [r["seed"] for r in rs],
+            "final": {s: mean_ci95([r["final"][s] for r in rs]) for s in sources},
+            "delta": {s: mean_ci95([r["delta"][s] for r in rs]) for s in sources},
+            "delta_pct": {s: mean_ci95([100 * r["delta"][s] / r["start"][s] for r in rs]) for s in sources},
+            "early_spike_replay": mean_ci95([r["early_spike_replay"] for r in rs]),
+            "replay_token_share": statistics.fmean(
+                [r["token_share"].get(cfg.replay_source, 0.0) for r in rs if r["token_share"]] or [math.nan]
+            ),
+        }
+        counts = [r["mmlu"] for r in rs if r["mmlu"]]
+        if counts:
+            agg["mmlu"] = _pooled_mmlu(counts)
+        variants[v.name] = agg
+    pre_mmlu = mmlu.get(f"pretrain_{hidden}") or mmlu.get("pretrain")
+    return {
+        "name": cfg.name,
+        "config": str(cfg.path),
+        "sources": sources,
+        "pretrained": {
+            "heldout_loss": {s: per_run[next(iter(per_run))]["start"][s] for s in sources} if per_run else {},
+            "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in pre_train)
+            if pre_train
+            else None,
+            "steps": max((r["step"] for r in pre_train), default=0),
+            "final_eval": pre_evals[-1] if pre_evals else None,
+            "mmlu": _pooled_mmlu([pre_mmlu]) if pre_mmlu else None,
+        },
+        "variants": variants,
+        "runs": per_run,
+    }
+
+
+def _plots(results: dict, out: Path, replay: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources, variants, runs = results["sources"], results["variants"], results["runs"]
+    paths = []
+
+    def save(fig, name: str) -> Path:
+        fig.tight_layout()
+        atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        return out / name
+
+    def mean_curve(vname: str, src: str) -> tuple[list[int], list[float]]:
+        curves = [r["curve"] for r in runs.values() if r["variant"] == vname]
+        steps = [p["step"] for p in curves[0]]
+        return steps, [statistics.fmean(c[i][src] for c in curves) for i in range(len(steps))]
+
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.6), squeeze=False)
+    for ax, src in zip(axes[0], sources, strict=True):
+        for vname, v in variants.items():
+            steps, ys = mean_curve(vname, src)
+            ax.plot(steps, ys, marker=".", label=v["label"])
+        ax.set_title(f"held-out {src}")
+        ax.set_xlabel("mid-training step")
+        ax.set_ylabel("loss (mean over seeds)")
+    axes[0][0].legend(fontsize=7)
+    paths.append(save(fig, "heldout_loss.png"))
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sources) * len(variants) / 3), 4))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants.values()):
+        xs = [j + i * width for j in range(len(sources))]
+        ms = [v["delta"][s][0] for s in sources]
+        es = [0 if not math.isfinite(v["delta"][s][1]) else v["delta"][s][1] for s in sources]
+        ax.bar(xs, ms, width, yerr=es, capsize=3, label=v["label"])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sources))], sources)
+    ax.set_ylabel("final - pretrained held-out loss (95% CI over seeds)")
+    ax.legend(fontsize=7)
+    paths.append(save(fig, "final_deltas.png"))
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    window = max((r["early_window"] for r in runs.values()), default=1)
+    for vname, v in variants.items():
+        steps, ys = mean_curve(vname, replay)
+        keep = [(s, y) for s, y in zip(steps, ys, strict=True) if s <= max(3 * window, 10)]
+        ax.plot([s for s, _ in keep], [y for _, y in keep], marker="o", label=v["label"])
+    ax.axvspan(0, window, color="grey", alpha=0.15, label=f"first 5% ({window} steps)")
+    ax.set_xlabel("mid-training step")
+    ax.set_ylabel(f"held-out {replay} loss")
+    ax.set_title("early forgetting window")
+    ax.legend(fontsize=7)
+    paths.append(save(fig, "early_spike.png"))
+    return paths
+
+
+def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
+    sources, variants, pre = results["sources"], results["variants"], results["pretrained"]
+    lines = [
+        f"# Ablation: {results['name']}",
+        "",
+        f"Config: `{results['config']}` (scale {scale:g}). Every variant mid-trains the same pretrained model for the same "
+        "number of steps and tokens; numbers are mean ± 95% t-interval over seeds. Held-out sets are never trained on "
+        "(the base mixture's validation split, by text hash, plus MBPP).",
+        "",
+        "## Held-out loss after mid-training (change vs the pretrained model)",
+        "",
+        f"Replay shares are shares of the tokens trained on; `{replay} tokens` is the share realized in training "
+        "(mean over seeds).",
+        "",
+        f"| variant | {replay} tokens | " + " | ".join(sources) + " |",
+        "|---|---|" + "---|" * len(sources),
+        "| pretrained | - | "
+        + " | ".join(f"{pre['heldout_loss'].get(s, math.nan):.3f}" for s in sources)
+        + " |",
+    ]
+    for v in variants.values():
+        cells = [
+            f"{_fmt(*v['final'][s])} ({_fmt(*v['delta_pct'][s], digits=1, signed=True)}%)" for s in sources
+        ]
+        share = v["replay_token_share"]
+        share_cell = f"{100 * share:.1f}%" if math.isfinite(share) else "-"
+        lines.append(f"| {v['label']} | {share_cell} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Early forgetting spike (largest rise of held-out {replay} loss in the first 5% of steps; negative: no rise)",
+        "",
+        "| variant | spike |",
+        "|---|---|",
+    ]
+    lines += [f"| {v['label']} | {_fmt(*v['early_spike_replay'], signed=True)} |" for v in variants.values()]
+    lines += [
+        "",
+        "## MMLU-format accuracy (answer-letter log-likelihood; chance = 25%)",
+        "",
+        "Questions pooled over seeds. P(A-D): the probability the model puts on the four answer letters "
+        "after `Answer:` (near 0: it has not learned the format).",
+        "",
+        "| model | correct / total | accuracy [95% Wilson] | P(A-D) |",
+        "|---|---|---|---|",
+    ]
+
+    def acc_row(label: str, m: dict | None) -> str:
+        if not m:
+            return f"| {label} | - | - | - |"
+        p, lo, hi = m["acc_wilson95"]
+        return (
+            f"| {label} | {m['correct']} / {m['total']} | {100 * p:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+            f"| {m.get('letter_mass', math.nan):.3f} |"
+        )
+
+    lines.append(acc_row("pretrained", pre.get("mmlu")))
+    lines += [acc_row(v["label"], v.get("mmlu")) for v in variants.values()]
+    tps = [r["tokens_per_sec"] for r in results["runs"].values()]
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| phase | wall time |",
+        "|---|---|",
+        *[f"| {k} | {v / 60:.1f} min |" for k, v in timings.items()],
+        "",
+        f"Pretraining: {pre['steps']} steps at a median {pre['tokens_per_sec'] or 0:,.0f} tokens/s. "
+        f"Mid-training runs: median {statistics.median(tps) if tps else 0:,.0f} tokens/s each (runs share the CPU).",
+        "",
+        "![held-out loss](heldout_loss.png)",
+        "",
+        "![final deltas](final_deltas.png)",
+        "",
+        "![early spike](early_spike.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    cfg: ExperimentConfig,
+    out: Path,
+    weights: Path,
+    hidden: int,
+    runs,
+    eval_json: Path,
+    timings: dict,
+    scale: float,
+) -> dict:
+    results = collect(cfg, weights, hidden, runs, eval_json)
+    results["timings_s"] = timings
+    results["scale"] = scale
+    pngs = _plots(results, out, cfg.replay_source)
+    md = out / "report.md"
+    js = out / "results.json"
+    atomic_write(js, lambda tmp: tmp.write_text(json.dumps(results, indent=1, default=float)))
+    atomic_write(md, lambda tmp: tmp.write_text(markdown(results, timings, scale, cfg.replay_source)))
+    return {"md": md, "json": js, "png": pngs}

@@ -1,0 +1,295 @@
+"""Every training flag: the argparse parsers of the two stage scripts and :class:`TrainConfig`.
+
+Flag names are MiniMind's (``--save_weight``, ``--from_weight``, ``--from_resume`` ...), so users
+moving over keep their commands. The README's flag list is checked against these parsers by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from model.errors import UserError
+from trainer.cli import add_runtime_flags, add_save_dir_flag
+from trainer.paths import repo_path
+from trainer.runtime import DTYPES
+
+# Tokens per packed training row for a new model, and the context a checkpoint that does not
+# record its training length is scored with.
+DEFAULT_SEQ_LEN = 512
+ARCH_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every engine flag, typed. Stage scripts add their own flags on top."""
+
+    save_dir: str
+    checkpoint_dir: str
+    cache_dir: str
+    save_weight: str
+    tokenizer_path: str | None
+    epochs: int
+    max_steps: int | None
+    stop_after: int | None
+    batch_size: int
+    accumulation_steps: int
+    learning_rate: float
+    warmup_ratio: float
+    weight_decay: float
+    grad_clip: float
+    dtype: str
+    device: str | None
+    hidden_size: int | None
+    num_hidden_layers: int | None
+    num_attention_heads: int | None
+    num_key_value_heads: int | None
+    max_seq_len: int | None
+    from_weight: str | None
+    from_resume: int
+    log_interval: int
+    save_interval: int
+    eval_interval: int
+    eval_batches: int
+    early_eval_steps: int
+    early_eval_interval: int
+    use_wandb: bool
+    wandb_project: str
+    wandb_run_name: str | None
+    use_compile: bool
+    num_workers: int
+    seed: int
+    peak_tflops: float | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "accumulation_steps", "log_interval", "early_eval_interval"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_steps", "stop_after", "max_seq_len"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.eval_batches < 0:
+            raise UserError(
+                f"--eval_batches must be >= 0 (0: the whole validation set), got {self.eval_batches}"
+            )
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype!r}: unknown dtype; use one of {', '.join(DTYPES)}")
+        if self.from_resume not in (0, 1):
+            raise UserError(f"--from_resume takes 0 or 1, got {self.from_resume}")
+
+    @property
+    def global_batch_rows(self) -> int:
+        """Rows per optimizer step in one process (times the world size for the global batch)."""
+        return self.batch_size * self.accumulation_steps
+
+
+def engine_parser(
+    description: str, *, save_weight: str, learning_rate: float, warmup_ratio: float, wandb_project: str
+) -> argparse.ArgumentParser:
+    """The flags every stage shares (MiniMind-compatible names), with the stage's defaults."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _output_flags(p.add_argument_group("outputs"), save_weight)
+    _model_flags(p.add_argument_group("model"))
+    _optimisation_flags(p.add_argument_group("optimisation"), learning_rate, warmup_ratio)
+    _runtime_flags(p.add_argument_group("runtime"))
+    _logging_flags(p.add_argument_group("logging"), wandb_project)
+    return p
+
+
+def _output_flags(g, save_weight: str) -> None:
+    add_save_dir_flag(g)
+    g.add_argument(
+        "--checkpoint_dir",
+        default=str(repo_path("checkpoints")),
+        help="resume-state folder (default: checkpoints/)",
+    )
+    g.add_argument(
+        "--cache_dir", default=str(repo_path("out", "cache")), help="token cache folder (default: out/cache)"
+    )
+    g.add_argument("--save_weight", default=save_weight, help=f"weight name prefix (default: {save_weight})")
+
+
+def _model_flags(g) -> None:
+    g.add_argument(
+        "--tokenizer_path",
+        default=None,
+        help="tokenizer folder (default: out/tokenizer, or the one in --from_weight)",
+    )
+    g.add_argument(
+        "--hidden_size",
+        type=int,
+        default=None,
+        help="default 512 for a new model; taken from the checkpoint otherwise",
+    )
+    g.add_argument("--num_hidden_layers", type=int, default=None, help="default 8 for a new model")
+    g.add_argument("--num_attention_heads", type=int, default=None, help="default 8 for a new model")
+    g.add_argument("--num_key_value_heads", type=int, default=None, help="default 2 for a new model (GQA)")
+    g.add_argument(
+        "--max_seq_len",
+        type=int,
+        default=None,
+        help=f"tokens per packed training row (default: the --from_weight run's, else {DEFAULT_SEQ_LEN})",
+    )
+    g.add_argument(
+        "--from_weight",
+        default=None,
+        help="start from these weights: a prefix (pretrain), a stem (pretrain_512) or a .pth path",
+    )
+    g.add_argument(
+        "--from_resume",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="1: continue from the resume checkpoint if there is one",
+    )
+
+
+def _optimisation_flags(g, learning_rate: float, warmup_ratio: float) -> None:
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument(
+        "--max_steps",
+        type=int,
+        default=None,
+        help="cap on optimizer steps; the LR schedule spans the capped total",
+    )
+    g.add_argument(
+        "--stop_after",
+        type=int,
+        default=None,
+        help="stop after this optimizer step, saving a resume checkpoint, as if preempted (the schedule is unchanged)",
+    )
+    g.add_argument("--accumulation_steps", type=int, default=1)
+    g.add_argument(
+        "--learning_rate", type=float, default=learning_rate, help=f"peak LR (default {learning_rate:g})"
+    )
+    g.add_argument(
+        "--warmup_ratio",
+        type=float,
+        default=warmup_ratio,
+        help=f"fraction of steps spent warming up (default {warmup_ratio:g})",
+    )
+    g.add_argument("--weight_decay", type=float, default=0.1)
+    g.add_argument("--grad_clip", type=float, default=1.0, help="max global grad norm (0: off)")
+
+
+def _runtime_flags(g) -> None:
+    add_runtime_flags(g, batch_size=32, batch_help="rows per micro-batch per process", dtype="bfloat16")
+    g.add_argument("--use_compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--num_workers",
+        type=int,
+        default=0,
+        help="DataLoader workers (rows come from a memory map; 0 is fine on CPU)",
+    )
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="peak per device for MFU (default: GPU table, or a CPU matmul measured at start)",
+    )
+
+
+def _logging_flags(g, wandb_project: str) -> None:
+    g.add_argument("--log_interval", type=int, default=10)
+    g.add_argument(
+        "--save_interval",
+        type=int,
+        default=500,
+        help="save weights + resume state every N steps (0: only at the end)",
+    )
+    g.add_argument(
+        "--eval_interval",
+        type=int,
+        default=100,
+        help="validation loss per source every N steps (0: only at start and end)",
+    )
+    g.add_argument(
+        "--eval_batches",
+        type=int,
+        default=20,
+        help="validation batches per evaluation (0: the whole validation set)",
+    )
+    g.add_argument(
+        "--early_eval_steps",
+        type=int,
+        default=0,
+        help="also evaluate every --early_eval_interval steps during the first N steps (to see an early loss spike)",
+    )
+    g.add_argument("--early_eval_interval", type=int, default=1)
+    g.add_argument("--use_wandb", action="store_true")
+    g.add_argument("--wandb_project", default=wandb_project)
+    g.add_argument("--wandb_run_name", default=None)
+
+
+def pretrain_parser(description: str = "Pretrain a miniGPT model") -> argparse.ArgumentParser:
+    """train_pretrain.py's flags: the engine's plus the data files."""
+    p = engine_parser(
+        description,
+        save_weight="pretrain",
+        learning_rate=5e-4,
+        warmup_ratio=0.01,
+        wandb_project="miniGPT-Pretrain",
+    )
+    p.add_argument(
+        "--data_path", action="append", required=True, help="training JSONL; repeat for several files"
+    )
+    p.add_argument(
+        "--val_path", action="append", default=None, help="validation JSONL (default: no validation)"
+    )
+    return p
+
+
+def midtrain_parser(description: str = "Mid-train a miniGPT checkpoint") -> argparse.ArgumentParser:
+    """train_midtrain.py's flags: the engine's plus the mixture, the schedule and the optimizer start."""
+    p = engine_parser(
+        description,
+        save_weight="midtrain",
+        learning_rate=2e-4,
+        warmup_ratio=0.05,
+        wandb_project="miniGPT-MidTrain",
+    )
+    g = p.add_argument_group("mid-training")
+    g.add_argument(
+        "--data_config", required=True, help="mixture YAML, e.g. config/data/midtrain/phase1/default.yaml"
+    )
+    g.add_argument(
+        "--use_prepared",
+        action="store_true",
+        help="read the files scripts/prepare_dataset.py wrote (else prepare in-process, cached)",
+    )
+    g.add_argument(
+        "--prepared_dir",
+        default=str(repo_path("dataset")),
+        help="where prepared files are (default: dataset/)",
+    )
+    g.add_argument(
+        "--lr_schedule",
+        default="rewarm",
+        choices=("rewarm", "wsd", "anneal"),
+        help="rewarm: LR/10 -> LR -> LR/10 cosine; wsd: warmup, constant, linear decay; anneal: pretrain's final LR -> 0",
+    )
+    g.add_argument(
+        "--val_path",
+        default=None,
+        help="evaluate on this JSONL ({text, source} rows) instead of the mixture's val split, e.g. one held-out set shared by several runs",
+    )
+    g.add_argument("--decay_ratio", type=float, default=0.2, help="wsd: fraction of steps in the final decay")
+    g.add_argument(
+        "--optimizer_state",
+        default="fresh",
+        choices=("fresh", "pretrain"),
+        help="fresh AdamW moments, or carry over the pretrain run's (from its resume checkpoint)",
+    )
+    return p

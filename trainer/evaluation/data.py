@@ -1,0 +1,319 @@
+"""Evaluation data for eval_llm.py: validation documents, MMLU questions, HumanEval / MBPP problems.
+
+Every benchmark loads through ``datasets.load_dataset``: a Hugging Face Hub id by default, or
+local files through the same call (``load_dataset("json", data_files=...)``), so the hub path
+and the offline path share their code. A local file the user names must exist and be valid
+(``UserError`` otherwise); a hub dataset that cannot be reached is skipped with one line that
+says how to pass local files (``DataUnavailable``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataset.formats import mmlu_answer_letter
+from dataset.io import iter_docs
+from dataset.sources import first_line, quiet_datasets
+from model.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Hub defaults. MBPP's "full" config keeps the original split (test = task_ids 11-510).
+MMLU_HUB = ("cais/mmlu", "all")
+HUMANEVAL_HUB = ("openai/openai_humaneval", None)
+MBPP_HUB = ("google-research-datasets/mbpp", "full")
+MBPP_TEST_IDS = range(11, 511)  # the test split of the MBPP paper (README of google-research/mbpp)
+MMLU_CHOICES = 4
+_BUILDERS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DataUnavailable(Exception):
+    """A default (hub) data source could not be loaded; the metric is skipped with this message."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_local_rows(path: str | Path, what: str) -> list[dict[str, Any]]:
+    """Rows of one local JSONL / JSON / parquet / CSV file (``.jsonl.gz`` too), via load_dataset."""
+    from datasets import load_dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} file not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: {what} file is empty")
+    builder = _BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise UserError(f"{path}: unknown {what} file type; use .jsonl, .jsonl.gz, .json, .parquet or .csv")
+    try:
+        with quiet_datasets(progress=False):
+            ds = load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:  # noqa: BLE001 - malformed JSON, mixed column types, ...: the user's file
+        raise UserError(f"{path}: cannot read {what} rows ({first_line(e)})") from None
+    if len(ds) == 0:
+        raise UserError(f"{path}: no {what} rows")
+    return ds.to_list()
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    """datasets reports no network (or HF_HUB_OFFLINE=1) as ConnectionError "Couldn't reach ..."."""
+    text = str(e).lower()
+    return isinstance(e, (ConnectionError, TimeoutError)) or "couldn't reach" in text or "offline" in text
+
+
+class Hub:
+    """Loads default datasets from the Hugging Face Hub; after one connection failure it stops
+    trying (each attempt can take ~25 s of retries), and ``enabled=False`` never tries."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.unreachable: str | None = None
+
+    def rows(self, repo: str, config: str | None, split: str, what: str, local_flag: str) -> list[dict]:
+        hint = f"pass {local_flag} to use local files"
+        if not self.enabled:
+            raise DataUnavailable(f"{what} skipped: no {local_flag} given and --no_hub is set")
+        if self.unreachable:
+            raise DataUnavailable(
+                f"{what} skipped: the Hugging Face Hub is unreachable ({self.unreachable}); {hint}"
+            )
+        from datasets import load_dataset
+
+        try:
+            with quiet_datasets(progress=False):
+                ds = load_dataset(repo, config, split=split)
+        except Exception as e:  # noqa: BLE001 - no network, offline mode, a renamed dataset, ...
+            if _is_connection_error(e):
+                self.unreachable = first_line(e)
+                raise DataUnavailable(
+                    f"{what} skipped: cannot reach {repo} on the Hugging Face Hub ({self.unreachable}); {hint}"
+                ) from None
+            raise DataUnavailable(
+                f"{what} skipped: cannot load {repo} from the Hub ({first_line(e)}); {hint}"
+            ) from None
+        return ds.to_list()
+
+
+# --------------------------------------------------------------------------- validation documents
+
+
+@dataclass(frozen=True)
+class Doc:
+    text: str
+    source: str
+
+
+def read_val_docs(path: str | Path) -> list[Doc]:
+    """``{"text", "source"}`` rows of a prepared val split (source defaults to the file's stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: validation file not found")
+    docs = [Doc(text, source) for text, source in iter_docs(path) if text]
+    if not docs:
+        raise UserError(f"{path}: no documents to evaluate (the file is empty)")
+    return docs
+
+
+def val_path_from_config(config_path: str | Path, prepared_dir: str | Path) -> Path:
+    """The prepared val split of a mixture config; a missing file names the command that makes it."""
+    from dataset.mixture import load_mixture_config, prepared_paths
+
+    config = load_mixture_config(config_path)
+    _, val, _ = prepared_paths(config, prepared_dir)
+    if not val.is_file():
+        raise UserError(
+            f"{val} not found: prepare the mixture first: "
+            f"python scripts/prepare_dataset.py --config {config_path} --output_dir {prepared_dir}"
+        )
+    return val
+
+
+def limit_per_source(docs: list[Doc], limit: int | None) -> list[Doc]:
+    """The first ``limit`` documents of each source (all of them without a limit)."""
+    if limit is None:
+        return docs
+    seen: dict[str, int] = {}
+    out = []
+    for d in docs:
+        if seen.get(d.source, 0) < limit:
+            seen[d.source] = seen.get(d.source, 0) + 1
+            out.append(d)
+    return out
+
+
+# --------------------------------------------------------------------------- MMLU
+
+
+@dataclass(frozen=True)
+class MCQuestion:
+    question: str
+    choices: tuple[str, ...]
+    answer: int  # index into choices, 0 = A
+    subject: str
+
+
+def parse_mmlu_rows(rows: list[dict[str, Any]], where: str) -> list[MCQuestion]:
+    """Validate MMLU rows (question, 4 choices, answer 0-3 or A-D, optional subject)."""
+    out = []
+    for i, row in enumerate(rows, 1):
+        at = f"{where}: row {i}"
+        for name in ("question", "choices", "answer"):
+            if row.get(name) is None:
+                raise UserError(
+                    f"{at}: missing field '{name}' (MMLU rows need question, choices, answer, subject)"
+                )
+        choices = row["choices"]
+        if isinstance(choices, str) or not isinstance(choices, (list, tuple)) or len(choices) != MMLU_CHOICES:
+            raise UserError(f"{at}: 'choices' must be a list of {MMLU_CHOICES} strings, got {choices!r:.80}")
+        try:
+            letter = mmlu_answer_letter(row["answer"], MMLU_CHOICES)
+        except ValueError as e:
+            raise UserError(f"{at}: {e} (expected 0-3 or A-D)") from None
+        subject = row.get("subject") or ""
+        out.append(
+            MCQuestion(
+                str(row["question"]), tuple(str(c) for c in choices), "ABCD".index(letter), str(subject)
+            )
+        )
+    if not out:
+        raise UserError(f"{where}: no MMLU questions")
+    return out
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    for ext in (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz"):
+        if (folder / f"{split}{ext}").is_file():
+            return folder / f"{split}{ext}"
+    return None
+
+
+def load_mmlu(
+    path: str | None, dev_path: str | None, need_dev: bool, hub: Hub, require_dev: bool = True
+) -> tuple[list[MCQuestion], list[MCQuestion] | None, str]:
+    """(test questions, dev questions or None, description of where they came from).
+
+    ``path`` is a folder holding ``test.jsonl`` (and ``dev.jsonl`` for k-shot examples), or a
+    file of test questions with ``dev_path`` naming the dev file; None loads cais/mmlu. A dev
+    split that ``need_dev`` asks for but that does not exist is an error if ``require_dev``,
+    else None.
+    """
+    if path is None:
+        repo, config = MMLU_HUB
+        test = parse_mmlu_rows(hub.rows(repo, config, "test", "MMLU", "--mmlu_path"), f"{repo} test")
+        dev = (
+            parse_mmlu_rows(hub.rows(repo, config, "dev", "MMLU", "--mmlu_path"), f"{repo} dev")
+            if need_dev
+            else None
+        )
+        return test, dev, f"{repo} ({config}) from the Hub"
+    p = Path(path)
+    if p.is_dir():
+        test_file = _split_file(p, "test")
+        if test_file is None:
+            raise UserError(f"{p}: no test.jsonl in this folder (MMLU folders hold test.jsonl and dev.jsonl)")
+        if dev_path is None:
+            found = _split_file(p, "dev")
+            dev_path = str(found) if found else None
+    else:
+        test_file = p
+    test = parse_mmlu_rows(load_local_rows(test_file, "MMLU"), str(test_file))
+    dev = None
+    if need_dev:
+        if dev_path is None and not require_dev:
+            return test, None, str(test_file)
+        if dev_path is None:
+            raise UserError(
+                f"--shots asks for k-shot examples but there is no dev split beside {test_file}; "
+                "pass --mmlu_dev FILE or use --shots 0"
+            )
+        dev = parse_mmlu_rows(load_local_rows(dev_path, "MMLU dev"), str(dev_path))
+    return test, dev, str(test_file)
+
+
+def spread(items: list, limit: int | None) -> list:
+    """At most ``limit`` items spread evenly over the list (so an MMLU sample covers every subject)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+# --------------------------------------------------------------------------- code
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    task_id: str
+    prompt: str  # what the model is given
+    solution: str  # the canonical solution scored after it
+
+
+def _require(row: dict, names: tuple[str, ...], at: str) -> None:
+    for name in names:
+        if not isinstance(row.get(name), str):
+            raise UserError(f"{at}: missing string field '{name}'")
+
+
+def humaneval_problems(rows: list[dict], where: str) -> list[CodeProblem]:
+    out = []
+    for i, row in enumerate(rows, 1):
+        _require(row, ("prompt", "canonical_solution"), f"{where}: row {i}")
+        out.append(CodeProblem(str(row.get("task_id", i)), row["prompt"], row["canonical_solution"]))
+    return out
+
+
+def mbpp_prompt(text: str, tests: list[str]) -> str:
+    """The MBPP task as an Alpaca instruction: the description and its asserts, then the response.
+
+    The Alpaca layout is the one the mid-training code source is rendered with
+    (dataset.formats.render_alpaca), so this measures the skill mid-training teaches.
+    """
+    from dataset.formats import ALPACA_TEMPLATE_NO_INPUT
+
+    instruction = text.strip() + "\nYour code should pass these tests:\n" + "\n".join(tests)
+    return ALPACA_TEMPLATE_NO_INPUT.format(instruction=instruction, output="")
+
+
+def mbpp_problems(rows: list[dict], where: str) -> list[CodeProblem]:
+    """MBPP rows (text, code, test_list); a full 974-task file is cut to the test split (11-510)."""
+    ids = {row.get("task_id") for row in rows}
+    if set(MBPP_TEST_IDS) <= ids:
+        rows = [row for row in rows if row.get("task_id") in MBPP_TEST_IDS]
+    out = []
+    for i, row in enumerate(rows, 1):
+        at = f"{where}: row {i}"
+        _require(row, ("text", "code"), at)
+        tests = row.get("test_list") or []
+        if not isinstance(tests, list):
+            raise UserError(f"{at}: 'test_list' must be a list of strings")
+        out.append(
+            CodeProblem(
+                str(row.get("task_id", i)), mbpp_prompt(row["text"], [str(t) for t in tests]), row["code"]
+            )
+        )
+    return out
+
+
+def load_code(
+    humaneval_path: str | None, mbpp_path: str | None, hub: Hub
+) -> tuple[dict[str, list[CodeProblem]], dict[str, str], list[str]]:
+    """({"humaneval": [...], "mbpp": [...]}, where each came from, notes for skipped sets)."""
+    sets: dict[str, list[CodeProblem]] = {}
+    where: dict[str, str] = {}
+    notes: list[str] = []
+    for name, path, (repo, config), flag, parse in (
+        ("humaneval", humaneval_path, HUMANEVAL_HUB, "--humaneval_path", humaneval_problems),
+        ("mbpp", mbpp_path, MBPP_HUB, "--mbpp_path", mbpp_problems),
+    ):
+        if path is not None:
+            sets[name], where[name] = parse(load_local_rows(path, name), str(path)), str(path)
+            continue
+        try:
+            sets[name] = parse(hub.rows(repo, config, "test", name, flag), repo)
+            where[name] = f"{repo} from the Hub"
+        except DataUnavailable as e:
+            notes.append(str(e))
+    return sets, where, notes

@@ -1,0 +1,269 @@
+"""The models eval_llm.py scores: our checkpoints and transformers folders, behind one interface.
+
+:class:`EvalModel` gives every metric the same calls (``encode``, ``logits_at``, ``generate``);
+:class:`MiniGPTEval` runs our model (a shared prompt prefix computed once into a KV cache, the
+last layer and LM head only where a logit is read), :class:`HFEval` a transformers causal LM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.errors import UserError
+from model.hf import EXPORT_META
+from model.model import KVCache, MiniGPTForCausalLM
+from trainer import runtime
+from trainer.checkpoint import load_model, resolve_weight
+from trainer.config import DEFAULT_SEQ_LEN
+
+
+class EvalModel:
+    """A causal LM to score and sample from, with its tokenizer and scoring context length.
+
+    Subclasses provide ``_hidden_at`` (final hidden states at chosen positions, after a shared prefix),
+    ``_head`` (hidden -> logits) and ``_generate``; the scoring helpers are shared.
+    """
+
+    kind = "?"
+
+    def __init__(self, label: str, path: str, tokenizer, max_len: int, device, dtype, info: dict):
+        self.label, self.path, self.tokenizer, self.max_len = label, path, tokenizer, max_len
+        self.device, self.dtype, self.info = torch.device(device), dtype, info
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_id or 0)
+
+    def autocast(self):
+        return runtime.autocast(self.device, self.dtype)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens (BOS is added by the callers)."""
+        return [
+            e.ids
+            for e in self.tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        ]
+
+    def start(self) -> list[int]:
+        """What every scored sequence starts with: BOS, as in training (``BOS doc EOS``)."""
+        return [self.bos_id] if self.bos_id is not None else []
+
+    def _hidden_at(
+        self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
+    ) -> torch.Tensor:
+        """Final hidden states (N, hidden) at rows ``bi``, positions ``pi`` of ``ids`` read after ``prefix``."""
+        raise NotImplementedError
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def logits_at(
+        self, prefix: Sequence[int], rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> list[torch.Tensor]:
+        """fp32 logits at ``positions[i]`` of ``rows[i]``, each row read after the shared ``prefix``.
+
+        Rows are right-padded into one batch (padding after a token cannot change it under a
+        causal mask) and the LM head runs only at the requested positions.
+        """
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        bi = torch.tensor([i for i, p in enumerate(positions) for _ in p], dtype=torch.long)
+        pi = torch.tensor([j for p in positions for j in p], dtype=torch.long)
+        with self.autocast():
+            h = self._hidden_at(ids.to(self.device), tuple(prefix), bi.to(self.device), pi.to(self.device))
+            logits = self._head(h).float().cpu()
+        return list(torch.split(logits, [len(p) for p in positions]))
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int) -> str:
+        """Greedy continuation of ``prompt`` (up to EOS), decoded."""
+        ids = self.start() + self.encode([prompt])[0]
+        # prompt + continuation within the scoring context; the prompt keeps at least half of it
+        ids = ids[-max(self.max_len - max_new_tokens, self.max_len // 2) :]
+        with self.autocast():
+            new = self._generate(ids, min(max_new_tokens, self.max_len - len(ids)))
+        if self.eos_id is not None and self.eos_id in new:
+            new = new[: new.index(self.eos_id)]
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+
+class MiniGPTEval(EvalModel):
+    """Our checkpoint. A shared prompt prefix is run once into a KV cache and reused by every row."""
+
+    kind = "minigpt"
+
+    def __init__(self, model: MiniGPTForCausalLM, *args, **kw):
+        super().__init__(*args, **kw)
+        self.model = model.to(self.device).eval()
+        if self.dtype != torch.float32:
+            # Autocast would cast these weights to the same values on every forward pass; doing it
+            # once saves that copy. Embedding, norms and RoPE stay fp32, so the residual stream and
+            # the results are exactly those of autocast (the tied LM head is cast where used).
+            for layer in self.model.model.layers:
+                layer.self_attn.to(self.dtype)
+                layer.mlp.to(self.dtype)
+        self._prefix_key: tuple[int, ...] | None = None
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _cache_dtype(self) -> torch.dtype:
+        return torch.float32 if self.dtype == torch.float32 else self.dtype
+
+    def _with_prefix(self, ids: torch.Tensor, prefix: tuple[int, ...]) -> KVCache | None:
+        """A KV cache of batch size len(ids) holding ``prefix`` (computed once per distinct prefix)."""
+        if not prefix:
+            return None
+        if prefix != self._prefix_key:
+            one = KVCache(self.model.config, 1, len(prefix), self.device, self._cache_dtype())
+            self.model.forward_hidden(torch.tensor([prefix], device=self.device), one)
+            self._prefix_key, self._prefix_kv = prefix, list(zip(one.k, one.v, strict=True))
+        b, p = ids.shape[0], len(prefix)
+        cache = KVCache(self.model.config, b, p + ids.shape[1], self.device, self._cache_dtype())
+        for layer, (k, v) in enumerate(self._prefix_kv):
+            cache.k[layer][:, :, :p] = k
+            cache.v[layer][:, :, :p] = v
+        cache.pos = p
+        return cache
+
+    def _hidden_at(
+        self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
+    ) -> torch.Tensor:
+        cache = self._with_prefix(ids, prefix)
+        if len(bi) * 2 > ids.numel():  # most positions wanted (language modelling): the plain path
+            return self.model.forward_hidden(ids, cache)[bi, pi]
+        # a few positions (MMLU: one per row): the last layer runs only there
+        return self.model.forward_hidden(ids, cache, at=(bi, pi))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(h)
+
+    def _generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        x = torch.tensor([ids], device=self.device)
+        out = self.model.generate(x, max_new_tokens, temperature=0.0, eos_token_id=self.eos_id)
+        return out[0, len(ids) :].tolist()
+
+
+class HFEval(EvalModel):
+    """A transformers causal LM folder (no remote code). The prefix is simply prepended."""
+
+    kind = "hf"
+
+    def __init__(self, model, *args, **kw):
+        super().__init__(*args, **kw)
+        self.model = model.to(self.device).eval()
+
+    def _hidden_at(
+        self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
+    ) -> torch.Tensor:
+        if prefix:
+            pre = torch.tensor(prefix, device=ids.device).expand(ids.shape[0], -1)
+            ids = torch.cat([pre, ids], dim=1)
+        h = self.model.model(input_ids=ids, use_cache=False).last_hidden_state
+        return h[bi, pi + len(prefix)]
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(h)
+
+    def _generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        x = torch.tensor([ids], device=self.device)
+        out = self.model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        return out[0, len(ids) :].tolist()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model named on the command line: ``--weight NAME`` or ``--hf_path DIR``."""
+
+    kind: str  # "weight" | "hf"
+    value: str
+
+
+def _minigpt_context(meta: dict, max_positions: int) -> int:
+    return min(int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), max_positions)
+
+
+def load_eval_model(
+    spec: ModelSpec,
+    save_dir: str,
+    hidden_size: int | None,
+    device: str,
+    dtype: torch.dtype,
+    max_len: int | None,
+) -> EvalModel:
+    """Rebuild a model and its tokenizer from a checkpoint (or a transformers folder) alone."""
+    if spec.kind == "weight":
+        path = resolve_weight(spec.value, save_dir, hidden_size)
+        model, tok, ckpt = load_model(path)
+        cfg, meta = model.config, ckpt["meta"]
+        context = max_len or _minigpt_context(meta, cfg.max_position_embeddings)
+        info = {
+            "params": model.num_params(),
+            "architecture": f"{cfg.hidden_size}x{cfg.num_hidden_layers}, {cfg.num_attention_heads} heads "
+            f"({cfg.num_key_value_heads} kv), vocab {cfg.vocab_size}",
+            "stage": meta.get("stage"),
+            "step": meta.get("step"),
+            "tokens_seen": meta.get("tokens_seen"),
+            "finished": meta.get("finished"),
+            "parent": (meta.get("parent") or {}).get("path"),
+        }
+        return MiniGPTEval(model, path.stem, str(path), tok, context, device, dtype, info)
+    return load_hf_dir(spec.value, device, dtype, max_len)
+
+
+def load_hf_dir(path: str, device: str, dtype: torch.dtype, max_len: int | None) -> HFEval:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--hf_path {folder}: no config.json there (export one with scripts/export_hf.py)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - unknown architecture, missing weights, ...: the user's folder
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(
+            f"--hf_path {folder}: cannot load it with transformers ({type(e).__name__}: {first})"
+        ) from None
+    if not hasattr(model, "model") or not hasattr(model, "lm_head"):
+        raise UserError(
+            f"--hf_path {folder}: {type(model).__name__} has no .model/.lm_head (a decoder-only LM is needed)"
+        )
+    meta_file = folder / EXPORT_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    positions = int(getattr(model.config, "max_position_embeddings", DEFAULT_SEQ_LEN))
+    context = max_len or int(meta.get("context_length") or min(positions, 4096))
+    info = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "architecture": getattr(model.config, "model_type", type(model).__name__),
+        "stage": meta.get("stage"),
+        "step": meta.get("step"),
+        "tokens_seen": meta.get("tokens_seen"),
+        "exported_from": meta.get("source_checkpoint"),
+    }
+    return HFEval(model, f"hf:{folder.name}", str(folder), tok, context, device, dtype, info)
+
+
+def unique_labels(models: list[EvalModel]) -> None:
+    """Two models with the same name (e.g. pretrain_512 from two folders) get a #2 suffix."""
+    seen: dict[str, int] = defaultdict(int)
+    for m in models:
+        seen[m.label] += 1
+        if seen[m.label] > 1:
+            m.label = f"{m.label}#{seen[m.label]}"

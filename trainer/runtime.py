@@ -1,0 +1,102 @@
+"""Where and how a process computes: ranks under torchrun, the device, the precision.
+
+The one helper for each: :func:`init_distributed` / :func:`cleanup` and the reductions,
+:func:`resolve_device` (validated ``--device``), :data:`DTYPES` / :func:`resolve_dtype`
+(validated ``--dtype``) and :func:`autocast` (the one precision context, training and evaluation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from model.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(flag: str | None) -> torch.device:
+    """--device: 'cuda' if available else 'cpu' by default; a bad name is a UserError."""
+    if not flag:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(flag)
+    except RuntimeError:
+        raise UserError(f"--device {flag!r}: unknown device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {flag}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type not in ("cpu", "mps"):
+        raise UserError(f"--device {flag}: unsupported device type; use cpu or cuda")
+    return device
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_dtype(name: str, device: torch.device, flag: str = "--dtype") -> torch.dtype:
+    """A ``--dtype`` value as a torch dtype; an unknown name or bf16 on a GPU without it is a UserError."""
+    if name not in DTYPES:
+        raise UserError(f"{flag} {name!r}: unknown dtype; use one of {', '.join(DTYPES)}")
+    dtype = DTYPES[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{flag} bfloat16: this GPU has no bf16 support; use {flag} float16")
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """The one precision context: autocast to bf16/fp16 (CPU included), nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def init_distributed(device_flag: str | None) -> tuple[DistInfo, torch.device]:
+    """Start the process group when launched by torchrun (nccl on GPU, gloo on CPU)."""
+    device = resolve_device(device_flag)
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return DistInfo(), device
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return info, device
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (in place); a no-op in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

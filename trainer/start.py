@@ -1,0 +1,117 @@
+"""Where a run starts: the resume state of this run, a checkpoint to continue from, or a new model.
+
+:func:`load_start` picks, in this order: ``--from_resume 1`` with a resume file of this
+``--save_weight``, else ``--from_weight``, else a new model from the architecture flags and
+``--tokenizer_path``. A checkpoint carries its architecture and tokenizer, so a flag that
+disagrees with it is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dataset.tokenizer import load_tokenizer, tokenizer_sha256
+from model.config import ModelConfig
+from model.errors import UserError
+from model.model import MiniGPTForCausalLM
+from trainer import checkpoint as ckpt
+from trainer.config import ARCH_FLAGS, DEFAULT_SEQ_LEN, TrainConfig
+from trainer.paths import repo_path
+
+if TYPE_CHECKING:
+    from trainer.engine import Session
+
+log = logging.getLogger("trainer")
+
+
+@dataclass
+class Start:
+    """Where a run starts: the model and tokenizer, and the checkpoint they came from."""
+
+    model: MiniGPTForCausalLM
+    tokenizer: Any
+    resume: ckpt.TrainState | None = None  # the training state when continuing an interrupted run
+    parent: dict | None = None  # meta of the --from_weight checkpoint (of the run being resumed)
+    parent_path: Path | None = None
+    trained_seq_len: int | None = None  # the training length of the checkpoint started from
+
+
+def _check_flags(cfg: TrainConfig, model: MiniGPTForCausalLM, tok, where: Path) -> None:
+    """Architecture and tokenizer come from the checkpoint; a flag that disagrees is an error."""
+    for name in ARCH_FLAGS:
+        flag = getattr(cfg, name)
+        if flag is not None and flag != getattr(model.config, name):
+            raise UserError(
+                f"--{name} {flag} does not match {where} ({name}={getattr(model.config, name)}); "
+                "the architecture comes from the checkpoint: drop the flag"
+            )
+    if cfg.tokenizer_path is not None and tokenizer_sha256(
+        load_tokenizer(cfg.tokenizer_path)
+    ) != tokenizer_sha256(tok):
+        raise UserError(
+            f"--tokenizer_path {cfg.tokenizer_path} is not the tokenizer {where} was trained with; "
+            "drop the flag (the checkpoint carries its tokenizer)"
+        )
+
+
+def load_start(session: Session, require_weight: Callable[[str], str] | None = None) -> Start:
+    """Resume state if asked for and present, else --from_weight, else a new model.
+
+    ``require_weight``: for stages that never start from scratch (mid-training), turns "what
+    is missing" into the error message, both when --from_weight is absent and when it names
+    no checkpoint. Settles ``session.cfg.max_seq_len``: the flag, else the length the starting
+    checkpoint was trained with, else DEFAULT_SEQ_LEN.
+    """
+    cfg = session.cfg
+    start = (_resume_start(cfg) if cfg.from_resume else None) or _weight_start(cfg, require_weight)
+    if cfg.max_seq_len is None:
+        session.cfg = dataclasses.replace(cfg, max_seq_len=int(start.trained_seq_len or DEFAULT_SEQ_LEN))
+    return start
+
+
+def _resume_start(cfg: TrainConfig) -> Start | None:
+    try:
+        path = ckpt.resolve_weight(cfg.save_weight, cfg.checkpoint_dir, cfg.hidden_size, suffix="_resume")
+    except UserError:
+        log.info(f"No resume checkpoint for '{cfg.save_weight}' in {cfg.checkpoint_dir}: starting a new run")
+        return None
+    model, tok, meta, state = ckpt.load_resume(path)
+    _check_flags(cfg, model, tok, path)
+    log.info(f"Resuming from {path} at step {state.step}")
+    parent = meta.get("parent")
+    trained = meta.get("max_seq_len") or (parent or {}).get("max_seq_len")
+    return Start(model, tok, resume=state, parent=parent, trained_seq_len=trained)
+
+
+def _weight_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None) -> Start:
+    if cfg.from_weight:
+        try:
+            path = ckpt.resolve_weight(cfg.from_weight, cfg.save_dir, cfg.hidden_size)
+        except UserError as e:
+            if require_weight is None:
+                raise
+            raise UserError(require_weight(str(e))) from None
+        model, tok, loaded = ckpt.load_model(path)
+        _check_flags(cfg, model, tok, path)
+        meta = {**loaded["meta"], "path": str(path)}
+        return Start(model, tok, parent=meta, parent_path=path, trained_seq_len=meta.get("max_seq_len"))
+    if require_weight is not None:
+        raise UserError(require_weight(f"--from_weight is required; {ckpt.available(cfg.save_dir)}"))
+    tok = load_tokenizer(cfg.tokenizer_path or repo_path("out", "tokenizer"))
+    model_cfg = ModelConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size or 512,
+        num_hidden_layers=cfg.num_hidden_layers or 8,
+        num_attention_heads=cfg.num_attention_heads or 8,
+        num_key_value_heads=cfg.num_key_value_heads or 2,
+        max_position_embeddings=max(4096, cfg.max_seq_len or DEFAULT_SEQ_LEN),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return Start(MiniGPTForCausalLM(model_cfg), tok)
