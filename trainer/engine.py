@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset, StepSampler
+from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset
+from dataset.sampler import StepSampler
 from dataset.tokenizer import tokenizer_sha256
 from model.errors import UserError
 from trainer import checkpoint as ckpt

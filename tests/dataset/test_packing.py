@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from dataset.packed import IGNORE_INDEX, StepSampler, build_packed
+from dataset.packed import IGNORE_INDEX, build_packed
+from dataset.sampler import StepSampler
 from model.errors import UserError
 from tests.helpers import shared_file
 
