@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.io import atomic_dir, file_sha256, iter_docs
-from dataset.tokenizer import tokenizer_sha256
+from dataset.tokenizer import encode_texts, tokenizer_sha256
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -152,15 +152,14 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
     names: dict[str, int] = {}
     source_tokens: list[int] = []
     n_docs = n_tokens = 0
-    encoder = tok.backend_tokenizer
     with open(out / "tokens.bin", "wb") as ftok, open(out / "sources.bin", "wb") as fsrc:
 
         def flush(texts: list[str], srcs: list[str]) -> None:
             nonlocal n_docs, n_tokens
-            for enc, src in zip(encoder.encode_batch(texts, add_special_tokens=False), srcs, strict=True):
-                ids = np.empty(len(enc.ids) + 2, dtype=dtype)
+            for doc, src in zip(encode_texts(tok, texts), srcs, strict=True):
+                ids = np.empty(len(doc) + 2, dtype=dtype)
                 ids[0], ids[-1] = bos, eos
-                ids[1:-1] = enc.ids
+                ids[1:-1] = doc
                 if src not in names:
                     if len(names) == 255:
                         raise UserError("more than 255 distinct 'source' values; merge some of them")

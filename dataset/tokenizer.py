@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from dataset.io import atomic_dir, iter_jsonl
@@ -84,6 +84,22 @@ def check_special_tokens(tok, where: str):
                 f"{where}: tokenizer has no {name.removesuffix('_id')}; retrain it with scripts/train_tokenizer.py"
             )
     return tok
+
+
+def encode_texts(tok, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, as text: no special tokens are added, and a special token's string
+    inside a text (``"<|eos|>"`` in a document about markup) encodes as the ordinary characters it
+    is, never as that special token. Document boundaries and padding come from the pipeline alone.
+
+    Uses the Rust batch encoder (``tokenizers.Tokenizer.encode_batch``); raises nothing.
+    """
+    backend = tok.backend_tokenizer
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = before
 
 
 def tokenizer_to_dict(tok) -> dict:

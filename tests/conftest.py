@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_MODEL, run_script, shared_file
+from tests.helpers import TINY_MODEL, field_case, run_script, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def field_tokenizer(tmp_path_factory):
+    """The field reports' 400-token BPE, trained on ../shared/field-cases/madeup_corpus.jsonl."""
+    from dataset.io import iter_docs
+    from dataset.tokenizer import train_tokenizer
+
+    corpus = field_case("madeup_corpus.jsonl")
+    return train_tokenizer((t for t, _ in iter_docs(corpus)), 400, tmp_path_factory.mktemp("ftok") / "tok")

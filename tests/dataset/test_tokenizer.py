@@ -1,9 +1,10 @@
 import json
 
+import numpy as np
 from transformers import AutoTokenizer
 
 from dataset.tokenizer import tokenizer_from_dict, tokenizer_sha256, tokenizer_to_dict
-from tests.helpers import shared_file
+from tests.helpers import field_case, shared_file
 
 
 def real_texts():
@@ -32,3 +33,29 @@ def test_checkpoint_copy_is_the_same_tokenizer(tokenizer_dir):
     assert tokenizer_sha256(copy) == tokenizer_sha256(tok)
     text = "Once upon a time, Lily said “hi”.\n\tdef f(x): return x"
     assert copy(text)["input_ids"] == tok(text)["input_ids"]
+
+
+def test_special_token_strings_in_text_stay_text(field_tokenizer, tmp_path):
+    """Field case 5: "<|bos|>", "<|eos|>", "<|pad|>" inside a document are characters, not specials."""
+    from dataset.io import iter_docs
+    from dataset.packed import IGNORE_INDEX, build_packed
+    from dataset.tokenizer import encode_texts
+
+    tok = field_tokenizer
+    path = field_case("special_in_text.jsonl")
+    texts = [t for t, _ in iter_docs(path)]
+    specials = {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}
+    for text, ids in zip(texts, encode_texts(tok, texts), strict=True):
+        assert not specials & set(ids), text
+        assert tok.decode(ids) == text  # byte-level: the text round-trips exactly
+    corpus = build_packed([path], tok, 32, tmp_path)
+    stream = np.asarray(corpus.tokens).tolist()
+    # the pipeline's own boundaries only: BOS doc EOS per document, and nothing else special
+    expected = []
+    for ids in encode_texts(tok, texts):
+        expected += [tok.bos_token_id, *ids, tok.eos_token_id]
+    assert stream == expected
+    assert stream[:2] != [tok.bos_token_id, tok.bos_token_id]
+    for i in range(corpus.num_rows):
+        _, y, _ = corpus.row(i)
+        assert tok.pad_token_id not in y[y != IGNORE_INDEX].tolist()  # the pad id is never a target

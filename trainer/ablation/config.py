@@ -152,13 +152,13 @@ def mean_row_tokens(path: Path, tok) -> dict[str, float]:
     """Mean tokens per row of each source in a prepared ``{"text", "source"}`` JSONL, counted as
     packing counts them (BOS + text + EOS)."""
     from dataset.io import iter_docs
+    from dataset.tokenizer import encode_texts
 
     totals: dict[str, list[int]] = {}
     docs = list(iter_docs(path))
-    encoded = tok.backend_tokenizer.encode_batch([t for t, _ in docs], add_special_tokens=False)
-    for (_, src), enc in zip(docs, encoded, strict=True):
+    for (_, src), ids in zip(docs, encode_texts(tok, [t for t, _ in docs]), strict=True):
         n = totals.setdefault(src, [0, 0])
-        n[0] += len(enc.ids) + 2
+        n[0] += len(ids) + 2
         n[1] += 1
     return {src: tokens / rows for src, (tokens, rows) in totals.items()}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dataset.tokenizer import encode_texts
 from model.errors import UserError
 from model.hf import EXPORT_META
 from model.model import KVCache, MiniGPTForCausalLM
@@ -43,11 +44,8 @@ class EvalModel:
         return runtime.autocast(self.device, self.dtype)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, without special tokens (BOS is added by the callers)."""
-        return [
-            e.ids
-            for e in self.tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        ]
+        """Token ids of each text, as text (dataset.tokenizer.encode_texts; BOS is added by the callers)."""
+        return encode_texts(self.tokenizer, texts)
 
     def start(self) -> list[int]:
         """What every scored sequence starts with: BOS, as in training (``BOS doc EOS``)."""
