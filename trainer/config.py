@@ -81,8 +81,8 @@ class TrainConfig:
             )
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise UserError(f"--warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r}: unknown dtype; use one of {', '.join(DTYPES)}")
         if self.from_resume not in (0, 1):

@@ -1,6 +1,9 @@
 """Learning-rate schedules: pure functions of the optimizer step (0-based) and the run length.
 
-"The last step" is ``total_steps - 1``; every schedule reaches its end value exactly there.
+"The last step" is ``total_steps - 1``; every schedule reaches its end value exactly there, for
+every run length >= 1 and every warmup ratio in [0, 1]: the warmup is capped so that at least one
+step after the peak remains (W <= total - 2), and a 1-step run takes its single step at the end
+value. ``final_lr`` in a checkpoint is therefore the end value of a finished run.
 Each schedule also has a :class:`Schedule` (its LR function plus the banner lines that describe
 it once the run length is known), built by :func:`pretrain_schedule` / :func:`midtrain_schedule`.
 """
@@ -18,8 +21,9 @@ def _cosine(frac: float, hi: float, lo: float) -> float:
 
 
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
-    """W = round(warmup_ratio * total_steps), kept below the run length."""
-    return min(round(warmup_ratio * total_steps), max(total_steps - 1, 0))
+    """W = round(warmup_ratio * total_steps), capped at total - 2 so that the peak (step W) comes
+    before the last step and the decay reaches its end value there."""
+    return max(min(round(warmup_ratio * total_steps), total_steps - 2), 0)
 
 
 def get_pretrain_lr(step: int, total_steps: int, lr: float, warmup_ratio: float) -> float:
@@ -27,7 +31,13 @@ def get_pretrain_lr(step: int, total_steps: int, lr: float, warmup_ratio: float)
     w = warmup_steps_for(total_steps, warmup_ratio)
     if step < w:
         return lr * (step + 1) / w
-    return _cosine((step - w) / max(total_steps - 1 - w, 1), lr, lr / 10)
+    return _cosine(_decay_frac(step, w, total_steps), lr, lr / 10)
+
+
+def _decay_frac(step: float, start: int, total_steps: int) -> float:
+    """0 at ``start``, 1 at the last step (a run of one step is at its last step)."""
+    span = total_steps - 1 - start
+    return 1.0 if span <= 0 else (step - start) / span
 
 
 def get_midtrain_lr(step: int, total_steps: int, lr: float, warmup_ratio: float) -> float:
@@ -41,13 +51,14 @@ def get_midtrain_lr(step: int, total_steps: int, lr: float, warmup_ratio: float)
     w = warmup_steps_for(total_steps, warmup_ratio)
     if step < w:
         return lr / 10 + (lr - lr / 10) * step / w
-    return _cosine((step - w) / max(total_steps - 1 - w, 1), lr, lr / 10)
+    return _cosine(_decay_frac(step, w, total_steps), lr, lr / 10)
 
 
 def wsd_phases(total_steps: int, warmup_ratio: float, decay_ratio: float) -> tuple[int, int]:
-    """(W warmup steps, D decay steps) of a warmup-stable-decay run."""
+    """(W warmup steps, D decay steps) of a warmup-stable-decay run: the peak LR runs at step W at
+    least (D <= total - W - 1), and the last of the D decay steps runs at the end value."""
     w = warmup_steps_for(total_steps, warmup_ratio)
-    return w, max(min(round(decay_ratio * total_steps), total_steps - w), 1)
+    return w, max(min(round(decay_ratio * total_steps), total_steps - w - 1), 1)
 
 
 def get_wsd_lr(step: int, total_steps: int, lr: float, warmup_ratio: float, decay_ratio: float) -> float:
@@ -66,9 +77,30 @@ def get_wsd_lr(step: int, total_steps: int, lr: float, warmup_ratio: float, deca
 def get_anneal_lr(step: int, total_steps: int, start_lr: float) -> float:
     """OLMo 2-style mid-training anneal: start at the LR the pretrain run ended with, no warmup,
     linear to 0 at the last step."""
-    if total_steps <= 1:
-        return start_lr
-    return start_lr * (1.0 - step / (total_steps - 1))
+    return start_lr * (1.0 - _decay_frac(step, 0, total_steps))
+
+
+def stretched(lr_at: Callable[[float, int], float], at: int, old_total: int, new_total: int):
+    """The LR function of a run whose length changed from ``old_total`` to ``new_total`` steps
+    when resumed at step ``at`` (steps already taken): the steps before ``at`` keep their LRs, and
+    the rest of the original schedule (from step ``at`` to its last step) is stretched or
+    compressed in time over the new remaining steps. The LR is continuous at the resume point (no
+    jump) and reaches the schedule's end value at the new last step; a run resumed after its last
+    step (``at >= old_total``) continues at the LR it ended with.
+
+    Returns ``f(step, total)`` (``total`` is ignored: the new length is fixed here).
+    """
+
+    def lr(step: float, total: int | None = None) -> float:
+        if step < at or new_total == old_total:
+            return lr_at(step, old_total)
+        if at >= old_total:
+            return lr_at(old_total - 1, old_total)
+        span_old, span_new = old_total - 1 - at, new_total - 1 - at
+        mapped = at + (step - at) * (span_old / span_new if span_new > 0 else 0.0)
+        return lr_at(mapped, old_total)
+
+    return lr
 
 
 # --------------------------------------------------------------------------- schedules with banners

@@ -48,7 +48,7 @@ def test_wsd_edges():
 def test_anneal_edges():
     assert get_anneal_lr(0, 50, 3e-5) == pytest.approx(3e-5)
     assert get_anneal_lr(49, 50, 3e-5) == 0.0
-    assert get_anneal_lr(0, 1, 3e-5) == pytest.approx(3e-5)
+    assert get_anneal_lr(0, 1, 3e-5) == 0.0  # a one-step run takes its step at the end value
     assert get_anneal_lr(25, 51, 3e-5) == pytest.approx(1.5e-5)
 
 
@@ -61,3 +61,48 @@ def test_tiny_runs_stay_finite(total):
             get_wsd_lr(s, total, LR, 0.5, 0.5),
         ):
             assert math.isfinite(v) and 0 < v <= LR
+
+
+RATIOS = [0.0, 0.01, 0.05, 0.1, 0.25, 1 / 3, 0.5, 0.75, 0.99, 1.0]
+SCHEDULES = {
+    "pretrain": (lambda s, n, r: get_pretrain_lr(s, n, LR, r), LR / 10),
+    "rewarm": (lambda s, n, r: get_midtrain_lr(s, n, LR, r), LR / 10),
+    "wsd": (lambda s, n, r: get_wsd_lr(s, n, LR, r, 0.2), LR / 10),
+    "wsd_long_decay": (lambda s, n, r: get_wsd_lr(s, n, LR, r, 1.0), LR / 10),
+    "anneal": (lambda s, n, r: get_anneal_lr(s, n, LR), 0.0),
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_ends_at_its_end_value(name):
+    """Field case 3: for every length 1..200 and warmup ratio in [0, 1] the last step runs at the
+    stated end value, and the peak (when there is room for one) is LR."""
+    fn, end = SCHEDULES[name]
+    for total in range(1, 201):
+        for ratio in RATIOS:
+            lrs = [fn(s, total, ratio) for s in range(total)]
+            assert lrs[-1] == pytest.approx(end, abs=1e-15), (name, total, ratio, lrs[-3:])
+            assert all(math.isfinite(v) and 0 <= v <= LR * (1 + 1e-12) for v in lrs)
+            if name != "anneal" and total >= 2:
+                assert max(lrs) == pytest.approx(LR), (name, total, ratio)
+
+
+def test_short_run_of_the_field_report():
+    """--max_steps 3 --warmup_ratio 0.5 --learning_rate 3e-3: 1.5e-3, 3e-3, then the end value."""
+    assert [get_pretrain_lr(s, 3, 3e-3, 0.5) for s in range(3)] == pytest.approx([3e-3, 3e-3, 3e-4])
+    assert [get_midtrain_lr(s, 3, 3e-3, 0.5) for s in range(3)] == pytest.approx([3e-4, 3e-3, 3e-4])
+    assert get_pretrain_lr(0, 1, 3e-3, 0.5) == pytest.approx(3e-4)
+
+
+def test_stretched_schedule_is_continuous_and_ends_at_the_end_value():
+    from trainer.schedule import stretched
+
+    old, new = 100, 250
+    for at in (0, 3, 50, 99):
+        f = stretched(lambda s, n: get_midtrain_lr(s, n, LR, 0.05), at, old, new)
+        before = [get_midtrain_lr(s, old, LR, 0.05) for s in range(at)]
+        assert [f(s, new) for s in range(at)] == before  # steps already taken keep their LRs
+        assert f(at, new) == pytest.approx(get_midtrain_lr(at, old, LR, 0.05))  # no jump
+        assert f(new - 1, new) == pytest.approx(LR / 10)
+    finished = stretched(lambda s, n: get_midtrain_lr(s, n, LR, 0.05), old, old, new)
+    assert all(finished(s, new) == pytest.approx(LR / 10) for s in range(old, new))
