@@ -1,6 +1,8 @@
-"""The maths of a mixture: how many rows per source, in which order, which go to validation.
+"""The maths of a mixture: how much of each source, in which order, which rows go to validation.
 
-Small pure functions, unit-tested at their edges (tests/test_blend.py).
+Small pure functions, unit-tested at their edges (tests/dataset/test_blend.py). Amounts are
+"units": rows (``mix_by: rows``) or tokens (``mix_by: tokens``, a document's size is its token
+count as the trainer packs it).
 """
 
 from __future__ import annotations
@@ -47,6 +49,80 @@ def interleave(counts: Sequence[int]) -> np.ndarray:
         out[k] = best
         taken[best] += 1
     return out
+
+
+def interleave_sized(sizes: Sequence[Sequence[int]]) -> np.ndarray:
+    """The source index of each output row when rows have sizes (tokens): the deficit rule by size.
+
+    ``sizes[s]`` lists the sizes of source s's rows in output order. Each next row goes to the
+    source furthest behind its share of the size emitted so far, argmax_s w_s T - t_s (T: size
+    emitted, t_s: of source s, w_s: s's share of the total size), ties to the earlier source, among
+    sources with rows left. Within a prefix a source is never ahead of its share by more than one of
+    its rows (it is only picked while at or behind it). Every source ends with all its rows.
+    """
+    counts = [len(x) for x in sizes]
+    out = np.empty(sum(counts), dtype=np.int32)
+    totals = [float(sum(x)) for x in sizes]
+    grand = sum(totals)
+    if not len(out):
+        return out
+    weights = [t / grand for t in totals]
+    taken = [0] * len(sizes)
+    emitted = [0] * len(sizes)
+    size_so_far = 0
+    for k in range(len(out)):
+        best = -1
+        best_key = None
+        for s in range(len(sizes)):
+            if taken[s] < counts[s]:
+                key = weights[s] * size_so_far - emitted[s]
+                if best_key is None or key > best_key:
+                    best, best_key = s, key
+        out[k] = best
+        n = sizes[best][taken[best]]
+        taken[best] += 1
+        emitted[best] += n
+        size_so_far += n
+    return out
+
+
+def repeat_until(sizes: Sequence[int], needed: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices into rows of the given sizes whose sizes sum to ``needed`` or just past it.
+
+    The rows are used in passes: the first pass in their own order (they are already in a seeded
+    random order), later passes each in a fresh seeded permutation, so every row is used once
+    before any is used twice. The run stops at the row that reaches ``needed`` (kept whole): the
+    sum is in ``[needed, needed + size of that row)``. Passes used = ``ceil(needed / sum(sizes))``
+    at most, which is the most uses of any row.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if needed <= 0 or not len(sizes):
+        return np.zeros(0, dtype=np.int64)
+    parts: list[np.ndarray] = []
+    total = 0
+    order = np.arange(len(sizes), dtype=np.int64)
+    while True:
+        cum = np.cumsum(sizes[order])
+        if total + int(cum[-1]) >= needed:
+            stop = int(np.searchsorted(cum, needed - total, side="left"))
+            parts.append(order[: stop + 1])
+            return np.concatenate(parts)
+        parts.append(order)
+        total += int(cum[-1])
+        order = rng.permutation(len(sizes))
+
+
+def assign_stages(sizes: Sequence[int], planned: Sequence[int]) -> np.ndarray:
+    """The stage of each row of one source, given its rows in order and its plan per stage.
+
+    Stage k ends at the cumulative plan ``B_k = planned[0] + ... + planned[k]``; a row belongs to
+    the stage in which it starts (its first unit is before ``B_k``), and a row that crosses a
+    boundary stays whole in the stage where it started. So each stage's amount is its plan to
+    within one row, and the source's total to within its last row. A stage with plan 0 gets no rows.
+    """
+    starts = np.cumsum(np.asarray(sizes, dtype=np.int64)) - np.asarray(sizes, dtype=np.int64)
+    bounds = np.cumsum(np.asarray(planned, dtype=np.int64))
+    return np.searchsorted(bounds, starts, side="right").astype(np.int32)
 
 
 def text_hash(text: str) -> int:

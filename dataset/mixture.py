@@ -6,16 +6,60 @@
 2. walk the rows in a seeded random order, rendering each (:mod:`dataset.formats`),
    filtering (:mod:`dataset.filters`), dropping rows that overlap the evaluation sets
    (:mod:`dataset.decontam`) and exact duplicates of rows kept so far, in this source
-   or an earlier one, until ``round(ratio x total_samples)`` rows are kept or the
-   source runs out (then rows repeat, up to ``max_repeats`` uses each);
+   or an earlier one, until the source's plan is met or the source runs out (then rows
+   repeat, up to ``max_repeats`` uses each);
 3. split train/validation by a hash of the text and interleave sources so every prefix
-   of each file follows the mixture (:mod:`dataset.blend`);
+   of each file (of each stage) follows the mixture (:mod:`dataset.blend`);
 4. write ``{name}_train.jsonl``, ``{name}_val.jsonl`` and ``{name}_manifest.json``, each
    atomically, the manifest last.
 
-Only the rows needed are rendered and filtered, so time and memory follow
-``total_samples``, not the size of the inputs. Results do not depend on ``num_proc``:
-workers process batches and the main process consumes them in order.
+Only the rows needed are rendered and filtered, so time and memory follow the plan, not the
+size of the inputs. Results do not depend on ``num_proc``: workers process batches and the
+main process consumes them in order.
+
+The plan, and the contract with the trainer
+-------------------------------------------
+``mix_by: rows`` (the default): ``total_samples`` rows, a source's ``ratio`` is its share of
+rows. Files and manifest are exactly those of the format before ``mix_by`` existed.
+
+``mix_by: tokens``: ``total_tokens`` tokens, a source's ``ratio`` is its share of tokens.
+Tokens are counted with the tokenizer the model trains with (``tokenizer:`` in the config,
+or the ``tokenizer`` argument / ``prepare_dataset.py --tokenizer_path``, which wins), as the
+trainer sees them: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)`` where the
+separators are EOS plus BOS when the tokenizer has one (:func:`dataset.pool.doc_separators`).
+
+``stages:`` (either mode): ordered stages, each a ``fraction`` of the total with its own
+shares per source. Planned amounts are integers: stage totals ``allocate(total, fractions)``,
+then each stage's ``allocate(stage total, shares)`` (largest remainder). The plan covers
+train and validation together:
+
+- rows: exactly the planned rows per stage and source;
+- tokens: a source's documents are taken in its seeded order until its tokens reach its plan
+  (summed over stages); the document that crosses the plan is kept whole (never cut), so
+  ``planned <= written < planned + that document``. Within the source a document belongs to the
+  stage in which it starts (:func:`dataset.blend.assign_stages`): each stage's tokens are its
+  plan to within one document.
+
+A document goes to validation iff :func:`dataset.blend.is_val` of its text hash. The train and
+val files hold all rows of stage k before any of stage k+1, sources interleaved within a stage
+by the deficit rule (of rows, or of tokens in tokens mode); with stages each row is
+``{"text", "source", "stage"}``, else ``{"text", "source"}``.
+
+Manifest, with ``mix_by: tokens`` or ``stages`` (rows mode without stages writes none of it):
+``mix_by``, ``total_tokens``; ``tokenizer`` (``ref``, ``sha256``, ``separators_per_document``,
+``bos``) and ``tokenizer_sha256`` in tokens mode; ``plan`` = ``{unit, total, written, rule,
+sources: [...], stages: [...]}`` where each source entry has ``name, share, planned, written,
+written_share, rows, unique_rows, unique_available, available_exact, epochs, max_repeats,
+max_uses_per_row`` and each stage entry ``name, fraction, planned, written, rows, train_rows,
+val_rows, train_tokens, val_tokens, sources: [{name, share, planned, written, written_share,
+rows, train_rows, val_rows, train_tokens, val_tokens, epochs}]`` (amounts in ``unit``; token
+fields null in rows mode); and, with stages, ``stages`` = ``[{name, fraction, train_rows,
+val_rows, train_tokens, val_tokens}]`` in order. ``epochs`` = units used / unique units
+available after filters, dedup and decontamination; exact when the source was read to its end
+(``available_exact``), else extrapolated from the rows read. Above 4 epochs a warning (returns
+from repeated data fall after ~4 epochs: Muennighoff et al. 2023, "Scaling Data-Constrained
+Language Models"). :func:`find_prepared` checks the config sha256 and, when given, the
+tokenizer sha256.
 """
 
 from __future__ import annotations
@@ -35,19 +79,29 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset import sources
-from dataset.blend import allocate, interleave, is_val, repeat_order
+from dataset.blend import assign_stages, interleave, interleave_sized, is_val, repeat_order, repeat_until
 from dataset.decontam import EvalNgrams
 from dataset.formats import FormatSpec
 from dataset.io import AtomicFiles
-from dataset.mixture_config import MixtureConfig, SourceConfig, load_mixture_config
-from dataset.pool import Runner, eval_batch, pool_process_batch, process_batch
+from dataset.mixture_config import (
+    MixtureConfig,
+    SourceConfig,
+    load_mixture_config,
+    resolve_tokenizer_ref,
+    stage_plan,
+)
+from dataset.pool import Runner, doc_separators, eval_batch, pool_process_batch, process_batch
+from dataset.sources import first_line
+from dataset.tokenizer import load_tokenizer, tokenizer_sha256
 from model.errors import UserError
 
 __all__ = [
     "MixtureConfig",
     "SourceConfig",
+    "find_prepared",
     "format_summary",
     "load_mixture_config",
+    "mixture_tokenizer",
     "prepare_mixture",
     "prepared_data",
     "prepared_paths",
@@ -57,6 +111,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 BYTES_PER_TOKEN = 4  # rough English BPE average; exact counts come after tokenization
+EPOCHS_WARN = 4  # Muennighoff et al. 2023: returns from repeated data fall after ~4 epochs
 
 
 class PreparedPaths(NamedTuple):
@@ -75,44 +130,119 @@ def prepared_paths(config: MixtureConfig, output_dir: str | os.PathLike) -> Prep
     )
 
 
-def find_prepared(config: MixtureConfig, output_dir: str | os.PathLike) -> PreparedPaths:
-    """The prepared files of ``config`` in ``output_dir``, checked: all three exist and the manifest
-    was written from this version of the config (its sha256). Otherwise a UserError that names the
-    command which (re)makes them."""
+def find_prepared(
+    config: MixtureConfig, output_dir: str | os.PathLike, tokenizer_sha256: str | None = None
+) -> PreparedPaths:
+    """The prepared files of ``config`` in ``output_dir``, checked: all three exist, the manifest
+    was written from this version of the config (its sha256) and, in tokens mode with
+    ``tokenizer_sha256`` given (the trainer's tokenizer, :func:`dataset.tokenizer.tokenizer_sha256`),
+    its tokens were counted with that tokenizer (None: that check is skipped). Otherwise a
+    one-line UserError naming both hashes and the command which (re)makes the files."""
     paths = prepared_paths(config, output_dir)
     command = f"python scripts/prepare_dataset.py --config {config.path} --output_dir {output_dir}"
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"{missing[0]} not found; prepare the mixture first: {command}")
-    sha = json.loads(paths.manifest.read_text()).get("config_sha256")
+    manifest = json.loads(paths.manifest.read_text())
+    sha = manifest.get("config_sha256")
     if sha != config.sha256:
         raise UserError(
             f"{paths.manifest} was prepared from a different version of {config.path} "
             f"(config sha256 {str(sha)[:12]} vs now {config.sha256[:12]}); re-run: {command} --overwrite"
         )
+    if tokenizer_sha256 is not None and config.mix_by == "tokens":
+        counted = manifest.get("tokenizer_sha256")
+        if counted != tokenizer_sha256:
+            raise UserError(
+                f"{paths.manifest} counted tokens with tokenizer sha256 {str(counted)[:12]}, not with this "
+                f"model's tokenizer (sha256 {tokenizer_sha256[:12]}); re-run: {command} "
+                "--tokenizer_path <the model's tokenizer folder> --overwrite"
+            )
     return paths
 
 
 def prepared_data(
-    config: MixtureConfig, prepared_dir: str | os.PathLike | None, cache_dir: str | os.PathLike
+    config: MixtureConfig,
+    prepared_dir: str | os.PathLike | None,
+    cache_dir: str | os.PathLike,
+    tokenizer: Any = None,
 ) -> tuple[Path, Path]:
     """(train, val) JSONL of a mixture: the files prepared in ``prepared_dir`` (checked against the
-    config), or, with ``prepared_dir`` None, a preparation cached under ``cache_dir`` by the
-    config's hash (made on first use)."""
+    config and, in tokens mode, against ``tokenizer``'s sha256), or, with ``prepared_dir`` None, a
+    preparation cached under ``cache_dir`` by the config's hash (plus the tokenizer's in tokens
+    mode), made on first use. ``tokenizer``: the model's tokenizer object (or None: the config's
+    ``tokenizer:``); it counts a tokens-mode mixture's tokens."""
+    tokens = config.mix_by == "tokens" and tokenizer is not None
     if prepared_dir is not None:
         try:
-            paths = find_prepared(config, prepared_dir)
+            paths = find_prepared(config, prepared_dir, tokenizer_sha256(tokenizer) if tokens else None)
         except UserError as e:
             raise UserError(f"--use_prepared: {e}") from None
         return paths.train, paths.val
-    out = Path(cache_dir) / "mixtures" / f"{config.name}-{config.sha256[:12]}"
+    key = config.sha256[:12] + (f"-tok{tokenizer_sha256(tokenizer)[:12]}" if tokens else "")
+    out = Path(cache_dir) / "mixtures" / f"{config.name}-{key}"
     paths = prepared_paths(config, out)
     if not paths.manifest.is_file():
         log.info(
             f"Preparing {config.path} into {out} (pass --use_prepared to read files from scripts/prepare_dataset.py)"
         )
-        prepare_mixture(config, out)
+        prepare_mixture(config, out, tokenizer=tokenizer if tokens else None)
     return paths.train, paths.val
+
+
+def mixture_tokenizer(config: MixtureConfig, tokenizer: Any = None) -> tuple[Any, str | None]:
+    """``(tokenizer, reference)`` that counts a tokens-mode mixture's tokens; ``(None, None)`` in
+    rows mode (a tokenizer given then is unused, and said so).
+
+    ``tokenizer`` wins over the config's ``tokenizer:``: a tokenizer object, or a folder path
+    (relative to the working directory) or Hugging Face id (loaded with
+    ``transformers.AutoTokenizer``, never with remote code). UserError when tokens mode has none,
+    when it does not load, or when it is not a fast tokenizer with an EOS token.
+    """
+    if config.mix_by != "tokens":
+        if tokenizer is not None:
+            log.warning(f"{config.path.name} mixes by rows: the tokenizer given is not used")
+        return None, None
+    if tokenizer is None:
+        if config.tokenizer is None:
+            raise UserError(
+                f"{config.path}: mix_by: tokens needs the tokenizer the model will train with: set "
+                "tokenizer: (a folder or a Hugging Face id) in the config or pass --tokenizer_path"
+            )
+        ref, origin = config.tokenizer, f"{config.path}: tokenizer"
+        tok = _load_tokenizer(ref, origin)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        ref, origin = resolve_tokenizer_ref(str(tokenizer), Path.cwd()), "--tokenizer_path"
+        tok = _load_tokenizer(ref, origin)
+    else:
+        tok, origin = tokenizer, "tokenizer"
+        ref = str(getattr(tokenizer, "name_or_path", "") or "(a tokenizer object)")
+    if not hasattr(tok, "backend_tokenizer"):
+        raise UserError(f"{origin}: {ref} is not a fast (Rust) tokenizer; token counting needs one")
+    try:
+        doc_separators(tok)
+    except UserError as e:
+        raise UserError(f"{origin}: {ref}: {e}") from None
+    return tok, ref
+
+
+def _load_tokenizer(ref: str, origin: str) -> Any:
+    if os.path.isabs(ref):
+        if not os.path.isdir(ref):
+            raise UserError(
+                f"{origin}: {ref}: no such tokenizer folder; train one with "
+                f"`python scripts/train_tokenizer.py --output_dir {ref}` or fix the path"
+            )
+        return load_tokenizer(ref)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref)
+    except Exception as e:  # noqa: BLE001 - any failure to fetch or parse is the user's to fix
+        raise UserError(
+            f"{origin}: {ref!r} is no folder here and does not load as a Hugging Face id ({first_line(e)}); "
+            "download the tokenizer and point at its folder"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- stages
@@ -155,26 +285,41 @@ def _source_seed(seed: int, name: str) -> list[int]:
     return [seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")]
 
 
+class Picked(NamedTuple):
+    """One source's rows in output order (repeats included), with what the plan needs of them."""
+
+    texts: list[str]
+    hashes: list[int]
+    tokens: np.ndarray | None  # tokens per row as trained (tokens mode), else None
+    stage: np.ndarray  # stage index per row
+    available: int  # unique units (rows or tokens) the source holds after filters, dedup, decontamination
+    available_exact: bool  # the source was read to its end; else ``available`` is extrapolated
+    record: dict[str, Any]
+
+
 def _select_source(
     source: SourceConfig,
-    needed: int,
+    planned: list[int],
     config: MixtureConfig,
     runner: Runner,
     seen: set[int],
     cache_dir: str | None,
-) -> tuple[list[str], list[int], dict[str, Any]]:
-    """Pick ``needed`` rows of one source: ``(texts, hashes, manifest record)``."""
+) -> Picked:
+    """Pick one source's rows for its plan (units per stage, in stage order)."""
     where = f"{config.path.name}: source {source.name!r}"
     ds, files = sources.load(source, where, cache_dir)
     columns = sources.check_columns(ds, source, where)
     rng = np.random.default_rng(_source_seed(config.seed, source.name))
+    counting = runner.tokenizer is not None
+    needed = sum(planned)
 
     dropped = dict.fromkeys(("empty", *source.filters), 0)
     stats = {"decontaminated": 0, "duplicates": 0}
     texts: list[str] = []
     hashes: list[int] = []
+    sizes: list[int] = []  # tokens per kept row (tokens mode)
     own: set[int] = set()
-    read = 0
+    read = got = 0  # rows read; units kept (rows, or tokens)
     in_flight: deque[np.ndarray] = deque()  # row indices of the batches handed out, in order
 
     def tasks() -> Iterator[tuple]:
@@ -184,14 +329,14 @@ def _select_source(
             yield reader[idx.tolist()], source.format, source.filters
 
     def local(rows: dict[str, list], spec: FormatSpec, filters: dict) -> list:
-        return process_batch(rows, spec, filters, runner.evalset)
+        return process_batch(rows, spec, filters, runner.evalset, runner.tokenizer)
 
-    bar = tqdm(total=needed, desc=f"{source.name}"[:24], unit="row", disable=None, leave=False)
+    bar = tqdm(total=needed, desc=f"{source.name}"[:24], unit=config.unit[:-1], disable=None, leave=False)
     results = runner.map(pool_process_batch, local, tasks())
     try:
         for batch in results:
             idx = in_flight.popleft()
-            for j, (verdict, text, h) in enumerate(batch):
+            for j, (verdict, text, h, ntok) in enumerate(batch):
                 if verdict.startswith("error"):
                     raise UserError(
                         f"{where} ({source.label}): row {int(idx[j])}: {verdict[7:]}; "
@@ -208,10 +353,12 @@ def _select_source(
                     own.add(h)
                     texts.append(text)  # type: ignore[arg-type]
                     hashes.append(h)
-                    if len(texts) == needed:
+                    sizes.append(ntok)
+                    got += ntok if counting else 1
+                    if got >= needed:
                         break
-            bar.update(len(texts) - bar.n)
-            if len(texts) == needed:
+            bar.update(min(got, needed) - bar.n)
+            if got >= needed:
                 break
     finally:
         results.close()
@@ -224,19 +371,30 @@ def _select_source(
             f"{where} ({source.label}) is empty after filters: {read} rows read, dropped: {drop_summary}, "
             f"decontaminated {stats['decontaminated']}, duplicates {stats['duplicates']}; loosen its filters"
         )
-    uses = math.ceil(needed / kept)
+    uses = math.ceil(needed / got)
     if uses > source.max_repeats:
+        total_key = "total_tokens" if counting else "total_samples"
+        amount = f"{got} tokens in {kept} rows" if counting else f"{kept} rows"
         raise UserError(
-            f"{where} ({source.label}) is short: {kept} rows available after filters, dedup and "
-            f"decontamination, {needed} needed (ratio {source.ratio:g} x {config.total_samples}); "
-            f"max_repeats {source.max_repeats} allows {kept * source.max_repeats}: set max_repeats: {uses} "
-            "or lower its ratio or total_samples"
+            f"{where} ({source.label}) is short: {amount} available after filters, dedup and "
+            f"decontamination, {needed} needed (share {source.ratio:g} x {config.total}); "
+            f"max_repeats {source.max_repeats} allows {got * source.max_repeats}: set max_repeats: {uses} "
+            f"or lower its share or {total_key}"
         )
     # Rows were drawn in runs of consecutive rows; shuffle so neighbours in the file do not
     # stay neighbours in the output. Then every row once, extra uses only if short.
     shuffle = rng.permutation(kept)
     texts, hashes = [texts[i] for i in shuffle], [hashes[i] for i in shuffle]
-    pick = repeat_order(kept, needed, rng)
+    if counting:
+        token_sizes = np.asarray(sizes, dtype=np.int64)[shuffle]
+        pick = repeat_until(token_sizes, needed, rng)
+        units = token_sizes[pick]
+    else:
+        pick = repeat_order(kept, needed, rng)
+        units = np.ones(len(pick), dtype=np.int64)
+    unique = int(len(np.unique(pick)))
+    exact = read == len(ds)
+    available = got if exact else round(got * len(ds) / read)
     record = {
         "name": source.name,
         **sources.ref_record(source, ds, files),
@@ -248,14 +406,165 @@ def _select_source(
         "decontaminated": stats["decontaminated"],
         "duplicates": stats["duplicates"],
         "kept": kept,
-        "selected": needed,
-        "unique_selected": min(kept, needed),
+        "selected": len(pick),
+        "unique_selected": unique,
         "max_repeats": source.max_repeats,
-        "repeat_factor": round(needed / min(kept, needed), 6),
-        "max_uses_per_row": uses,
+        "repeat_factor": round(len(pick) / unique, 6),
+        "max_uses_per_row": int(np.bincount(pick).max()),
     }
     seen.update(hashes)
-    return [texts[i] for i in pick], [hashes[i] for i in pick], record
+    return Picked(
+        texts=[texts[i] for i in pick],
+        hashes=[hashes[i] for i in pick],
+        tokens=units if counting else None,
+        stage=assign_stages(units, planned),
+        available=available,
+        available_exact=exact,
+        record=record,
+    )
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+def _plan_record(
+    config: MixtureConfig, plan: list[list[int]], picks: list[Picked], layout: dict[str, Layout]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The manifest's ``plan`` and ``stages`` entries (see the module docstring)."""
+    tokens_mode = picks[0].tokens is not None
+
+    def amounts(p: Picked, ix: np.ndarray) -> tuple[int, int | None]:
+        return len(ix), (int(p.tokens[ix].sum()) if p.tokens is not None else None)
+
+    def units(p: Picked, mask: np.ndarray) -> int:
+        return int(p.tokens[mask].sum()) if p.tokens is not None else int(mask.sum())
+
+    def share(a: int, b: int) -> float:
+        return round(a / b, 6) if b else 0.0
+
+    total_written = sum(units(p, np.ones(len(p.texts), dtype=bool)) for p in picks)
+    sources_out = []
+    for i, (p, source) in enumerate(zip(picks, config.sources, strict=True)):
+        planned = sum(row[i] for row in plan)
+        written = units(p, np.ones(len(p.texts), dtype=bool))
+        sources_out.append(
+            {
+                "name": source.name,
+                "share": share(planned, config.total),
+                "planned": planned,
+                "written": written,
+                "written_share": share(written, total_written),
+                "rows": len(p.texts),
+                "unique_rows": p.record["unique_selected"],
+                "unique_available": p.available,
+                "available_exact": p.available_exact,
+                "epochs": round(written / p.available, 4),
+                "max_repeats": source.max_repeats,
+                "max_uses_per_row": p.record["max_uses_per_row"],
+            }
+        )
+    stages_out = []
+    stages_short = []
+    for k, row in enumerate(plan if config.stages else []):
+        st = config.stages[k]
+        written_k = [units(p, p.stage == k) for p in picks]
+        cells = []
+        for i, (p, source) in enumerate(zip(picks, config.sources, strict=True)):
+            train_rows, train_tokens = amounts(p, layout["train"][k][i])
+            val_rows, val_tokens = amounts(p, layout["val"][k][i])
+            cells.append(
+                {
+                    "name": source.name,
+                    "share": share(row[i], sum(row)),
+                    "planned": row[i],
+                    "written": written_k[i],
+                    "written_share": share(written_k[i], sum(written_k)),
+                    "rows": train_rows + val_rows,
+                    "train_rows": train_rows,
+                    "val_rows": val_rows,
+                    "train_tokens": train_tokens,
+                    "val_tokens": val_tokens,
+                    "epochs": round(written_k[i] / p.available, 4),
+                }
+            )
+
+        def total(key: str, cells: list[dict[str, Any]] = cells) -> int | None:
+            return None if cells[0][key] is None else sum(c[key] for c in cells)
+
+        summary = {
+            "name": st.name,
+            "fraction": st.fraction,
+            "train_rows": total("train_rows"),
+            "val_rows": total("val_rows"),
+            "train_tokens": total("train_tokens"),
+            "val_tokens": total("val_tokens"),
+        }
+        stages_short.append(summary)
+        stages_out.append(
+            {
+                **summary,
+                "planned": sum(row),
+                "written": sum(written_k),
+                "rows": total("rows"),
+                "sources": cells,
+            }
+        )
+    rule = (
+        "a source's documents are taken in its seeded order until its tokens reach its plan; the document "
+        "that crosses the plan is kept whole (never cut): planned <= written < planned + that document. "
+        "A document belongs to the stage in which it starts."
+        if tokens_mode
+        else "exact: planned rows per stage and source"
+    )
+    record: dict[str, Any] = {
+        "unit": config.unit,
+        "total": config.total,
+        "written": total_written,
+        "rule": rule,
+        "sources": sources_out,
+    }
+    if config.stages:
+        record["stages"] = stages_out
+    return record, stages_short
+
+
+def _check_plan(config: MixtureConfig, plan: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Say at once what came out smaller than asked, with the numbers; stop where going on would
+    mislead (a stage without rows). Warnings go to the log as ``warning: ...`` lines."""
+    unit = config.unit
+    total_key = "total_tokens" if unit == "tokens" else "total_samples"
+    for s in plan["sources"]:
+        if s["epochs"] > EPOCHS_WARN:
+            log.warning(
+                f"warning: source {s['name']!r} is used for {s['epochs']:.2f} epochs ({s['written']} of "
+                f"{s['unique_available']} unique {unit}); returns from repeated data fall after ~{EPOCHS_WARN} "
+                "epochs (Muennighoff et al. 2023)"
+            )
+    for st in plan.get("stages", []):
+        if st["rows"] == 0:
+            raise UserError(
+                f"{config.path}: stage {st['name']!r} gets no rows: its plan of {st['planned']} {unit} is "
+                f"smaller than the documents that run into it from the stage before; raise {total_key} or its fraction"
+            )
+        for c in st["sources"]:
+            if c["planned"] > 0 and c["rows"] == 0:
+                log.warning(
+                    f"warning: stage {st['name']!r} has no rows of source {c['name']!r}: its plan of "
+                    f"{c['planned']} {unit} went to the document that crossed into it from the stage before"
+                )
+        if config.val_ratio > 0 and st["val_rows"] == 0:
+            log.warning(
+                f"warning: stage {st['name']!r}: none of its {st['train_rows']} rows fell in validation "
+                f"(val_ratio {config.val_ratio:g}); that stage has no validation rows"
+            )
+    if config.val_ratio > 0:
+        for r in records:
+            if r["val"] == 0:
+                log.warning(
+                    f"warning: source {r['name']!r}: none of its {r['selected']} rows fell in validation "
+                    f"(val_ratio {config.val_ratio:g}: ~{r['selected'] * config.val_ratio:.1f} expected), "
+                    "so its validation loss will be missing; raise val_ratio or its share"
+                )
 
 
 # ---------------------------------------------------------------------------- writing
@@ -278,11 +587,13 @@ def _check_output_dir(out: Path, paths: tuple[Path, Path, Path], overwrite: bool
                 raise UserError(f"{p} exists; pass --overwrite (overwrite=True) to replace it")
 
 
-def _write_jsonl(f, rows: Iterator[tuple[str, str]]) -> dict[str, Any]:
+def _write_jsonl(f, rows: Iterator[tuple[str, ...]]) -> dict[str, Any]:
+    """Write ``(text, source)`` or ``(text, source, stage)`` rows as JSON lines; their count, bytes, sha256."""
     digest = hashlib.sha256()
     n = size = 0
-    for text, source in rows:
-        line = (json.dumps({"text": text, "source": source}, ensure_ascii=False) + "\n").encode("utf-8")
+    for r in rows:
+        row = {"text": r[0], "source": r[1]} if len(r) == 2 else {"text": r[0], "source": r[1], "stage": r[2]}
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
         f.write(line)
         digest.update(line)
         n += 1
@@ -290,12 +601,36 @@ def _write_jsonl(f, rows: Iterator[tuple[str, str]]) -> dict[str, Any]:
     return {"rows": n, "bytes": size, "sha256": digest.hexdigest()}
 
 
-def _ordered(per_source: list[list[str]], names: list[str]) -> Iterator[tuple[str, str]]:
-    order = interleave([len(rows) for rows in per_source])
-    cursor = [0] * len(per_source)
-    for s in order:
-        yield per_source[s][cursor[s]], names[s]
-        cursor[s] += 1
+Layout = list[list[np.ndarray]]  # [stage][source] -> indices into that source's Picked rows
+
+
+def _layout(picks: list[Picked], n_stages: int, val_ratio: float) -> dict[str, Layout]:
+    """Each source's rows per split and stage, in the source's order: ``{"train"|"val": [stage][source]}``."""
+    out: dict[str, Layout] = {"train": [[] for _ in range(n_stages)], "val": [[] for _ in range(n_stages)]}
+    for p in picks:
+        val = np.fromiter((is_val(h, val_ratio) for h in p.hashes), dtype=bool, count=len(p.hashes))
+        for k in range(n_stages):
+            in_stage = p.stage == k
+            out["train"][k].append(np.flatnonzero(in_stage & ~val))
+            out["val"][k].append(np.flatnonzero(in_stage & val))
+    return out
+
+
+def _ordered(
+    picks: list[Picked], layout: Layout, names: list[str], stage_names: list[str] | None
+) -> Iterator[tuple[str, ...]]:
+    """The rows of one split: stage by stage, sources interleaved by the deficit rule within a stage
+    (of rows, or of tokens when the rows carry token counts)."""
+    for k, per_source in enumerate(layout):
+        if picks[0].tokens is None:
+            order = interleave([len(ix) for ix in per_source])
+        else:
+            order = interleave_sized([p.tokens[ix].tolist() for p, ix in zip(picks, per_source, strict=True)])  # type: ignore[index]
+        cursor = [0] * len(per_source)
+        for s in order.tolist():
+            text = picks[s].texts[per_source[s][cursor[s]]]
+            cursor[s] += 1
+            yield (text, names[s]) if stage_names is None else (text, names[s], stage_names[k])
 
 
 def _versions() -> dict[str, str]:
@@ -321,10 +656,15 @@ def prepare_mixture(
     num_proc: int = 1,
     overwrite: bool = False,
     cache_dir: str | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Build the mixture a config describes; write train/val JSONL and a manifest; return the manifest.
 
     ``cache_dir`` is passed to ``datasets.load_dataset`` (default: the Hugging Face cache).
+    ``tokenizer`` (tokens mode): a tokenizer object, folder or Hugging Face id that wins over the
+    config's ``tokenizer:`` (:func:`mixture_tokenizer`). The plan, the rows' layout and the manifest
+    are described in the module docstring. UserError on bad input, a source short of its plan, or a
+    stage left without rows; nothing is written then.
     """
     if not isinstance(config, MixtureConfig):
         config = load_mixture_config(config)
@@ -334,32 +674,36 @@ def prepare_mixture(
     if num_proc < 1:
         raise UserError(f"num_proc must be >= 1, got {num_proc}")
 
-    counts = allocate(config.total_samples, [s.ratio for s in config.sources])
+    tok, tok_ref = mixture_tokenizer(config, tokenizer)
+    names = [s.name for s in config.sources]
+    plan = stage_plan(config.total, config.stages or None, [s.ratio for s in config.sources], names)
     with Runner(num_proc) as runner:
         evalset, eval_records = _build_evalset(config, runner, cache_dir)
     seen: set[int] = set()
-    selected: list[tuple[list[str], list[int]]] = []
-    records: list[dict[str, Any]] = []
-    with Runner(num_proc, evalset) as runner:
-        for source, needed in zip(config.sources, counts, strict=True):
-            texts, hashes, record = _select_source(source, needed, config, runner, seen, cache_dir)
-            selected.append((texts, hashes))
-            records.append(record)
+    picks: list[Picked] = []
+    with Runner(num_proc, evalset, tok) as runner:
+        for i, source in enumerate(config.sources):
+            picks.append(_select_source(source, [row[i] for row in plan], config, runner, seen, cache_dir))
+    layout = _layout(picks, len(plan), config.val_ratio)
 
-    names = [s.name for s in config.sources]
-    train: list[list[str]] = []
-    val: list[list[str]] = []
-    for (texts, hashes), record in zip(selected, records, strict=True):
-        flags = [is_val(h, config.val_ratio) for h in hashes]
-        train.append([t for t, v in zip(texts, flags, strict=True) if not v])
-        val.append([t for t, v in zip(texts, flags, strict=True) if v])
-        record["train"], record["val"] = len(train[-1]), len(val[-1])
-        record["est_tokens"] = sum(len(t.encode("utf-8")) for t in texts) // BYTES_PER_TOKEN
-    all_tokens = sum(r["est_tokens"] for r in records) or 1
+    records = [p.record for p in picks]
+    token_key = "est_tokens" if tok is None else "tokens"
+    for i, (p, record) in enumerate(zip(picks, records, strict=True)):
+        record["train"] = sum(len(stage[i]) for stage in layout["train"])
+        record["val"] = sum(len(stage[i]) for stage in layout["val"])
+        if p.tokens is None:
+            record["est_tokens"] = sum(len(t.encode("utf-8")) for t in p.texts) // BYTES_PER_TOKEN
+        else:
+            record["tokens"] = int(p.tokens.sum())
+    all_tokens = sum(r[token_key] for r in records) or 1
+    all_rows = sum(r["selected"] for r in records)
     for record in records:
-        record["sample_share"] = round(record["selected"] / config.total_samples, 6)
-        record["token_share"] = round(record["est_tokens"] / all_tokens, 6)
+        record["sample_share"] = round(record["selected"] / all_rows, 6)
+        record["token_share"] = round(record[token_key] / all_tokens, 6)
+    plan_record, stages_record = _plan_record(config, plan, picks, layout)
+    _check_plan(config, plan_record, records)
 
+    extended = tok is not None or bool(config.stages)  # rows mode without stages: the manifest as before
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "name": config.name,
@@ -369,16 +713,38 @@ def prepare_mixture(
         "total_samples": config.total_samples,
         "val_ratio": config.val_ratio,
         "dedup": config.dedup,
-        "decontamination": {
-            "method": "word n-gram overlap: a row goes when the share of its n-grams found in the sets > threshold",
-            "ngram": config.decontaminate_ngram,
-            "threshold": config.decontaminate_threshold,
-            "eval_ngrams": len(evalset) if evalset is not None else 0,
-            "sets": eval_records,
-        },
-        "token_estimate": f"utf-8 bytes / {BYTES_PER_TOKEN}",
-        "sources": records,
     }
+    if extended:
+        manifest["mix_by"] = config.mix_by
+        manifest["total_tokens"] = config.total_tokens
+    if tok is not None:
+        sha = tokenizer_sha256(tok)
+        manifest["tokenizer"] = {
+            "ref": tok_ref,
+            "sha256": sha,
+            "separators_per_document": doc_separators(tok),
+            "bos": tok.bos_token_id is not None,
+        }
+        manifest["tokenizer_sha256"] = sha
+    manifest["decontamination"] = {
+        "method": "word n-gram overlap: a row goes when the share of its n-grams found in the sets > threshold",
+        "ngram": config.decontaminate_ngram,
+        "threshold": config.decontaminate_threshold,
+        "eval_ngrams": len(evalset) if evalset is not None else 0,
+        "sets": eval_records,
+    }
+    if tok is None:
+        manifest["token_estimate"] = f"utf-8 bytes / {BYTES_PER_TOKEN}"
+    else:
+        manifest["token_count"] = (
+            f"exact: encode_texts + {doc_separators(tok)} separator token(s) per document (EOS, and BOS if any)"
+        )
+    manifest["sources"] = records
+    if extended:
+        manifest["plan"] = plan_record
+        if config.stages:
+            manifest["stages"] = stages_record
+    stage_names = [st.name for st in config.stages] if config.stages else None
     writer = AtomicFiles()
     created = not out.exists()
     try:
@@ -387,8 +753,8 @@ def prepare_mixture(
             train_info = _write_jsonl(
                 f,
                 tqdm(
-                    _ordered(train, names),
-                    total=sum(map(len, train)),
+                    _ordered(picks, layout["train"], names, stage_names),
+                    total=sum(r["train"] for r in records),
                     desc="write train",
                     unit="row",
                     disable=None,
@@ -396,7 +762,7 @@ def prepare_mixture(
                 ),
             )
         with writer.open(paths[1]) as f:
-            val_info = _write_jsonl(f, _ordered(val, names))
+            val_info = _write_jsonl(f, _ordered(picks, layout["val"], names, stage_names))
         manifest["outputs"] = {
             "train": {"file": paths[0].name, **train_info},
             "val": {"file": paths[1].name, **val_info},
@@ -457,15 +823,8 @@ def format_summary(manifest: dict[str, Any]) -> str:
                 f"{100 * s['token_share']:.1f}%",
             )
         )
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-
-    def fmt(r: tuple) -> str:
-        return "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-
-    lines = [f"mixture {manifest['name']}  (config sha256 {manifest['config_sha256'][:12]})", fmt(head)]
-    lines += [fmt(r) for r in rows]
+    lines = [f"mixture {manifest['name']}  (config sha256 {manifest['config_sha256'][:12]})"]
+    lines += _table(head, rows)
     out = manifest.get("outputs", {})
     for split in ("train", "val"):
         if split in out:
@@ -484,4 +843,54 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines.append(
             f"decontamination: {len(d['sets'])} eval sets, {d['eval_ngrams']:,} {d['ngram']}-grams, threshold {d['threshold']}"
         )
+    if "plan" in manifest:
+        lines += _plan_lines(manifest)
     return "\n".join(lines)
+
+
+def _table(head: tuple, rows: list[tuple]) -> list[str]:
+    """Columns padded to their widest cell: the first left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    return [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in [head, *rows]
+    ]
+
+
+def _plan_lines(manifest: dict[str, Any]) -> list[str]:
+    """The plan of a tokens-mode or staged manifest: per stage and source, planned vs written."""
+    plan = manifest["plan"]
+    unit = plan["unit"]
+    title = f"plan: {plan['total']:,} {unit}, {plan['written']:,} written"
+    if "tokenizer" in manifest:
+        t = manifest["tokenizer"]
+        title += (
+            f"; tokenizer sha256 {t['sha256'][:12]}, {t['separators_per_document']} separator(s) per document"
+        )
+    if unit == "tokens":
+        title += "; a document that crosses its source's plan is kept whole"
+    head = ("stage", "source", "planned", "written", "share", "realized", "epochs", "rows", "train", "val")
+
+    exact = {c["name"]: c["available_exact"] for c in plan["sources"]}
+
+    def cells(stage: str, c: dict[str, Any], train: int, val: int) -> tuple:
+        return (
+            stage,
+            c["name"],
+            f"{c['planned']:,}",
+            f"{c['written']:,}",
+            f"{100 * c['share']:.1f}%",
+            f"{100 * c['written_share']:.1f}%",
+            f"{c['epochs']:.2f}" + ("" if exact[c["name"]] else "~"),
+            f"{c['rows']:,}",
+            f"{train:,}",
+            f"{val:,}",
+        )
+
+    by_name = {s["name"]: s for s in manifest["sources"]}
+    rows = []
+    for st in plan.get("stages", []):
+        rows += [cells(st["name"], c, c["train_rows"], c["val_rows"]) for c in st["sources"]]
+    rows += [cells("all", c, by_name[c["name"]]["train"], by_name[c["name"]]["val"]) for c in plan["sources"]]
+    note = "epochs ~: extrapolated (the source was not read to its end)"
+    return [title, *_table(head, rows)] + ([note] if any(r[6].endswith("~") for r in rows) else [])

@@ -1,9 +1,10 @@
 """Mixture configs: YAML files under config/data/, validated on load.
 
-A mixture names its sources, the share of samples each contributes, how each source is
-rendered and filtered, and which evaluation sets no training row may overlap. Every key
-is documented in config/README.md; an unknown key, a bad value or a missing required
-field is a ``UserError`` naming the file and the field.
+A mixture names its sources, the share each contributes (of rows, or of tokens with
+``mix_by: tokens``), optionally an ordered list of ``stages`` with their own shares, how
+each source is rendered and filtered, and which evaluation sets no training row may overlap.
+Every key is documented in config/README.md; an unknown key, a bad value or a missing
+required field is a ``UserError`` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from typing import Any
 
 import yaml
 
+from dataset.blend import allocate
 from dataset.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from dataset.formats import FORMATS, FormatSpec, template_fields
 from model.errors import UserError, check_keys
 
 TOP_KEYS = {
     "name",
+    "mix_by",
     "total_samples",
+    "total_tokens",
+    "tokenizer",
+    "stages",
     "val_ratio",
     "seed",
     "dedup",
@@ -36,6 +42,8 @@ TOP_KEYS = {
 }
 DATA_KEYS = {"dataset", "data_files", "subset", "split", "revision", "format", "text_field", "template"}
 SOURCE_KEYS = DATA_KEYS | {"name", "ratio", "max_repeats", "filters"}
+STAGE_KEYS = {"name", "fraction", "ratios"}
+MIX_BY = ("rows", "tokens")
 FILTER_KEYS = {"length": {"min", "max"}, "quality": {"threshold"}, "code_quality": {"threshold"}}
 LOCAL_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -74,19 +82,34 @@ class SourceConfig(DataRef):
     """One source of a mixture."""
 
     name: str
-    ratio: float
+    ratio: float  # share of the total (rows or tokens); with stages: sum of fraction x stage share
     max_repeats: int = 1
     filters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """One stage of a curriculum: a ``fraction`` of the mixture's total with its own shares."""
+
+    name: str
+    fraction: float  # of total_samples / total_tokens; the stages' fractions sum to 1
+    ratios: dict[str, float]  # every source name (config order) -> share in [0, 1]; 0 = left out
+
+
+@dataclass(frozen=True, kw_only=True)
 class MixtureConfig:
-    """A validated mixture config."""
+    """A validated mixture config.
+
+    ``mix_by`` "rows": ``total_samples`` is set, ``total_tokens`` None, shares count rows.
+    ``mix_by`` "tokens": ``total_tokens`` is set, ``total_samples`` None, shares count tokens
+    of ``tokenizer`` (a resolved folder path or a Hugging Face id; None: given at prepare time).
+    ``stages`` is empty for a mixture without stages.
+    """
 
     name: str
     path: Path
     sha256: str
-    total_samples: int
+    total_samples: int | None
     val_ratio: float
     seed: int
     dedup: bool
@@ -94,7 +117,20 @@ class MixtureConfig:
     decontaminate: list[DataRef]
     decontaminate_ngram: int = DEFAULT_NGRAM
     decontaminate_threshold: float = DEFAULT_THRESHOLD
+    mix_by: str = "rows"
+    total_tokens: int | None = None
+    tokenizer: str | None = None
+    stages: list[StageConfig] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def total(self) -> int:
+        """What the plan splits: ``total_samples`` (rows) or ``total_tokens`` (tokens)."""
+        return self.total_tokens if self.mix_by == "tokens" else self.total_samples  # type: ignore[return-value]
+
+    @property
+    def unit(self) -> str:
+        return "tokens" if self.mix_by == "tokens" else "rows"
 
 
 def default_name(path: Path) -> str:
@@ -235,13 +271,16 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
         where = f"line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise check.fail(where, f"invalid YAML: {problem}") from None
-    check.keys(raw, "", TOP_KEYS, required=("total_samples", "sources"))
+    check.keys(raw, "", TOP_KEYS, required=("sources",))
     base = path.resolve().parent
 
     name = raw.get("name", default_name(path))
     if not isinstance(name, str) or not _NAME.match(name):
         raise check.fail("name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the output files)")
-    total = check.integer(raw["total_samples"], "total_samples", lo=1)
+    mix_by = raw.get("mix_by", "rows")
+    if mix_by not in MIX_BY:
+        raise check.fail("mix_by", f"expected rows or tokens, got {mix_by!r}")
+    total_samples, total_tokens, tokenizer = _totals(raw, mix_by, check, base)
     val_ratio = check.number(raw.get("val_ratio", 0.05), "val_ratio", 0.0, 1.0, hi_open=True)
     seed = check.integer(raw.get("seed", 42), "seed", lo=0)
     dedup = raw.get("dedup", True)
@@ -256,33 +295,62 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
         hi_open=True,
     )
 
+    staged = "stages" in raw
     if not isinstance(raw["sources"], list) or not raw["sources"]:
         raise check.fail("sources", "expected a non-empty list of sources")
-    sources: list[SourceConfig] = []
+    objs = []
     for i, obj in enumerate(raw["sources"]):
         where = f"sources[{i}]"
-        check.keys(obj, where, SOURCE_KEYS, required=("name", "ratio"))
+        check.keys(obj, where, SOURCE_KEYS, required=("name",) if staged else ("name", "ratio"))
+        if staged and "ratio" in obj:
+            raise check.fail(
+                f"{where}.ratio", "with stages:, each stage's ratios: give the shares (remove this ratio)"
+            )
         src_name = check.string(obj["name"], f"{where}.name")
         if not _NAME.match(src_name):
             raise check.fail(f"{where}.name", f"{src_name!r}: use letters, digits, '_', '-', '.'")
-        if any(s.name == src_name for s in sources):
+        if any(o["name"] == src_name for o in objs):
             raise check.fail(f"{where}.name", f"duplicate source name {src_name!r}")
-        sources.append(
-            SourceConfig(
-                name=src_name,
-                ratio=check.number(obj["ratio"], f"{where}.ratio", 0.0, 1.0, lo_open=True),
-                max_repeats=check.integer(obj.get("max_repeats", 1), f"{where}.max_repeats", lo=1),
-                filters=_filters(obj.get("filters"), f"{where}.filters", check),
-                **_data_ref(obj, where, check, base, default_split="train"),
-            )
+        objs.append(obj)
+    names = [o["name"] for o in objs]
+    stages = _stages(raw["stages"], names, check) if staged else []
+    if staged:
+        shares = {n: sum(st.fraction * st.ratios[n] for st in stages) for n in names}
+        for i, n in enumerate(names):
+            if shares[n] == 0:
+                raise check.fail(f"sources[{i}]", f"source {n!r} has share 0 in every stage; remove it")
+    else:
+        shares = {
+            o["name"]: check.number(o["ratio"], f"sources[{i}].ratio", 0.0, 1.0, lo_open=True)
+            for i, o in enumerate(objs)
+        }
+    sources = [
+        SourceConfig(
+            name=o["name"],
+            ratio=shares[o["name"]],
+            max_repeats=check.integer(o.get("max_repeats", 1), f"sources[{i}].max_repeats", lo=1),
+            filters=_filters(o.get("filters"), f"sources[{i}].filters", check),
+            **_data_ref(o, f"sources[{i}]", check, base, default_split="train"),
         )
-    ratio_sum = sum(s.ratio for s in sources)
-    if abs(ratio_sum - 1.0) > RATIO_TOLERANCE:
-        listed = ", ".join(f"{s.name}={s.ratio:g}" for s in sources)
-        raise check.fail("sources", f"ratios sum to {ratio_sum:.6g}, not 1 ({listed}); fix the ratio: values")
-    for s in sources:
-        if round(s.ratio * total) < 1:
-            raise check.fail("total_samples", f"{total} gives source {s.name!r} no rows; raise total_samples")
+        for i, o in enumerate(objs)
+    ]
+    if not staged:
+        ratio_sum = sum(s.ratio for s in sources)
+        if abs(ratio_sum - 1.0) > RATIO_TOLERANCE:
+            listed = ", ".join(f"{s.name}={s.ratio:g}" for s in sources)
+            raise check.fail(
+                "sources", f"ratios sum to {ratio_sum:.6g}, not 1 ({listed}); fix the ratio: values"
+            )
+    total = total_tokens if mix_by == "tokens" else total_samples
+    total_key = "total_tokens" if mix_by == "tokens" else "total_samples"
+    for k, counts in enumerate(stage_plan(total, stages or None, [s.ratio for s in sources], names)):
+        for s, c in zip(sources, counts, strict=True):
+            share = stages[k].ratios[s.name] if stages else s.ratio
+            if share > 0 and c < 1:
+                at = f" in stage {stages[k].name!r}" if stages else ""
+                raise check.fail(
+                    total_key, f"{total} gives source {s.name!r} no {mix_by}{at}; raise {total_key}"
+                )
 
     evals_raw = raw.get("decontaminate") or []
     if not isinstance(evals_raw, list):
@@ -293,13 +361,15 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
         check.keys(obj, where, DATA_KEYS)
         evals.append(DataRef(**_data_ref(obj, where, check, base, default_split="test")))
 
-    canonical = {
+    canonical: dict[str, Any] = {
         "config": raw,
         "data_files": {
             "sources": [list(s.data_files) for s in sources],
             "decontaminate": [list(e.data_files) for e in evals],
         },
     }
+    if tokenizer is not None:  # only then: configs without one keep their sha256
+        canonical["tokenizer"] = tokenizer
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return MixtureConfig(
         name=name,
@@ -313,5 +383,92 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
         decontaminate=evals,
         decontaminate_ngram=ngram,
         decontaminate_threshold=threshold,
+        mix_by=mix_by,
+        total_tokens=total_tokens,
+        tokenizer=tokenizer,
+        stages=stages,
         raw=raw,
     )
+
+
+def _totals(raw: dict, mix_by: str, check: _Checker, base: Path) -> tuple[int | None, int | None, str | None]:
+    """``(total_samples, total_tokens, tokenizer)``: exactly the keys ``mix_by`` asks for."""
+    want, other = (
+        ("total_tokens", "total_samples") if mix_by == "tokens" else ("total_samples", "total_tokens")
+    )
+    if other in raw:
+        raise check.fail(
+            other,
+            f"does not apply with mix_by: {mix_by} (use {want}:, or set mix_by: {'rows' if other == 'total_samples' else 'tokens'})",
+        )
+    if want not in raw:
+        raise check.fail(want, f"required key is missing (mix_by: {mix_by})")
+    total = check.integer(raw[want], want, lo=1)
+    tokenizer = None
+    if "tokenizer" in raw:
+        if mix_by != "tokens":
+            raise check.fail(
+                "tokenizer", "only mix_by: tokens counts tokens (remove it, or set mix_by: tokens)"
+            )
+        tokenizer = resolve_tokenizer_ref(check.string(raw["tokenizer"], "tokenizer"), base)
+    return (None, total, tokenizer) if mix_by == "tokens" else (total, None, None)
+
+
+def resolve_tokenizer_ref(value: str, base: Path) -> str:
+    """A tokenizer reference: a folder path (relative ones resolve against ``base``, the config's
+    folder, like ``data_files``) or a Hugging Face id. A value that starts with ``.``, ``/`` or
+    ``~``, or names an existing folder relative to ``base``, is a path; anything else is an id."""
+    p = Path(os.path.expanduser(value))
+    resolved = os.path.normpath(p if p.is_absolute() else base / p)
+    if value.startswith((".", "/", "~")) or os.path.isdir(resolved):
+        return resolved
+    return value
+
+
+def _stages(obj: Any, names: list[str], check: _Checker) -> list[StageConfig]:
+    if not isinstance(obj, list) or not obj:
+        raise check.fail("stages", "expected a non-empty list of {name, fraction, ratios}")
+    stages: list[StageConfig] = []
+    for k, st in enumerate(obj):
+        where = f"stages[{k}]"
+        check.keys(st, where, STAGE_KEYS, required=tuple(sorted(STAGE_KEYS)))
+        name = check.string(st["name"], f"{where}.name")
+        if not _NAME.match(name):
+            raise check.fail(f"{where}.name", f"{name!r}: use letters, digits, '_', '-', '.'")
+        if any(s.name == name for s in stages):
+            raise check.fail(f"{where}.name", f"duplicate stage name {name!r}")
+        fraction = check.number(st["fraction"], f"{where}.fraction", 0.0, 1.0, lo_open=True)
+        ratios = st["ratios"]
+        if not isinstance(ratios, dict) or not ratios:
+            raise check.fail(f"{where}.ratios", "expected a mapping {source name: share}")
+        for src in ratios:
+            if src not in names:
+                raise check.fail(
+                    f"{where}.ratios.{src}", f"no source named {src!r} (sources: {', '.join(names)})"
+                )
+        shares = {n: check.number(ratios.get(n, 0), f"{where}.ratios.{n}", 0.0, 1.0) for n in names}
+        total = sum(shares.values())
+        if abs(total - 1.0) > RATIO_TOLERANCE:
+            listed = ", ".join(f"{n}={v:g}" for n, v in shares.items() if v)
+            raise check.fail(f"{where}.ratios", f"shares sum to {total:.6g}, not 1 ({listed}); fix them")
+        stages.append(StageConfig(name=name, fraction=fraction, ratios=shares))
+    fsum = sum(s.fraction for s in stages)
+    if abs(fsum - 1.0) > RATIO_TOLERANCE:
+        listed = ", ".join(f"{s.name}={s.fraction:g}" for s in stages)
+        raise check.fail("stages", f"fractions sum to {fsum:.6g}, not 1 ({listed}); fix the fraction: values")
+    return stages
+
+
+def stage_plan(
+    total: int, stages: list[StageConfig] | None, ratios: list[float], names: list[str]
+) -> list[list[int]]:
+    """Planned units (rows or tokens) per stage and source, ``[stage][source]``, integers.
+
+    Without stages one row: ``allocate(total, ratios)``. With stages, the stages' totals are
+    ``allocate(total, fractions)`` and each stage's is split by its ratios the same way, so every
+    number is an integer within 1 of its exact share and everything sums to ``total``.
+    """
+    if not stages:
+        return [allocate(total, ratios)]
+    per_stage = allocate(total, [s.fraction for s in stages])
+    return [allocate(t, [s.ratios[n] for n in names]) for t, s in zip(per_stage, stages, strict=True)]

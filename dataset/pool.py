@@ -1,4 +1,5 @@
-"""Render, filter and decontaminate batches of rows, in order, in-process or in a worker pool.
+"""Render, filter, decontaminate (and count tokens of) batches of rows, in order, in-process or
+in a worker pool.
 
 Results never depend on the number of workers: workers process whole batches and the main
 process consumes the results in submission order.
@@ -7,6 +8,7 @@ process consumes the results in submission order.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -18,15 +20,39 @@ from dataset.blend import text_hash
 from dataset.decontam import EvalNgrams, ngram_hashes_batch
 from dataset.filters import TextFilter
 from dataset.formats import FormatSpec, MissingFieldError, render_row
+from dataset.tokenizer import encode_texts
+from model.errors import UserError
 
 # Set in each worker process by _init_worker (and read only there): the evaluation
-# n-grams are ~10 MB, so they travel once per worker instead of once per batch.
+# n-grams are ~10 MB and a tokenizer a few MB, so they travel once per worker, not per batch.
 _WORKER_EVAL: EvalNgrams | None = None
+_WORKER_TOK: Any = None
 
 
-def _init_worker(evalset: EvalNgrams | None) -> None:
-    global _WORKER_EVAL
+def _init_worker(evalset: EvalNgrams | None, tokenizer: Any = None) -> None:
+    global _WORKER_EVAL, _WORKER_TOK
     _WORKER_EVAL = evalset
+    _WORKER_TOK = tokenizer
+    if tokenizer is not None:
+        # Each worker encodes its own batches; the Rust encoder's own threads would only
+        # compete with the other workers for the same cores.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def doc_separators(tok: Any) -> int:
+    """Tokens the trainer adds around each document: EOS after it, BOS before it when the
+    tokenizer has one (dataset/packed.py joins documents as ``BOS doc EOS``). A document of n
+    tokens therefore takes ``n + doc_separators(tok)`` tokens of training. UserError without EOS."""
+    if getattr(tok, "eos_token_id", None) is None:
+        raise UserError("the tokenizer has no eos token: the trainer ends every document with one")
+    return 1 + (tok.bos_token_id is not None)
+
+
+def count_tokens(tok: Any, texts: list[str]) -> list[int]:
+    """Tokens each text takes in training: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)``,
+    computed with the batched fast encoder."""
+    extra = doc_separators(tok)
+    return [len(ids) + extra for ids in encode_texts(tok, texts)]
 
 
 def _render_batch(rows: dict[str, list], spec: FormatSpec) -> tuple[list[str | None], list[str]]:
@@ -46,12 +72,13 @@ def _render_batch(rows: dict[str, list], spec: FormatSpec) -> tuple[list[str | N
 
 
 def process_batch(
-    rows: dict[str, list], spec: FormatSpec, filters: dict, evalset: EvalNgrams | None
-) -> list[tuple[str, str | None, int]]:
-    """Per row ``(verdict, text, hash)``: verdict "" keeps the row, else names why it goes.
+    rows: dict[str, list], spec: FormatSpec, filters: dict, evalset: EvalNgrams | None, tok: Any = None
+) -> list[tuple[str, str | None, int, int]]:
+    """Per row ``(verdict, text, hash, tokens)``: verdict "" keeps the row, else names why it goes.
 
-    Verdicts: a filter name, "empty", "decontaminated", or "error: <message>". Text and
-    hash are only filled for kept rows.
+    Verdicts: a filter name, "empty", "decontaminated", or "error: <message>". Text, hash and
+    tokens are only filled for kept rows; tokens (:func:`count_tokens`) only with a tokenizer,
+    else 0.
     """
     check = TextFilter(filters)
     texts, errors = _render_batch(rows, spec)
@@ -62,14 +89,18 @@ def process_batch(
         for i, bad in zip(passing, dirty, strict=True):
             if bad:
                 verdicts[i] = "decontaminated"
+    kept = [i for i, v in enumerate(verdicts) if not v]
+    sizes = (
+        dict(zip(kept, count_tokens(tok, [texts[i] for i in kept]), strict=True)) if tok is not None else {}
+    )
     return [
-        ("", texts[i], text_hash(texts[i])) if not v else (v, None, 0)  # type: ignore[arg-type]
+        ("", texts[i], text_hash(texts[i]), sizes.get(i, 0)) if not v else (v, None, 0, 0)  # type: ignore[arg-type]
         for i, v in enumerate(verdicts)
     ]
 
 
 def pool_process_batch(rows: dict[str, list], spec: FormatSpec, filters: dict) -> list:
-    return process_batch(rows, spec, filters, _WORKER_EVAL)
+    return process_batch(rows, spec, filters, _WORKER_EVAL, _WORKER_TOK)
 
 
 def eval_batch(rows: dict[str, list], spec: FormatSpec, n: int) -> tuple[np.ndarray, list[str]]:
@@ -80,11 +111,16 @@ def eval_batch(rows: dict[str, list], spec: FormatSpec, n: int) -> tuple[np.ndar
 
 
 class Runner:
-    """Runs batch functions in-process (num_proc=1) or in a pool, always yielding in order."""
+    """Runs batch functions in-process (num_proc=1) or in a pool, always yielding in order.
 
-    def __init__(self, num_proc: int, evalset: EvalNgrams | None = None):
+    ``evalset`` and ``tokenizer`` are handed to each worker once, at start (read there through
+    :func:`pool_process_batch`); in-process, ``self.evalset`` and ``self.tokenizer``.
+    """
+
+    def __init__(self, num_proc: int, evalset: EvalNgrams | None = None, tokenizer: Any = None):
         self.num_proc = num_proc
         self.evalset = evalset
+        self.tokenizer = tokenizer
         self.pool = None
         if num_proc > 1:
             methods = multiprocessing.get_all_start_methods()
@@ -92,7 +128,7 @@ class Runner:
             ctx = multiprocessing.get_context(
                 "fork" if "fork" in methods and sys.platform == "linux" else "spawn"
             )
-            self.pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(evalset,))
+            self.pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(evalset, tokenizer))
 
     def map(self, fn: Callable, local_fn: Callable, tasks: Iterator[tuple]) -> Iterator[Any]:
         """Yield ``fn(*task)`` for each task, in order, keeping at most 2 x num_proc in flight."""
