@@ -1,10 +1,15 @@
-"""A Llama-style decoder-only transformer whose weights map 1:1 onto transformers' LlamaForCausalLM.
+"""A Llama-style decoder-only transformer whose weights map 1:1 onto transformers' LlamaForCausalLM,
+Qwen2ForCausalLM or Qwen3ForCausalLM (``ModelConfig.architecture``).
 
-Module and parameter names follow LlamaForCausalLM exactly (``model.layers.0.self_attn.q_proj``,
-...), so a state dict moves between the two without renaming (see ``model/hf.py``).
+Module and parameter names follow those classes exactly (``model.layers.0.self_attn.q_proj``,
+``...self_attn.q_norm`` for Qwen3, ...), so a state dict moves between the two without renaming
+(see ``model/hf.py``). The three differ only in what ModelConfig records: q/k/v and o_proj biases,
+MLP biases, the per-head q/k RMSNorm, head_dim, and the RoPE frequencies.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +32,36 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_cache(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (max_position_embeddings, head_dim), in fp32 (Llama's "default" RoPE)."""
+def rope_inv_freq(cfg: ModelConfig, device: torch.device | None = None) -> torch.Tensor:
+    """RoPE inverse frequencies, shape (head_dim / 2,), fp32.
+
+    "default": 1 / theta^(2i / head_dim) (RoFormer). ``rope_scaling`` "llama3": Meta's Llama 3.1
+    frequency scaling, written as transformers' ``modeling_rope_utils._compute_llama3_parameters``
+    (same operations in the same order, so the tables are bit-identical): wavelengths longer than
+    original_max_position_embeddings / low_freq_factor are divided by ``factor``, those shorter than
+    original_max_position_embeddings / high_freq_factor kept, the band between interpolated.
+    """
     dim = cfg.head_dim
     inv_freq = 1.0 / (
         cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim)
     )
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv_freq
+    factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old_context_len = rs["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_context_len / low, old_context_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cache(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (max_position_embeddings, head_dim), in fp32 (see :func:`rope_inv_freq`)."""
+    inv_freq = rope_inv_freq(cfg, device)
     pos = torch.arange(cfg.max_position_embeddings, dtype=torch.float32, device=device)
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -72,10 +101,13 @@ class Attention(nn.Module):
         )
         self.dropout = cfg.dropout
         h = cfg.hidden_size
-        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=cfg.o_bias)
+        # Qwen3: RMSNorm over each query/key head (shared across heads), before RoPE.
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
 
     def forward(
         self, x, cos, sin, cache: KVCache | None = None, at: torch.Tensor | None = None
@@ -87,8 +119,11 @@ class Attention(nn.Module):
         if at is not None:
             xq = x[torch.arange(b, device=x.device)[:, None], at]
             qcos, qsin = cos[at][:, None], sin[at][:, None]
-        q = self.q_proj(xq).view(b, xq.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = self.q_proj(xq).view(b, xq.shape[1], self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * qcos.to(q.dtype) + rotate_half(q) * qsin.to(q.dtype)
         k = k * cos.to(k.dtype) + rotate_half(k) * sin.to(k.dtype)
@@ -121,9 +156,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -166,9 +201,7 @@ class MiniGPTForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        cos, sin = rope_cache(cfg)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_rope()
         self.apply(self._init_weights)
         # GPT-2's scaled init for the projections that write into the residual stream, so its
         # variance does not grow with depth.
@@ -176,9 +209,18 @@ class MiniGPTForCausalLM(nn.Module):
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=cfg.initializer_range / (2 * cfg.num_hidden_layers) ** 0.5)
 
+    def reset_rope(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the RoPE tables, non-persistent buffers that no state dict carries: needed
+        after building the model on the meta device and ``to_empty`` (model/hf.py does)."""
+        cos, sin = rope_cache(self.config, device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -264,7 +306,10 @@ def _side_by_side(rows: torch.Tensor, pos: torch.Tensor, b: int) -> tuple[torch.
     each selection, so that ``table[rows, slots]`` reads them back in their original order."""
     counts = torch.bincount(rows, minlength=b)
     first = torch.cumsum(counts, 0) - counts
-    slots = torch.arange(len(rows), device=rows.device) - first[rows]
+    # slot = rank of a selection among its row's, in the given order (rows need not be sorted)
+    order = torch.argsort(rows, stable=True)
+    slots = torch.empty_like(rows)
+    slots[order] = torch.arange(len(rows), device=rows.device) - first[rows[order]]
     padded = torch.zeros(b, int(counts.max()), dtype=torch.long, device=rows.device)
     padded[rows, slots] = pos
     return rows, slots, padded

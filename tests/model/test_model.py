@@ -20,6 +20,43 @@ def small_config(**kw) -> ModelConfig:
     )
 
 
+# One config per family the model reproduces (see tests/model/test_hf.py for the transformers side).
+FAMILIES = {
+    "ours": {},
+    "llama3_rope_bias": dict(
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ),
+    "qwen2": dict(architecture="Qwen2ForCausalLM", qkv_bias=True, rms_norm_eps=1e-6),
+    "qwen3": dict(
+        architecture="Qwen3ForCausalLM", qk_norm=True, head_dim=32, pad_token_id=None, bos_token_id=None
+    ),
+}
+
+
+def family_model(name: str) -> MiniGPTForCausalLM:
+    """A small model of one family with norms and biases away from their init, so they matter."""
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(small_config(**FAMILIES[name])).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.uniform_(0.5, 1.5)
+            elif pname.endswith("bias"):
+                p.normal_(0.0, 0.3)
+    return model
+
+
 def test_default_config_is_the_26m_model():
     cfg = ModelConfig()
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.vocab_size) == (
@@ -52,9 +89,31 @@ def test_logits_match_transformers_llama(cfg):
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
-def test_kv_cache_generation_equals_full_recompute():
-    torch.manual_seed(0)
-    model = MiniGPTForCausalLM(small_config()).eval()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parameter_count_matches_the_config(family):
+    model = family_model(family)
+    assert model.num_params() == model.config.num_params()
+    names = {n for n, _ in model.named_parameters()}
+    cfg = model.config
+    assert ("model.layers.0.self_attn.q_norm.weight" in names) == cfg.qk_norm
+    assert ("model.layers.0.self_attn.k_proj.bias" in names) == cfg.qkv_bias
+    assert ("model.layers.0.self_attn.o_proj.bias" in names) == cfg.o_bias
+    assert ("model.layers.0.mlp.up_proj.bias" in names) == cfg.mlp_bias
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (8 * cfg.head_dim, 128)
+
+
+def test_flops_count_the_lm_head_once_tied_or_not():
+    tied, untied = small_config(), small_config(tie_word_embeddings=False)
+    assert untied.num_params() == tied.num_params() + 512 * 128
+    # the untied input embedding is a lookup, not a matmul
+    assert untied.flops_per_token(256) == tied.flops_per_token(256)
+    wide = small_config(head_dim=32)  # attention scores scale with heads * head_dim, not hidden
+    assert wide.flops_per_token(256) - 6 * wide.num_params() == 12 * 3 * 8 * 32 * 256
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_generation_equals_full_recompute(family):
+    model = family_model(family)
     prompt = torch.randint(0, 512, (3, 7))
     out = model.generate(prompt, max_new_tokens=25, temperature=0)
     seq = prompt
@@ -64,9 +123,9 @@ def test_kv_cache_generation_equals_full_recompute():
     assert torch.equal(out, seq)
 
 
-def test_chunked_prefill_after_cache_matches_full_forward():
-    torch.manual_seed(0)
-    model = MiniGPTForCausalLM(small_config()).eval()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunked_prefill_after_cache_matches_full_forward(family):
+    model = family_model(family)
     x = torch.randint(0, 512, (2, 30))
     with torch.no_grad():
         full = model(x)
@@ -74,6 +133,23 @@ def test_chunked_prefill_after_cache_matches_full_forward():
         a = model(x[:, :12], cache)
         b = model(x[:, 12:], cache)
     torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_at_chosen_positions_equal_the_full_forward(family):
+    model = family_model(family)
+    x = torch.randint(0, 512, (3, 40))
+    rows, pos = torch.tensor([2, 0, 2, 1, 2]), torch.tensor([39, 7, 0, 20, 11])
+    with torch.no_grad():
+        full = model.forward_hidden(x)
+        at = model.forward_hidden(x, at=(rows, pos))
+        # after a cached prefix too (positions count within the new chunk)
+        keep = pos >= 10
+        cache = KVCache(model.config, 3, 40, x.device, torch.float32)
+        model.forward_hidden(x[:, :10], cache)
+        after = model.forward_hidden(x[:, 10:], cache, at=(rows[keep], pos[keep] - 10))
+    torch.testing.assert_close(at, full[rows, pos], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(after, full[rows[keep], pos[keep]], atol=1e-5, rtol=1e-5)
 
 
 def test_sampling_modes():
