@@ -84,7 +84,12 @@ class PackedCorpus:
 
     @property
     def num_rows(self) -> int:
-        return -(-(self.num_tokens - 1) // self.seq_len)
+        return -(-self.num_targets // self.seq_len)
+
+    @property
+    def num_targets(self) -> int:
+        """Tokens trained on per epoch: every token but the first is a target exactly once."""
+        return self.num_tokens - 1
 
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(inputs, targets, target source ids) of row i, each of length seq_len, as int64."""
@@ -113,6 +118,14 @@ class PackedDataset(torch.utils.data.Dataset):
         return self.corpus.num_rows
 
     def __getitem__(self, i: int):
+        """(x, y, s) of row i; i < 0 (``dataset.sampler.EMPTY``) is a filler row with no targets."""
+        if i < 0:
+            L = self.corpus.seq_len
+            return (
+                torch.full((L,), self.corpus.pad_id, dtype=torch.long),
+                torch.full((L,), IGNORE_INDEX, dtype=torch.long),
+                torch.full((L,), -1, dtype=torch.long),
+            )
         return tuple(torch.from_numpy(a) for a in self.corpus.row(i))
 
 

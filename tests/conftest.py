@@ -94,10 +94,18 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def field_tokenizer(tmp_path_factory):
+def field_tokenizer_dir(tmp_path_factory) -> Path:
     """The field reports' 400-token BPE, trained on ../shared/field-cases/madeup_corpus.jsonl."""
     from dataset.io import iter_docs
     from dataset.tokenizer import train_tokenizer
 
-    corpus = field_case("madeup_corpus.jsonl")
-    return train_tokenizer((t for t, _ in iter_docs(corpus)), 400, tmp_path_factory.mktemp("ftok") / "tok")
+    out = tmp_path_factory.mktemp("ftok") / "tokenizer"
+    train_tokenizer((t for t, _ in iter_docs(field_case("madeup_corpus.jsonl"))), 400, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def field_tokenizer(field_tokenizer_dir):
+    from dataset.tokenizer import load_tokenizer
+
+    return load_tokenizer(field_tokenizer_dir)

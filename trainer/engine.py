@@ -226,8 +226,18 @@ class Trainer:
         )
         log.info(
             f"Data: {self.train_data.num_tokens:,} tokens, {self.train_data.num_rows:,} rows of {cfg.max_seq_len} | global batch "
-            f"{cfg.global_batch_rows * info.world_size} rows | {self.steps_per_epoch} steps/epoch | {self.total} steps"
+            f"{cfg.global_batch_rows * info.world_size} rows | {self.steps_per_epoch} steps/epoch (every row once) | {self.total} steps"
         )
+        planned = cfg.epochs * self.steps_per_epoch
+        if self.total < planned:
+            log.info(
+                f"--max_steps {cfg.max_steps} caps the run at {self.total} of the {planned} steps of {cfg.epochs} "
+                f"epoch(s) ({self.total / self.steps_per_epoch:.2f} epochs); the LR schedule spans {self.total} steps"
+            )
+        if self.stop_at < self.total:
+            log.info(
+                f"--stop_after {cfg.stop_after}: stopping after step {self.stop_at} of {self.total} (as if preempted)"
+            )
         log.info(f"Peak for MFU: {self.peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
         for line in self.stage.schedule.describe(self.total):
             log.info(line)
@@ -277,12 +287,21 @@ class Trainer:
     # ----------------------------------------------------------------- step
 
     def train_step(self, micro_batches: list[tuple[torch.Tensor, ...]]) -> dict:
-        """One optimizer step; returns {"loss", "lr", "grad_norm", "tokens"} (all ranks)."""
-        cfg, info, device = self.cfg, self.info, self.device
+        """One optimizer step; returns {"loss", "lr", "grad_norm", "tokens"} (all ranks).
+
+        The step's loss and gradient are the sum over every target token of the step (all
+        micro-batches, all ranks) divided by their total count, whatever the split: each
+        micro-batch's summed cross entropy is scaled by world_size / N before backward (DDP
+        averages gradients over ranks), N being the step's target count over all ranks.
+        """
+        info, device = self.info, self.device
         lr = self.stage.schedule.lr_at(self.step, self.total)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        loss_acc, tokens_acc = torch.zeros((), dtype=torch.float64), 0
+        n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y, _ in micro_batches)
+        n_all = runtime.all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64))
+        scale = info.world_size / max(float(n_all), 1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64)
         for i, (x, y, s) in enumerate(micro_batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = i == len(micro_batches) - 1
@@ -290,32 +309,27 @@ class Trainer:
             with ctx:
                 with self.session.autocast():
                     logits = self.train_model(x)
-                n_valid = (y != IGNORE_INDEX).sum()
                 loss = F.cross_entropy(
                     logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
                 )
-                loss = loss / n_valid.clamp(min=1)
-                self.scaler.scale(loss / cfg.accumulation_steps).backward()
-            loss_acc += loss.detach().double().cpu() / cfg.accumulation_steps
-            tokens_acc += int(n_valid)
+                self.scaler.scale(loss * scale).backward()
+            loss_sum += loss.detach().double().cpu()
             if len(self.train_data.source_names):
                 self.seen += torch.bincount(s[s >= 0], minlength=len(self.train_data.source_names)).double()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        stats = torch.stack([loss_acc, torch.tensor(float(tokens_acc), dtype=torch.float64)])
-        runtime.all_reduce_sum(stats)
-        step_loss = float(stats[0]) / info.world_size
+        step_loss = float(runtime.all_reduce_sum(loss_sum)) / max(float(n_all), 1.0)
         if not math.isfinite(step_loss):
             raise UserError(
                 f"loss became {step_loss} at step {self.step}; lower --learning_rate or use --dtype bfloat16/float32"
             )
-        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(stats[1])}
+        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(n_all)}
 
     # ----------------------------------------------------------------- log
 
@@ -492,6 +506,10 @@ def _summary(train, seen, history, stage, finished, step, total, paths, seconds)
                 f"{stage.target_shares[n]:.1%}" if stage.target_shares and n in stage.target_shares else "-"
             )
             log.info(f"  {n:<16} {share:>8.1%} | {corpus[n] / corpus_total:>8.1%} | {target:>6}")
+    trained, per_epoch = float(seen.sum()), train.num_targets
+    log.info(
+        f"Trained on {trained:,.0f} target tokens: {trained / per_epoch:.3f} epochs of the {per_epoch:,} in the data"
+    )
     if len(history) >= 2:
         first, end = history[0], history[-1]
         log.info(f"Validation loss per source: step {first['step']} -> step {end['step']}")
