@@ -107,6 +107,53 @@ class PackedCorpus:
     def source_token_counts(self) -> dict[str, int]:
         return dict(zip(self.source_names, self.meta["source_tokens"], strict=True))
 
+    def row_source_targets(self) -> np.ndarray:
+        """(num_rows, num_sources) int64: how many targets of each source every row holds."""
+        n_src, L = max(len(self.source_names), 1), self.seq_len
+        src = np.asarray(self.sources[1:], dtype=np.int64)  # the source of every target, in order
+        row = np.arange(len(src)) // L
+        return np.bincount(row * n_src + src, minlength=self.num_rows * n_src).reshape(self.num_rows, n_src)
+
+
+def sample_rows(corpus: PackedCorpus, cap: int) -> tuple[np.ndarray, str]:
+    """A fixed, deterministic sample of at most ``cap`` rows (0: every row) for a capped evaluation,
+    spread over the whole corpus and stratified by source, and a one-line description of it.
+
+    Every source that has targets gets rows: a floor of ``cap // (2 x sources)`` rows each (at
+    least 1), the rest in proportion to how many rows hold its targets (largest remainder); rows
+    are picked evenly spaced among the rows that hold the source's targets. When ``cap`` is
+    smaller than the number of sources, one row per source is taken anyway (and said).
+    """
+    counts = corpus.row_source_targets()
+    names = corpus.source_names or ["all"]
+    if cap == 0 or cap >= corpus.num_rows:
+        rows = np.arange(corpus.num_rows)
+    else:
+        holders = [np.flatnonzero(counts[:, k]) for k in range(counts.shape[1])]
+        present = [k for k, h in enumerate(holders) if len(h)]
+        floor = max(1, cap // (2 * len(present)))
+        take = {k: min(len(holders[k]), floor) for k in present}
+        rest = max(cap - sum(take.values()), 0)
+        spare = {k: len(holders[k]) - take[k] for k in present}
+        weight = sum(spare.values())
+        if rest and weight:
+            exact = {k: rest * spare[k] / weight for k in present}
+            extra = {k: min(spare[k], int(exact[k])) for k in present}
+            order = sorted(present, key=lambda k: (-(exact[k] - int(exact[k])), k))
+            for k in order[: rest - sum(extra.values())]:
+                extra[k] = min(spare[k], extra[k] + 1)
+            take = {k: take[k] + extra[k] for k in present}
+        picked = set()
+        for k in present:
+            h, n = holders[k], take[k]
+            picked.update(h[(np.arange(n) * len(h)) // n].tolist())
+        rows = np.array(sorted(picked), dtype=np.int64)
+    sel = counts[rows].sum(axis=0)
+    total = counts.sum(axis=0)
+    per = ", ".join(f"{names[k]} {sel[k]:,}/{total[k]:,}" for k in range(len(total)) if total[k])
+    raised = " (one row per source at least)" if cap and len(rows) > cap else ""
+    return rows, f"{len(rows):,} of {corpus.num_rows:,} rows{raised}; target tokens per source: {per}"
+
 
 class PackedDataset(torch.utils.data.Dataset):
     """Rows of a PackedCorpus as tensors (x, y, source ids) for a DataLoader."""

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset
-from dataset.sampler import StepSampler
+from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset, sample_rows
+from dataset.sampler import EMPTY, StepSampler
 from dataset.tokenizer import tokenizer_sha256
 from model.errors import UserError
 from trainer import checkpoint as ckpt
@@ -77,25 +77,29 @@ def token_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def val_loss_per_source(
-    model, corpus: PackedCorpus, session: Session, batch_size: int, max_batches: int
+    model, corpus: PackedCorpus, session: Session, batch_size: int, rows
 ) -> dict[str, float]:
-    """Mean validation loss overall and per source, on the first ``max_batches`` batches of rows.
+    """Mean validation loss per source on ``rows`` of ``corpus`` (from :func:`sample_rows`), and
+    overall: "all" weighs each source's mean loss by its share of the corpus's target tokens, so a
+    stratified sample estimates the whole set's loss (with every row it is exactly the mean over
+    all targets).
 
     This is the in-training number over packed rows (documents share rows, as in training);
-    ``eval_llm.py`` scores each document on its own. Rows are split across ranks and the
-    per-source sums all-reduced, so every rank returns the same numbers. Keys: "all" and each
-    source name.
+    ``eval_llm.py`` scores each document on its own. Rows are split across ranks (every rank runs
+    the same number of batches, padded with filler rows) and the sums all-reduced, so every rank
+    returns the same numbers. Keys: "all" and, with several sources, each source name.
     """
     was_training = model.training
     model.eval()
     n_src = len(corpus.source_names)
     sums = torch.zeros(n_src + 1, dtype=torch.float64)
     counts = torch.zeros(n_src + 1, dtype=torch.float64)
-    n_rows = corpus.num_rows if max_batches == 0 else min(corpus.num_rows, batch_size * max_batches)
-    rows = list(range(n_rows))[session.dist.rank :: session.dist.world_size]
+    world, rank = session.dist.world_size, session.dist.rank
+    per_rank = -(-len(rows) // world)
+    mine = list(rows[rank::world]) + [EMPTY] * (per_rank - len(rows[rank::world]))
     ds = PackedDataset(corpus)
-    for i in range(0, len(rows), batch_size):
-        x, y, s = (torch.stack(t) for t in zip(*(ds[j] for j in rows[i : i + batch_size]), strict=True))
+    for i in range(0, len(mine), batch_size):
+        x, y, s = (torch.stack(t) for t in zip(*(ds[int(j)] for j in mine[i : i + batch_size]), strict=True))
         with session.autocast():
             losses = token_losses(model, x.to(session.device), y.to(session.device)).cpu().double()
         s = s.clamp(min=-1) + 1  # pad positions (-1) go to bin 0 with zero loss
@@ -104,12 +108,15 @@ def val_loss_per_source(
     runtime.all_reduce_sum(sums)
     runtime.all_reduce_sum(counts)
     model.train(was_training)
-    out = {"all": float(sums[1:].sum() / counts[1:].sum().clamp(min=1))}
+    means = sums[1:] / counts[1:].clamp(min=1)
+    present = counts[1:] > 0
+    weights = torch.tensor(corpus.meta["source_tokens"], dtype=torch.float64) * present
+    out = {"all": float((means * weights).sum() / weights.sum().clamp(min=1))}
     if n_src == 1:  # a single source: its loss is the overall loss
         return out
-    for k, name in enumerate(corpus.source_names, 1):
-        if counts[k] > 0:
-            out[name] = float(sums[k] / counts[k])
+    for k, name in enumerate(corpus.source_names):
+        if present[k]:
+            out[name] = float(means[k])
     return out
 
 
@@ -190,6 +197,7 @@ class Trainer:
             )
         self.metrics: MetricsLog | None = None
         self.wandb_run = None
+        self.val_rows = None
 
     def _restore(self) -> None:
         """Continue from the resume state, or start from the stage's optimizer state."""
@@ -362,9 +370,11 @@ class Trainer:
     def evaluate(self) -> None:
         if self.val_data is None:
             return
-        cfg = self.cfg
+        if self.val_rows is None:  # the same sample at every evaluation
+            self.val_rows, described = sample_rows(self.val_data, self.cfg.batch_size * self.cfg.eval_batches)
+            log.info(f"Validation sample: {described}")
         losses = val_loss_per_source(
-            self.model, self.val_data, self.session, cfg.batch_size, cfg.eval_batches
+            self.model, self.val_data, self.session, self.cfg.batch_size, self.val_rows
         )
         self.history.append({"step": self.step, **losses})
         log.info(f"eval step {self.step}/{self.total}: val_loss {format_losses(losses)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,3 +103,67 @@ def test_a_short_row_weighs_the_same_whatever_the_split(field_tokenizer, field_t
     for name, rec in got.items():
         assert rec["loss"] == pytest.approx(loss, abs=1e-5), (name, rec["loss"], loss)
         assert rec["grad_norm"] == pytest.approx(grad_norm, abs=1e-5), (name, rec["grad_norm"])
+
+
+def test_a_capped_evaluation_covers_every_source_with_a_fixed_spread_sample(field_tokenizer, tmp_path):
+    """Field case 7: 400 replay rows, then 30 code, then 30 reasoning. The first rows alone would
+    read only replay; the sample is stratified, spread over the file, the same at every call."""
+    from dataset.packed import sample_rows
+
+    corpus = build_packed([field_case("val_grouped.jsonl")], field_tokenizer, SEQ, tmp_path)
+    counts = corpus.row_source_targets()
+    rows, described = sample_rows(corpus, 20)
+    assert len(rows) <= 20 and list(rows) == sorted(set(rows.tolist()))
+    for k, name in enumerate(corpus.source_names):
+        assert counts[rows, k].sum() > 0, name  # every source is in the sample
+        assert f"{name} " in described
+    assert rows.max() - rows.min() > corpus.num_rows // 2  # spread over the file, not its head
+    assert np.array_equal(rows, sample_rows(corpus, 20)[0])  # deterministic
+    assert len(sample_rows(corpus, 0)[0]) == corpus.num_rows  # 0: every row
+    assert len(sample_rows(corpus, 2)[0]) == 3  # fewer rows than sources: one each, and said
+    assert "one row per source at least" in sample_rows(corpus, 2)[1]
+
+
+def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer, tmp_path):
+    from dataset.packed import sample_rows
+    from trainer.engine import Session, val_loss_per_source
+    from trainer.runtime import DistInfo
+
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(
+        ModelConfig(
+            vocab_size=len(field_tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
+    corpus = build_packed([field_case("val_interleaved.jsonl")], field_tokenizer, SEQ, tmp_path)
+    session = Session(cfg=None, dist=DistInfo(), device=torch.device("cpu"), dtype=torch.float32)
+    x, y, s = (
+        torch.stack([torch.from_numpy(a) for a in t])
+        for t in zip(*map(corpus.row, range(corpus.num_rows)), strict=True)
+    )
+    with torch.no_grad():
+        nll = F.cross_entropy(
+            model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        )
+    s = s.flatten()
+    full = val_loss_per_source(model, corpus, session, 7, sample_rows(corpus, 0)[0])
+    assert full["all"] == pytest.approx(float(nll[s >= 0].mean()), rel=1e-6)
+    for k, name in enumerate(corpus.source_names):
+        assert full[name] == pytest.approx(float(nll[s == k].mean()), rel=1e-6)
+    rows = sample_rows(corpus, 12)[0]
+    capped = val_loss_per_source(model, corpus, session, 5, rows)
+    keep = torch.zeros(corpus.num_rows, dtype=torch.bool)
+    keep[torch.from_numpy(rows)] = True
+    s_rows = s.view(corpus.num_rows, -1)[keep].flatten()
+    n_rows = nll.view(corpus.num_rows, -1)[keep].flatten()
+    means = {name: float(n_rows[s_rows == k].mean()) for k, name in enumerate(corpus.source_names)}
+    share = dict(zip(corpus.source_names, corpus.meta["source_tokens"], strict=True))
+    expect_all = sum(means[n] * share[n] for n in means) / sum(share.values())
+    assert set(capped) == {"all", *corpus.source_names}
+    assert capped["all"] == pytest.approx(expect_all, rel=1e-6)
+    for name, v in means.items():
+        assert capped[name] == pytest.approx(v, rel=1e-6)
