@@ -329,8 +329,6 @@ def parity(model: MiniGPTForCausalLM, folder: str | Path, input_ids) -> Parity:
     The bound is :data:`PARITY_REL` x max(1, max |logit|) (issue 12); returns a :class:`Parity`,
     call ``.check()`` to stop above it.
     """
-    from transformers import AutoModelForCausalLM
-
     ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).cpu()
     cfg = model.config
     if ids.numel() < 2 or int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size:
@@ -338,6 +336,23 @@ def parity(model: MiniGPTForCausalLM, folder: str | Path, input_ids) -> Parity:
             f"parity: need >= 2 token ids within [0, {cfg.vocab_size}), got {ids.tolist()[0][:8]}..."
         )
     ids = ids[:, : cfg.max_position_embeddings]
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # true fp32 on both sides (no TF32 on a GPU)
+    try:
+        theirs, ours = _both_logits(model, folder, ids)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    peak = theirs.abs().max().item()
+    diff = (ours - theirs).abs().max().item()
+    if diff != diff:  # NaN anywhere: no proof
+        diff = float("inf")
+    return Parity(diff, PARITY_REL * max(1.0, peak), peak, ids.shape[1], str(folder))
+
+
+def _both_logits(model: MiniGPTForCausalLM, folder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transformers' logits, ours), both (1, T, vocab) fp32 on the CPU."""
+    from transformers import AutoModelForCausalLM
+
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
         ref = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
         theirs = ref.eval()(ids).logits.float()
@@ -349,8 +364,4 @@ def parity(model: MiniGPTForCausalLM, folder: str | Path, input_ids) -> Parity:
                 ours = model.eval()(ids.to(device)).float().cpu()
         finally:
             model.train(was_training)
-    peak = theirs.abs().max().item()
-    diff = (ours - theirs).abs().max().item()
-    if diff != diff:  # NaN anywhere: no proof
-        diff = float("inf")
-    return Parity(diff, PARITY_REL * max(1.0, peak), peak, ids.shape[1], str(folder))
+    return theirs, ours

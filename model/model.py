@@ -225,6 +225,16 @@ class MiniGPTForCausalLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def cast_layer_matmuls_(self, dtype: torch.dtype) -> None:
+        """Cast every decoder layer's nn.Linear (weight and bias) to ``dtype`` once, for inference
+        under autocast to that dtype: autocast casts exactly these on every call, so the results
+        are bit-identical while the copy is saved. Embedding, LM head, norms (Qwen3's q/k norms
+        included: autocast keeps them fp32) and RoPE stay as they are."""
+        for layer in self.model.layers:
+            for m in layer.modules():
+                if isinstance(m, nn.Linear):
+                    m.to(dtype)
+
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits of shape (B, T, vocab) for input_ids of shape (B, T)."""
         return self.lm_head(self.forward_hidden(input_ids, cache))

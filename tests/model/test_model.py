@@ -152,6 +152,18 @@ def test_hidden_states_at_chosen_positions_equal_the_full_forward(family):
     torch.testing.assert_close(after, full[rows[keep], pos[keep]], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cast_layer_matmuls_equals_autocast(family):
+    model = family_model(family)
+    x = torch.randint(0, 512, (2, 50))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(x)
+        model.cast_layer_matmuls_(torch.bfloat16)
+        after = model(x)
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert torch.equal(before, after)
+
+
 def test_sampling_modes():
     torch.manual_seed(0)
     model = MiniGPTForCausalLM(small_config()).eval()
