@@ -72,6 +72,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -199,24 +200,50 @@ def mixture_tokenizer(config: MixtureConfig, tokenizer: Any = None) -> tuple[Any
     ``transformers.AutoTokenizer``, never with remote code). UserError when tokens mode has none,
     when it does not load, or when it is not a fast tokenizer with an EOS token.
     """
+    found = _tokenizer_ref(config, tokenizer)
+    return (None, None) if found is None else _load_tokenizer(*found)
+
+
+def _tokenizer_ref(config: MixtureConfig, tokenizer: Any) -> tuple[Any, str, str] | None:
+    """The cheap half of :func:`mixture_tokenizer`: ``(tokenizer object or None, reference, origin)``,
+    or None in rows mode. Fails at once when tokens mode has no tokenizer or names a missing folder."""
     if config.mix_by != "tokens":
         if tokenizer is not None:
-            log.warning(f"{config.path.name} mixes by rows: the tokenizer given is not used")
-        return None, None
+            log.warning(f"warning: {config.path.name} mixes by rows: the tokenizer given is not used")
+        return None
     if tokenizer is None:
         if config.tokenizer is None:
             raise UserError(
                 f"{config.path}: mix_by: tokens needs the tokenizer the model will train with: set "
                 "tokenizer: (a folder or a Hugging Face id) in the config or pass --tokenizer_path"
             )
-        ref, origin = config.tokenizer, f"{config.path}: tokenizer"
-        tok = _load_tokenizer(ref, origin)
+        tok, ref, origin = None, config.tokenizer, f"{config.path}: tokenizer"
     elif isinstance(tokenizer, (str, os.PathLike)):
-        ref, origin = resolve_tokenizer_ref(str(tokenizer), Path.cwd()), "--tokenizer_path"
-        tok = _load_tokenizer(ref, origin)
+        tok, ref, origin = None, resolve_tokenizer_ref(str(tokenizer), Path.cwd()), "--tokenizer_path"
     else:
         tok, origin = tokenizer, "tokenizer"
         ref = str(getattr(tokenizer, "name_or_path", "") or "(a tokenizer object)")
+    if tok is None and os.path.isabs(ref) and not os.path.isdir(ref):
+        raise UserError(
+            f"{origin}: {ref}: no such tokenizer folder; train one with "
+            f"`python scripts/train_tokenizer.py --output_dir {ref}` or fix the path"
+        )
+    return tok, ref, origin
+
+
+def _load_tokenizer(tok: Any, ref: str, origin: str) -> tuple[Any, str]:
+    if tok is None and os.path.isabs(ref):
+        tok = load_tokenizer(ref)
+    elif tok is None:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(ref)
+        except Exception as e:  # noqa: BLE001 - any failure to fetch or parse is the user's to fix
+            raise UserError(
+                f"{origin}: {ref!r} is no folder here and does not load as a Hugging Face id "
+                f"({first_line(e)}); download the tokenizer and point at its folder"
+            ) from None
     if not hasattr(tok, "backend_tokenizer"):
         raise UserError(f"{origin}: {ref} is not a fast (Rust) tokenizer; token counting needs one")
     try:
@@ -224,25 +251,6 @@ def mixture_tokenizer(config: MixtureConfig, tokenizer: Any = None) -> tuple[Any
     except UserError as e:
         raise UserError(f"{origin}: {ref}: {e}") from None
     return tok, ref
-
-
-def _load_tokenizer(ref: str, origin: str) -> Any:
-    if os.path.isabs(ref):
-        if not os.path.isdir(ref):
-            raise UserError(
-                f"{origin}: {ref}: no such tokenizer folder; train one with "
-                f"`python scripts/train_tokenizer.py --output_dir {ref}` or fix the path"
-            )
-        return load_tokenizer(ref)
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(ref)
-    except Exception as e:  # noqa: BLE001 - any failure to fetch or parse is the user's to fix
-        raise UserError(
-            f"{origin}: {ref!r} is no folder here and does not load as a Hugging Face id ({first_line(e)}); "
-            "download the tokenizer and point at its folder"
-        ) from None
 
 
 # ---------------------------------------------------------------------------- stages
@@ -331,8 +339,15 @@ def _select_source(
     def local(rows: dict[str, list], spec: FormatSpec, filters: dict) -> list:
         return process_batch(rows, spec, filters, runner.evalset, runner.tokenizer)
 
+    def more() -> bool:
+        """Hand out another batch unless those in flight are expected to meet the plan (at the
+        units per row read so far, plus 10%): batches past the plan are work thrown away."""
+        if read == 0:
+            return True
+        return got + sum(map(len, in_flight)) * got / read < needed * 1.1
+
     bar = tqdm(total=needed, desc=f"{source.name}"[:24], unit=config.unit[:-1], disable=None, leave=False)
-    results = runner.map(pool_process_batch, local, tasks())
+    results = runner.map(pool_process_batch, local, tasks(), more)
     try:
         for batch in results:
             idx = in_flight.popleft()
@@ -674,11 +689,15 @@ def prepare_mixture(
     if num_proc < 1:
         raise UserError(f"num_proc must be >= 1, got {num_proc}")
 
-    tok, tok_ref = mixture_tokenizer(config, tokenizer)
+    found = _tokenizer_ref(config, tokenizer)
     names = [s.name for s in config.sources]
     plan = stage_plan(config.total, config.stages or None, [s.ratio for s in config.sources], names)
-    with Runner(num_proc) as runner:
+    # Loading a tokenizer imports transformers (seconds): do it while the evaluation sets are
+    # read, in a thread started after the pool has forked its workers.
+    with ThreadPoolExecutor(max_workers=1) as loader, Runner(num_proc) as runner:
+        loading = loader.submit(_load_tokenizer, *found) if found is not None else None
         evalset, eval_records = _build_evalset(config, runner, cache_dir)
+    tok, tok_ref = loading.result() if loading is not None else (None, None)
     seen: set[int] = set()
     picks: list[Picked] = []
     with Runner(num_proc, evalset, tok) as runner:
@@ -848,11 +867,13 @@ def format_summary(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _table(head: tuple, rows: list[tuple]) -> list[str]:
-    """Columns padded to their widest cell: the first left-aligned, the others right-aligned."""
+def _table(head: tuple, rows: list[tuple], left: int = 1) -> list[str]:
+    """Columns padded to their widest cell: the first ``left`` left-aligned, the others right-aligned."""
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     return [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        "  ".join(
+            c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
         for r in [head, *rows]
     ]
 
@@ -892,5 +913,7 @@ def _plan_lines(manifest: dict[str, Any]) -> list[str]:
     for st in plan.get("stages", []):
         rows += [cells(st["name"], c, c["train_rows"], c["val_rows"]) for c in st["sources"]]
     rows += [cells("all", c, by_name[c["name"]]["train"], by_name[c["name"]]["val"]) for c in plan["sources"]]
-    note = "epochs ~: extrapolated (the source was not read to its end)"
-    return [title, *_table(head, rows)] + ([note] if any(r[6].endswith("~") for r in rows) else [])
+    staged = "stages" in plan
+    table = _table(head, rows, left=2) if staged else _table(head[1:], [r[1:] for r in rows])
+    note = "epochs ~: extrapolated from the rows read (the source was not read to its end)"
+    return [title, *table] + ([note] if any(r[6].endswith("~") for r in rows) else [])

@@ -375,7 +375,7 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
         name=name,
         path=path.resolve(),
         sha256=hashlib.sha256(blob.encode("utf-8")).hexdigest(),
-        total_samples=total,
+        total_samples=total_samples,
         val_ratio=val_ratio,
         seed=seed,
         dedup=dedup,

@@ -130,17 +130,34 @@ class Runner:
             )
             self.pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(evalset, tokenizer))
 
-    def map(self, fn: Callable, local_fn: Callable, tasks: Iterator[tuple]) -> Iterator[Any]:
-        """Yield ``fn(*task)`` for each task, in order, keeping at most 2 x num_proc in flight."""
+    def map(
+        self,
+        fn: Callable,
+        local_fn: Callable,
+        tasks: Iterator[tuple],
+        more: Callable[[], bool] | None = None,
+    ) -> Iterator[Any]:
+        """Yield ``fn(*task)`` for each task, in order, keeping at most 2 x num_proc in flight.
+
+        ``more()``, asked before each task is handed out while others are in flight, may say no
+        (the consumer expects the tasks in flight to be enough): the next result is awaited
+        first. It only limits work done for nothing when the consumer stops early; the results
+        and their order are the same either way.
+        """
         if self.pool is None:
             for task in tasks:
                 yield local_fn(*task)
             return
         pending: deque = deque()
+        tasks = iter(tasks)
         try:
-            for task in tasks:
-                pending.append(self.pool.apply_async(fn, task))
-                if len(pending) >= 2 * self.num_proc:
+            while True:
+                if len(pending) < 2 * self.num_proc and (not pending or more is None or more()):
+                    task = next(tasks, None)
+                    if task is None:
+                        break
+                    pending.append(self.pool.apply_async(fn, task))
+                else:
                     yield pending.popleft().get()
             while pending:
                 yield pending.popleft().get()

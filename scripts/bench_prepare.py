@@ -1,14 +1,19 @@
-"""Benchmark prepare_dataset: time and peak memory of a 100k-sample mixture from local files.
+"""Benchmark prepare_dataset: time and peak memory of a 100k-sample mixture from local files,
+mixed by rows and by tokens.
 
-    python scripts/bench_prepare.py                      # 100k samples, inputs at 1x and 4x
-    python scripts/bench_prepare.py --total 20000 --scales 1 2 --num_proc 1
+    python scripts/bench_prepare.py                      # 100k samples, inputs at 1x and 4x, both modes
+    python scripts/bench_prepare.py --total 20000 --scales 1 --modes tokens --num_proc 1
 
 Inputs are built in a temporary folder by replicating real rows from ../shared/data
 (TinyStories, Code Alpaca, MMLU auxiliary_train; each copy gets a unique tag so exact
-dedup keeps it) until each source holds `scale` x the rows the mixture needs (plus 40%
-for the filters). The mixture is the mid-training recipe (30/35/35, the default.yaml
-filters) decontaminated against MMLU test+validation+dev. Without ../shared/data the
-rows come from the smoke sample in dataset/demo/.
+dedup keeps it) until each source holds `scale` x the rows either mode needs (plus 40%
+for the filters); both modes read the same files. The mixture is the mid-training recipe
+(30/35/35, the default.yaml filters) decontaminated against MMLU test+validation+dev:
+`mix_by: rows` with `total_samples: TOTAL`, and `mix_by: tokens` with the shares as token
+shares and `total_tokens` set so that it also writes about TOTAL rows (from each source's
+mean tokens per row in the seed rows), counted with a 6,400-token BPE trained on the seed
+rows (dataset.tokenizer.train_tokenizer; its training is not timed). Without ../shared/data
+the rows come from the smoke sample in dataset/demo/.
 
 Each scale runs in a fresh process twice: with an empty datasets cache (cold: includes
 converting the JSON to Arrow) and again (warm). Peak RSS is the main process's
@@ -31,12 +36,16 @@ from pathlib import Path
 
 import yaml
 
+from dataset.formats import FormatSpec, render_row
+from dataset.pool import count_tokens
+from dataset.tokenizer import load_tokenizer, train_tokenizer
 from trainer.cli import run
 from trainer.paths import REPO_ROOT
 
 SHARED = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 DEMO = REPO_ROOT / "dataset" / "demo"
 RATIOS = {"replay": 0.30, "code": 0.35, "reasoning": 0.35}
+FORMATS = {"replay": "text", "code": "alpaca", "reasoning": "mmlu"}
 
 CHILD = """
 import json, resource, sys, threading, time
@@ -58,7 +67,10 @@ threading.Thread(target=sample, daemon=True).start()
 
 config, out, cache, num_proc = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 start = time.perf_counter()
-manifest = prepare_mixture(load_mixture_config(config), out, num_proc=num_proc, overwrite=True, cache_dir=cache)
+tokenizer = sys.argv[5] if len(sys.argv) > 5 else None
+manifest = prepare_mixture(
+    load_mixture_config(config), out, num_proc=num_proc, overwrite=True, cache_dir=cache, tokenizer=tokenizer
+)
 print(json.dumps({
     "seconds": time.perf_counter() - start,
     "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -121,7 +133,8 @@ def build_inputs(
     return paths
 
 
-def write_config(path: Path, inputs: dict[str, Path], evals: list[Path], total: int) -> None:
+def write_config(path: Path, inputs: dict[str, Path], evals: list[Path], mode: str, total: int) -> None:
+    """The bench mixture: ``total`` rows (mode rows) or tokens (mode tokens)."""
     filters = {
         "replay": {"length": {"min": 100, "max": 2000}, "quality": {"threshold": 0.3}},
         "code": {
@@ -131,15 +144,14 @@ def write_config(path: Path, inputs: dict[str, Path], evals: list[Path], total: 
         },
         "reasoning": None,
     }
-    fmt = {"replay": "text", "code": "alpaca", "reasoning": "mmlu"}
     config = {
         "name": "bench",
-        "total_samples": total,
+        **({"total_samples": total} if mode == "rows" else {"mix_by": "tokens", "total_tokens": total}),
         "val_ratio": 0.05,
         "seed": 42,
         "dedup": True,
         "sources": [
-            {"name": n, "data_files": str(inputs[n]), "format": fmt[n], "ratio": RATIOS[n]}
+            {"name": n, "data_files": str(inputs[n]), "format": FORMATS[n], "ratio": RATIOS[n]}
             | ({"filters": filters[n]} if filters[n] else {})
             for n in RATIOS
         ],
@@ -148,9 +160,19 @@ def write_config(path: Path, inputs: dict[str, Path], evals: list[Path], total: 
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
-def run_once(config: Path, out: Path, cache: Path, num_proc: int) -> dict:
+def bench_tokenizer(folder: Path, seeds: dict[str, list[dict]]) -> tuple[Path, dict[str, float]]:
+    """A 6,400-token BPE trained on the rendered seed rows, and each source's mean tokens per row."""
+    texts = {n: [render_row(r, FormatSpec(format=FORMATS[n])) for r in rows] for n, rows in seeds.items()}
+    path = folder / "tokenizer"
+    train_tokenizer((t for ts in texts.values() for t in ts), 6400, path)
+    tok = load_tokenizer(path)
+    return path, {n: sum(count_tokens(tok, ts)) / len(ts) for n, ts in texts.items()}
+
+
+def run_once(config: Path, out: Path, cache: Path, num_proc: int, tokenizer: Path | None) -> dict:
+    extra = [str(tokenizer)] if tokenizer else []
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(config), str(out), str(cache), str(num_proc)],
+        [sys.executable, "-c", CHILD, str(config), str(out), str(cache), str(num_proc), *extra],
         capture_output=True,
         text=True,
         env={**os.environ, "TQDM_DISABLE": "1"},
@@ -167,28 +189,59 @@ def main() -> None:
         "--scales", type=float, nargs="+", default=[1, 4], help="input sizes, in multiples of what is needed"
     )
     p.add_argument("--num_proc", type=int, default=2)
+    p.add_argument("--modes", nargs="+", choices=["rows", "tokens"], default=["rows", "tokens"])
+    p.add_argument("--repeats", type=int, default=2, help="warm runs per mode (the fastest is compared)")
     p.add_argument("--work_dir", default=None, help="where to build inputs (default: a temporary folder)")
     args = p.parse_args()
 
     seeds, evals = seed_rows()
     results = []
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
+        tok_path, mean_tokens = bench_tokenizer(Path(tmp), seeds)
+        # total_tokens that also gives ~args.total rows: sum_s share_s x T / mean_s = total.
+        total_tokens = round(args.total / sum(RATIOS[n] / mean_tokens[n] for n in RATIOS))
+        need = {
+            n: max(args.total * r, r * total_tokens / mean_tokens[n]) for n, r in RATIOS.items()
+        }  # rows each source must give in either mode
+        print(
+            f"tokens mode: total_tokens {total_tokens:,} (mean tokens per row: "
+            + ", ".join(f"{n} {m:.0f}" for n, m in mean_tokens.items())
+            + ")"
+        )
         for scale in args.scales:
             folder = Path(tmp) / f"scale{scale:g}"
             # 1.4x the rows needed, so every source survives its filters without repeats.
-            rows = {n: int(args.total * r * 1.4 * scale) for n, r in RATIOS.items()}
+            rows = {n: int(need[n] * 1.4 * scale) for n in RATIOS}
             inputs = build_inputs(folder / "inputs", seeds, rows)
             size_mb = sum(p.stat().st_size for p in inputs.values()) / 1e6
-            config = folder / "bench.yaml"
-            write_config(config, inputs, evals, args.total)
-            for phase in ("cold", "warm"):
+            for mode in args.modes:
+                write_config(
+                    folder / f"bench_{mode}.yaml",
+                    inputs,
+                    evals,
+                    mode,
+                    args.total if mode == "rows" else total_tokens,
+                )
+            # cold once per mode, then the warm runs with the modes alternating, so a machine
+            # shared with other jobs slows both alike
+            runs = [(m, "cold") for m in args.modes] + [
+                (m, "warm") for _ in range(args.repeats) for m in args.modes
+            ]
+            for mode, phase in runs:
                 start = time.perf_counter()
-                r = run_once(config, folder / "out", folder / "hf_cache", args.num_proc)
+                r = run_once(
+                    folder / f"bench_{mode}.yaml",
+                    folder / "out",
+                    folder / f"hf_cache_{mode}",
+                    args.num_proc,
+                    tok_path if mode == "tokens" else None,
+                )
                 r["wall"] = time.perf_counter() - start
-                results.append((scale, sum(rows.values()), size_mb, phase, r))
+                results.append((scale, mode, sum(rows.values()), size_mb, phase, r))
                 print(
-                    f"scale {scale:g}x ({sum(rows.values()):,} input rows, {size_mb:.0f} MB) {phase}: "
+                    f"scale {scale:g}x ({sum(rows.values()):,} input rows, {size_mb:.0f} MB) {mode} {phase}: "
                     f"{r['seconds']:.1f} s in prepare_mixture, {r['wall']:.1f} s with start-up; "
+                    f"{r['rows']:,} rows written; "
                     f"peak RSS main {r['main_rss_mb']:.0f} MB (anonymous {r['anon_mb']:.0f}, file-backed {r['file_mb']:.0f}), "
                     f"largest worker {r['worker_rss_mb']:.0f} MB; "
                     f"rows read {r['read']}",
@@ -196,15 +249,27 @@ def main() -> None:
                 )
     print()
     print(
-        f"| input | rows | MB | datasets cache | prepare s | wall s | peak RSS MB (anonymous + file-backed) "
-        f"| largest worker MB |  (num_proc={args.num_proc}, total={args.total:,})"
+        f"| input | rows | MB | mix_by | datasets cache | rows written | prepare s | wall s "
+        f"| peak RSS MB (anonymous + file-backed) | largest worker MB |  (num_proc={args.num_proc}, total={args.total:,})"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for scale, n, mb, phase, r in results:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for scale, mode, n, mb, phase, r in results:
         print(
-            f"| {scale:g}x | {n:,} | {mb:.0f} | {phase} | {r['seconds']:.1f} | {r['wall']:.1f} | "
+            f"| {scale:g}x | {n:,} | {mb:.0f} | {mode} | {phase} | {r['rows']:,} | {r['seconds']:.1f} | {r['wall']:.1f} | "
             f"{r['main_rss_mb']:.0f} ({r['anon_mb']:.0f} + {r['file_mb']:.0f}) | {r['worker_rss_mb']:.0f} |"
         )
+    for scale in args.scales:
+        best = {
+            m: min(
+                r["seconds"] for s_, m_, _, _, ph, r in results if s_ == scale and m_ == m and ph == "warm"
+            )
+            for m in args.modes
+        }
+        if len(best) == 2:
+            print(
+                f"scale {scale:g}x, fastest warm run: tokens {best['tokens']:.1f} s / rows {best['rows']:.1f} s "
+                f"= {best['tokens'] / best['rows']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
     python scripts/prepare_dataset.py --config config/data/demo.yaml
     python scripts/prepare_dataset.py --config config/data/midtrain/phase1/local.yaml \\
         --output_dir /tmp/mix --num_proc 2 --overwrite
+    python scripts/prepare_dataset.py --config config/data/midtrain/phase1/local_tokens.yaml \\
+        --tokenizer_path out/tokenizer          # mix_by: tokens, counted with the model's tokenizer
 
 Writes DIR/{name}_train.jsonl, DIR/{name}_val.jsonl and DIR/{name}_manifest.json
-(DIR defaults to the repo's dataset/ folder) and prints a summary table. Bad input
-(config, data, output folder) ends with one `error: ...` line and exit status 2.
+(DIR defaults to the repo's dataset/ folder) and prints a summary table, plus the plan (per
+stage and source: tokens or rows planned and written, share, epochs, rows) for a config with
+`mix_by: tokens` or `stages:`. Bad input (config, data, tokenizer, output folder) ends with one
+`error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cache_dir", default=None, help="datasets cache folder (default: the Hugging Face cache)"
     )
+    p.add_argument(
+        "--tokenizer_path",
+        default=None,
+        help="mix_by: tokens: the tokenizer the model will train with (a folder, or a Hugging Face id); "
+        "wins over the config's tokenizer:",
+    )
     return p.parse_args(argv)
 
 
@@ -52,7 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = args.output_dir or repo_path("dataset")
     start = time.perf_counter()
     manifest = prepare_mixture(
-        config, output_dir, num_proc=args.num_proc, overwrite=args.overwrite, cache_dir=args.cache_dir
+        config,
+        output_dir,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        tokenizer=args.tokenizer_path,
     )
     print(format_summary(manifest))
     manifest_path = prepared_paths(config, output_dir).manifest

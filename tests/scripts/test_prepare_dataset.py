@@ -93,6 +93,22 @@ def _edit(config: dict, i: int, **changes) -> dict:
     return config
 
 
+def _staged(config: dict, *stages: dict) -> dict:
+    """The config with its source ratios replaced by ``stages`` (default: two valid stages)."""
+    for source in config["sources"]:
+        source.pop("ratio")
+    config["stages"] = list(stages) or [
+        {"name": "first", "fraction": 0.5, "ratios": {"stories": 1.0}},
+        {"name": "second", "fraction": 0.5, "ratios": {"stories": 0.5, "code": 0.5}},
+    ]
+    return config
+
+
+def _tokens(config: dict, **top) -> dict:
+    config.pop("total_samples")
+    return config | {"mix_by": "tokens", "total_tokens": 20_000} | top
+
+
 CONFIG_ERRORS = [
     ("ratios", lambda c: _edit(c, 1, ratio=0.4), "ratios sum to 0.9"),
     ("unknown top key", lambda c: c | {"epochs": 3}, "epochs: unknown key"),
@@ -111,6 +127,70 @@ CONFIG_ERRORS = [
     ),
     ("both sources", lambda c: _edit(c, 0, dataset="roneneldan/TinyStories"), "exactly one of dataset"),
     ("no files", lambda c: _edit(c, 0, data_files="nowhere/*.jsonl"), "matches no file"),
+    ("mix_by value", lambda c: c | {"mix_by": "bytes"}, "mix_by: expected rows or tokens, got 'bytes'"),
+    (
+        "total_samples in tokens mode",
+        lambda c: c | {"mix_by": "tokens"},
+        "total_samples: does not apply with mix_by: tokens (use total_tokens:",
+    ),
+    (
+        "total_tokens in rows mode",
+        lambda c: c | {"total_tokens": 5000},
+        "total_tokens: does not apply with mix_by: rows (use total_samples:",
+    ),
+    (
+        "tokens mode without a total",
+        lambda c: {k: v for k, v in _tokens(c).items() if k != "total_tokens"},
+        "total_tokens: required key is missing",
+    ),
+    (
+        "tokenizer in rows mode",
+        lambda c: c | {"tokenizer": "tok"},
+        "tokenizer: only mix_by: tokens counts tokens",
+    ),
+    (
+        "unknown stage key",
+        lambda c: _staged(c, {"name": "a", "fraction": 1, "ratios": {"stories": 1}, "lr": 1}),
+        "stages[0].lr: unknown key",
+    ),
+    (
+        "fractions",
+        lambda c: _staged(
+            c,
+            {"name": "a", "fraction": 0.5, "ratios": {"stories": 1}},
+            {"name": "b", "fraction": 0.4, "ratios": {"code": 1}},
+        ),
+        "stages: fractions sum to 0.9, not 1 (a=0.5, b=0.4)",
+    ),
+    (
+        "stage names an unknown source",
+        lambda c: _staged(c, {"name": "a", "fraction": 1, "ratios": {"stories": 0.5, "poetry": 0.5}}),
+        "stages[0].ratios.poetry: no source named 'poetry' (sources: stories, code)",
+    ),
+    (
+        "stage shares",
+        lambda c: _staged(c, {"name": "a", "fraction": 1, "ratios": {"stories": 0.5, "code": 0.3}}),
+        "stages[0].ratios: shares sum to 0.8, not 1",
+    ),
+    (
+        "ratio beside stages",
+        lambda c: _edit(_staged(c), 1, ratio=0.5),
+        "sources[1].ratio: with stages:, each stage's ratios: give the shares",
+    ),
+    (
+        "source in no stage",
+        lambda c: _staged(c, {"name": "a", "fraction": 1, "ratios": {"stories": 1}}),
+        "sources[1]: source 'code' has share 0 in every stage",
+    ),
+    (
+        "stage too small for a source",
+        lambda c: _staged(
+            c,
+            {"name": "a", "fraction": 0.999, "ratios": {"stories": 1}},
+            {"name": "b", "fraction": 0.001, "ratios": {"stories": 0.5, "code": 0.5}},
+        ),
+        "total_samples: 200 gives source 'stories' no rows in stage 'b'",
+    ),
 ]
 
 
@@ -174,6 +254,71 @@ def test_short_source(tmp_path, capsys, cache_dir):
         "source 'stories'" in line and "is short" in line and "3000 needed" in line and "max_repeats" in line
     )
     assert not Path(out).exists()
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory) -> Path:
+    """A 400-token BPE trained on real TinyStories and Code Alpaca rows."""
+    from dataset.tokenizer import train_tokenizer
+
+    stories = [
+        json.loads(line)["text"] for line in shared_file("tinystories", "validation_first1000.jsonl").open()
+    ]
+    code = [
+        json.loads(line)["output"] for line in shared_file("code_instructions", "code_alpaca_2k.jsonl").open()
+    ]
+    out = tmp_path_factory.mktemp("bpe") / "tokenizer"
+    train_tokenizer(stories[:200] + code[:300], 400, out)
+    return out
+
+
+def test_tokens_mode_without_a_tokenizer(tmp_path, capsys, cache_dir):
+    out = expect_error(tmp_path, _tokens(base_config()), cache_dir)
+    line = _error_line(capsys)
+    assert "bad.yaml: mix_by: tokens needs the tokenizer the model will train with" in line
+    assert "tokenizer:" in line and "--tokenizer_path" in line
+    assert not Path(out).exists()
+
+
+def test_tokenizer_path_that_is_no_folder(tmp_path, capsys, cache_dir):
+    missing = tmp_path / "no_tokenizer_here"
+    expect_error(tmp_path, _tokens(base_config()), cache_dir, "--tokenizer_path", str(missing))
+    line = _error_line(capsys)
+    assert f"--tokenizer_path: {missing}: no such tokenizer folder" in line and "train_tokenizer.py" in line
+
+
+def test_source_short_of_its_token_plan(tmp_path, capsys, cache_dir, bpe):
+    config = _tokens(base_config(), total_tokens=3_000_000, tokenizer=str(bpe))
+    out = expect_error(tmp_path, config, cache_dir)
+    line = _error_line(capsys)
+    assert (
+        "source 'stories'" in line and "is short" in line and "tokens in" in line and "1500000 needed" in line
+    )
+    assert "max_repeats" in line and "total_tokens" in line
+    assert not Path(out).exists()
+
+
+def test_tokens_mode_prints_the_plan(tmp_path, capsys, cache_dir, bpe):
+    """--tokenizer_path counts the tokens; the printed plan is the manifest's."""
+    path = tmp_path / "tok.yaml"
+    path.write_text(yaml.safe_dump(_staged(_tokens(base_config()))))
+    argv = ["--config", str(path), "--output_dir", str(tmp_path / "out"), "--cache_dir", cache_dir]
+    _prepare_main()([*argv, "--num_proc", "1", "--tokenizer_path", str(bpe)])
+    printed = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "tok_manifest.json").read_text())
+    assert manifest["tokenizer"]["ref"] == str(bpe)
+    assert f"plan: 20,000 tokens, {manifest['plan']['written']:,} written" in printed
+    for st in manifest["plan"]["stages"]:
+        for c in st["sources"]:
+            cells = [
+                st["name"],
+                c["name"],
+                f"{c['planned']:,}",
+                f"{c['written']:,}",
+                f"{100 * c['share']:.1f}%",
+            ]
+            assert any(line.split()[:5] == cells for line in printed.splitlines()), cells
+    assert [s["name"] for s in manifest["stages"]] == ["first", "second"]
 
 
 def test_unwritable_output_dir(tmp_path, capsys, cache_dir):
