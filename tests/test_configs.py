@@ -80,7 +80,7 @@ def test_midtrain_default_is_the_mixture_we_were_asked_for():
 
 
 def test_local_variants_point_at_shared_data():
-    for rel in ("midtrain/phase1/local.yaml", "pretrain/local.yaml"):
+    for rel in ("midtrain/phase1/local.yaml", "midtrain/phase1/local_tokens.yaml", "pretrain/local.yaml"):
         config = load_mixture_config(CONFIG_DIR / "data" / rel)
         for ref in [*config.sources, *config.decontaminate]:
             for pattern in ref.data_files:
@@ -97,3 +97,43 @@ def test_default_names_follow_the_path():
     assert names["data/demo.yaml"] == "demo"
     assert names["data/pretrain/local.yaml"] == "pretrain_local"
     assert names["data/midtrain/phase1/local.yaml"] == "midtrain_phase1_local"
+
+
+PHASE1 = CONFIG_DIR / "data" / "midtrain" / "phase1"
+DESIGN_FILTERS = {
+    "replay": {"length": {"min": 100, "max": 2000}, "quality": {"threshold": 0.3}},
+    "code": {
+        "length": {"min": 50, "max": 2000},
+        "quality": {"threshold": 0.2},
+        "code_quality": {"threshold": 0.1},
+    },
+    "reasoning": {"length": {"min": 20, "max": 1000}, "quality": {"threshold": 0.2}},
+}
+
+
+@pytest.mark.parametrize("path", sorted(PHASE1.glob("*.yaml")), ids=_id)
+def test_phase1_configs_carry_the_design_filters(path: Path):
+    """Every source of every phase-1 config has the design note's filters; on the Hub the reasoning
+    length has no maximum, and the file says why (RACE passages)."""
+    config = load_mixture_config(path)
+    assert [s.name for s in config.sources] == ["replay", "code", "reasoning"]
+    for source in config.sources:
+        expected = DESIGN_FILTERS[source.name]
+        if source.name == "reasoning" and source.dataset:
+            expected = {**expected, "length": {"min": 20, "max": None}}
+            assert "RACE" in path.read_text()
+        assert source.filters == expected, source.name
+
+
+def test_token_variants_are_the_design_recipe_in_tokens():
+    for name, rows in (("local_tokens.yaml", "local.yaml"), ("default_tokens.yaml", "default.yaml")):
+        tokens, reference = load_mixture_config(PHASE1 / name), load_mixture_config(PHASE1 / rows)
+        assert tokens.mix_by == "tokens" and tokens.total_samples is None and tokens.total_tokens > 0
+        assert reference.mix_by == "rows" and reference.total_tokens is None
+        assert {s.name: s.ratio for s in tokens.sources} == {"replay": 0.3, "code": 0.35, "reasoning": 0.35}
+        assert tokens.tokenizer == str(REPO_ROOT / "out" / "tokenizer")  # train_tokenizer's default output
+        assert [(s.dataset, s.data_files, s.format) for s in tokens.sources] == [
+            (s.dataset, s.data_files, s.format) for s in reference.sources
+        ]
+        assert tokens.decontaminate == reference.decontaminate
+    assert load_mixture_config(PHASE1 / "default_tokens.yaml").name == "midtrain_phase1_default_tokens"
