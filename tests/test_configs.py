@@ -10,12 +10,16 @@ validator fails, so no config goes unchecked. To add a folder (e.g. config/exper
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dataset.blend import assign_stages, repeat_until
 from dataset.mixture import load_mixture_config
+from dataset.mixture_config import stage_plan
 from trainer.ablation.config import load_experiment_config
 from trainer.paths import REPO_ROOT
 
@@ -137,3 +141,25 @@ def test_token_variants_are_the_design_recipe_in_tokens():
         ]
         assert tokens.decontaminate == reference.decontaminate
     assert load_mixture_config(PHASE1 / "default_tokens.yaml").name == "midtrain_phase1_default_tokens"
+
+
+def test_readme_worked_example_numbers(tmp_path):
+    """config/README.md's worked example: its YAML validates and its numbers are the code's."""
+    readme = (CONFIG_DIR / "README.md").read_text()
+    example = readme.split("### Worked example: tokens with two stages")[1]
+    yaml_text = re.search(r"```yaml\n(.*?)```", example, re.S).group(1)
+    (tmp_path / "example.yaml").write_text(yaml_text)
+    config = load_mixture_config(tmp_path / "example.yaml")
+    names = [s.name for s in config.sources]
+    assert config.total_tokens == 10_000 and config.tokenizer == str(
+        (tmp_path / "../../out/tokenizer").resolve()
+    )
+    plan = stage_plan(config.total, config.stages, [s.ratio for s in config.sources], names)
+    assert plan == [[4000, 4000, 0], [0, 500, 1500]]
+    assert [round(s.ratio, 9) for s in config.sources] == [0.4, 0.45, 0.15]
+    code_rows = [300, 1000, 2500, 400, 900, 700, 800]
+    picked = repeat_until(code_rows, sum(row[1] for row in plan), np.random.default_rng(0))
+    assert picked.tolist() == [0, 1, 2, 3, 4] and sum(code_rows[:5]) == 5100
+    stages = assign_stages(code_rows[:5], [row[1] for row in plan])
+    assert stages.tolist() == [0, 0, 0, 0, 1]
+    assert "written 4200" in example and "5,100 tokens" in example
