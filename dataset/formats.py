@@ -75,11 +75,17 @@ def render_mmlu(question: str, choices: Sequence[str], answer: Any = None) -> st
         C. 6
         D. 7
         Answer: B
+
+    This is lm-evaluation-harness's ``mmlu`` ``doc_to_text`` (tasks/mmlu/default/
+    _default_template_yaml: ``{{question.strip()}}\\nA. {{choices[0]}}...\\nAnswer:``) with its
+    target delimiter ``" "`` before the letter: the question is stripped, the choices are kept
+    exactly as they are (41 real test rows have a leading or trailing space in a choice), so
+    training rows and the scored prompts have one shape and eval_llm's prompt is the harness's.
     """
     if not 2 <= len(choices) <= len(MMLU_LETTERS):
         raise ValueError(f"need 2 to {len(MMLU_LETTERS)} choices, got {len(choices)}")
     lines = [question.strip()]
-    lines += [f"{MMLU_LETTERS[i]}. {str(choice).strip()}" for i, choice in enumerate(choices)]
+    lines += [f"{MMLU_LETTERS[i]}. {choice}" for i, choice in enumerate(choices)]
     if answer is None:
         lines.append("Answer:")
     else:

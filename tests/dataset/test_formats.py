@@ -33,6 +33,18 @@ def test_mmlu_real_rows_flat_and_nested():
     assert spec.columns(["train"]) == ["train"] and spec.missing_columns(["train"]) == []
 
 
+def test_mmlu_choices_are_kept_as_they_are():
+    """lm-evaluation-harness's mmlu prompt strips the question but not the choices; training rows
+    take the same shape (real test rows 2135 and 1105 have spaces at the ends of choices)."""
+    rows = [json.loads(line) for line in shared_file("mmlu", "test.jsonl").open()]
+    for row in (rows[2135], rows[1105]):
+        assert any(c != c.strip() for c in row["choices"])
+        text = render_row(row, FormatSpec(format="mmlu"))
+        lines = text.split("\n")
+        assert lines[1:5] == [f"{x}. {c}" for x, c in zip("ABCD", row["choices"], strict=True)]
+    assert render_mmlu(" Q? ", ["$649 ", " b", "c", "d"], 0) == "Q?\nA. $649 \nB.  b\nC. c\nD. d\nAnswer: A"
+
+
 def test_alpaca_real_rows_with_and_without_input():
     rows = [json.loads(line) for line in shared_file("code_instructions", "code_alpaca_2k.jsonl").open()]
     with_input = next(r for r in rows if r["input"])
