@@ -14,11 +14,16 @@ Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_c
                       or the prepared val split of --data_config ({prepared_dir}/{name}_val.jsonl)
   MMLU                accuracy from the answer letters' log-likelihood, --shots 0,5; cais/mmlu from the
                       Hub, or --mmlu_path: a folder with test.jsonl (+ dev.jsonl for shots) or a test
-                      file (+ --mmlu_dev FILE); rows {question, choices: [4], answer: 0-3 or A-D, subject}
+                      file (+ --mmlu_dev FILE); rows {question, choices: [4], answer: 0-3 or A-D, subject}.
+                      Prompt, tokens, truncation and scoring are lm-evaluation-harness's `mmlu` task
+                      (--model hf): the same model gives the same per-question answers.
   code                loss of the HumanEval / MBPP canonical solutions given their prompts, plus greedy
                       HumanEval generations; from the Hub, or --humaneval_path / --mbpp_path files
   samples             greedy generations for fixed story / code / instruction / question prompts
 A Hub dataset that cannot be reached is skipped with one line; --no_hub never tries.
+
+Precision: --dtype float32 by default. bf16 scoring flips near-tie MMLU answers of small models
+(most of their questions are near ties), so it no longer agrees with a float32 harness run.
 
 Output: a table on the terminal (a delta column for two models), and --output FILE.json (default
 out/eval/<names>.json) with FILE.md and FILE.png beside it.
@@ -141,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="context for scoring (default: the checkpoint's training length, else 512)",
     )
-    add_runtime_flags(g, batch_size=16, batch_help="sequences per forward pass", dtype="bfloat16")
+    add_runtime_flags(g, batch_size=16, batch_help="sequences per forward pass", dtype="float32")
     g.add_argument(
         "--output", default=None, help="report JSON (default: out/eval/<names>.json); .md and .png beside it"
     )

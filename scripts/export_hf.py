@@ -8,7 +8,9 @@ Then, anywhere with transformers installed:
     model = AutoModelForCausalLM.from_pretrained("out/hf/midtrain_512")
     tok = AutoTokenizer.from_pretrained("out/hf/midtrain_512")   # adds <|bos|> like training did
 
-The weights map 1:1 onto LlamaForCausalLM (model/hf.py), so the logits equal ours. The folder
+The weights map 1:1 onto LlamaForCausalLM (model/hf.py), so the logits equal ours. config.json's
+max_position_embeddings is the context the model was trained with, so lm-evaluation-harness and
+other tools truncate prompts where eval_llm.py does. The folder
 is written to a temporary sibling and renamed into place; an existing export is replaced, any
 other non-empty folder is left alone.
 """
@@ -24,11 +26,11 @@ import torch
 
 from dataset.io import atomic_dir
 from model.errors import UserError
-from model.hf import EXPORT_META, to_llama
+from model.hf import EXPORT_META, to_hf
 from trainer import runtime
 from trainer.checkpoint import load_model, resolve_weight
 from trainer.cli import add_save_dir_flag, run, setup_logging
-from trainer.config import DEFAULT_SEQ_LEN
+from trainer.evaluation.models import trained_context
 from trainer.paths import repo_path
 
 log = logging.getLogger("export_hf")
@@ -57,10 +59,23 @@ def check_output_dir(out: Path) -> None:
 
 
 def export(weight_path: Path, out: Path, dtype: torch.dtype) -> dict:
+    """Write ``out``; returns the facts written to minigpt.json beside the transformers files.
+
+    config.json's ``max_position_embeddings`` and the tokenizer's ``model_max_length`` are the
+    context the model was trained with (trainer.evaluation.models.trained_context), not the size
+    of its RoPE table: lm-evaluation-harness and other tools take their context from there
+    (``n_positions`` / ``max_position_embeddings`` / ``n_ctx``, then ``model_max_length``), so their
+    defaults truncate prompts where eval_llm does. RoPE itself does not read it (default and
+    llama3 rope; the model's own value stays in minigpt.json's ``model_config``).
+    """
     model, tok, ckpt = load_model(weight_path)
     meta = ckpt["meta"]
-    hf = to_llama(model).to(dtype)
-    add_bos(tok)
+    context = trained_context(meta, model.config.max_position_embeddings)
+    hf = to_hf(model).to(dtype)
+    hf.config.max_position_embeddings = context
+    if tok.bos_token is not None:
+        add_bos(tok)
+    tok.model_max_length = context
     hf.generation_config.bos_token_id = tok.bos_token_id
     hf.generation_config.eos_token_id = tok.eos_token_id
     hf.generation_config.pad_token_id = tok.pad_token_id
@@ -69,10 +84,8 @@ def export(weight_path: Path, out: Path, dtype: torch.dtype) -> dict:
         "stage": meta.get("stage"),
         "step": meta.get("step"),
         "tokens_seen": meta.get("tokens_seen"),
-        # the context eval_llm.py scores the checkpoint with, so --hf_path gives the same numbers
-        "context_length": min(
-            int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), model.config.max_position_embeddings
-        ),
+        # the context eval_llm.py scores the checkpoint with (also config.json's max_position_embeddings)
+        "context_length": context,
         "model_config": model.config.to_dict(),
         "dtype": str(dtype).removeprefix("torch."),
     }

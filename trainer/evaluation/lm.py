@@ -17,13 +17,16 @@ from tqdm import tqdm
 from trainer.evaluation.data import CodeProblem, Doc
 from trainer.evaluation.models import EvalModel
 
+LOGITS_BUDGET = 1 << 28  # fp32 logits held at once (1 GiB)
 
-def _batches(order: list[int], rows: list[list[int]], batch_size: int, vocab: int) -> list[list[int]]:
-    """Indices in ``order`` (longest first) cut into batches; long rows with a big vocabulary get
-    smaller batches so the (rows x positions x vocab) fp32 logits stay under ~1 GB."""
+
+def _batches(order: list[int], pos: list[list[int]], batch_size: int, vocab: int) -> list[list[int]]:
+    """Indices in ``order`` (most positions first) cut into batches; rows with many positions
+    and a big vocabulary get smaller batches so the (positions x vocab) fp32 logits stay under
+    ~1 GiB."""
     out, cur = [], []
     for i in order:
-        limit = max(1, min(batch_size, (1 << 28) // max(1, len(rows[cur[0] if cur else i]) * vocab)))
+        limit = max(1, min(batch_size, LOGITS_BUDGET // max(1, len(pos[cur[0] if cur else i]) * vocab)))
         if len(cur) >= limit:
             out.append(cur)
             cur = []
@@ -38,24 +41,31 @@ def target_nll(
 ) -> list[torch.Tensor]:
     """Per-token NLL (nats, fp64) of the last ``n_scored[i]`` tokens of each sequence given the
     tokens before them. Sequences longer than ``em.max_len + 1`` lose their oldest tokens."""
-    rows, pos, tgt = [], [], []
-    for s, n in zip(seqs, n_scored, strict=True):
+    vocab = len(em.tokenizer)
+    span = max(1, LOGITS_BUDGET // vocab)  # a row with more scored positions is run once per span
+    rows, pos, tgt, owner = [], [], [], []
+    for k, (s, n) in enumerate(zip(seqs, n_scored, strict=True)):
         s = s[-(em.max_len + 1) :]
         n = min(n, len(s) - 1)
-        rows.append(s[:-1])
-        pos.append(list(range(len(s) - 1 - n, len(s) - 1)))
-        tgt.append(s[len(s) - n :])
-    out: list[torch.Tensor] = [torch.zeros(0, dtype=torch.float64)] * len(seqs)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    vocab = len(em.tokenizer)
+        for a in range(len(s) - 1 - n, len(s) - 1, span):
+            b = min(a + span, len(s) - 1)
+            rows.append(s[:-1])
+            pos.append(list(range(a, b)))
+            tgt.append(s[a + 1 : b + 1])
+            owner.append(k)
+    parts: list[torch.Tensor] = [torch.zeros(0, dtype=torch.float64)] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: (-len(pos[i]), -len(rows[i])))
     for batch in tqdm(
-        _batches(order, rows, batch_size, vocab), desc=desc, unit="batch", leave=False, disable=None
+        _batches(order, pos, batch_size, vocab), desc=desc, unit="batch", leave=False, disable=None
     ):
         logits = em.logits_at((), [rows[i] for i in batch], [pos[i] for i in batch])
         for i, lg in zip(batch, logits, strict=True):
             t = torch.tensor(tgt[i], dtype=torch.long)
-            out[i] = F.cross_entropy(lg, t, reduction="none").double()
-    return out
+            parts[i] = F.cross_entropy(lg, t, reduction="none").double()
+    out: list[list[torch.Tensor]] = [[] for _ in seqs]
+    for i, k in enumerate(owner):
+        out[k].append(parts[i])
+    return [torch.cat(p) if p else torch.zeros(0, dtype=torch.float64) for p in out]
 
 
 def _loss_stats(nll_sum: float, tokens: int, bits_nll: float, n_bytes: int) -> dict[str, float]:

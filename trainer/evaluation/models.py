@@ -8,6 +8,7 @@ last layer and LM head only where a logit is read), :class:`HFEval` a transforme
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from model.model import KVCache, MiniGPTForCausalLM
 from trainer import runtime
 from trainer.checkpoint import load_model, resolve_weight
 from trainer.config import DEFAULT_SEQ_LEN
+
+log = logging.getLogger(__name__)
 
 
 class EvalModel:
@@ -159,6 +162,13 @@ class HFEval(EvalModel):
     def __init__(self, model, *args, **kw):
         super().__init__(*args, **kw)
         self.model = model.to(self.device).eval()
+        self._start = default_prefix(self.tokenizer)
+
+    def start(self) -> list[int]:
+        """What the folder's tokenizer puts before a text by default (``tokenizer(text)``): BOS for
+        our exports and Llama 3, nothing for Qwen; lm-evaluation-harness (>= 0.4.9.2) encodes the
+        same way."""
+        return list(self._start)
 
     def _hidden_at(
         self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
@@ -193,8 +203,41 @@ class ModelSpec:
     value: str
 
 
-def _minigpt_context(meta: dict, max_positions: int) -> int:
+def trained_context(meta: dict, max_positions: int) -> int:
+    """The context a checkpoint is scored with: the sequence length it was trained with (its meta
+    ``max_seq_len``, else the trainers' default), at most the model's positions.
+    scripts/export_hf.py writes it as the export's ``max_position_embeddings``."""
     return min(int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), max_positions)
+
+
+def default_prefix(tok) -> list[int]:
+    """The token ids ``tok(text)`` puts before the text's own tokens (its default special tokens)."""
+    probe = "The answer"
+    plain = encode_texts(tok, [probe])[0]
+    ids = list(tok(probe)["input_ids"])
+    for s in range(len(ids) - len(plain) + 1):
+        if ids[s : s + len(plain)] == plain:
+            return ids[:s]
+    return []
+
+
+TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
+HARNESS_DEFAULT_LENGTH = 2048
+
+
+def harness_max_length(config, tokenizer) -> int:
+    """The context lm-evaluation-harness's ``--model hf`` gives a model when not told one
+    (lm_eval.utils.resolve_max_length): ``n_positions``, ``max_position_embeddings`` or ``n_ctx``
+    of the (text) config, else the tokenizer's ``model_max_length``, else 2048."""
+    cfg = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    value = getattr(tokenizer, "model_max_length", None)
+    if value is not None and value != TOKENIZER_INFINITY:
+        return int(value)
+    return HARNESS_DEFAULT_LENGTH
 
 
 def load_eval_model(
@@ -210,7 +253,7 @@ def load_eval_model(
         path = resolve_weight(spec.value, save_dir, hidden_size)
         model, tok, ckpt = load_model(path)
         cfg, meta = model.config, ckpt["meta"]
-        context = max_len or _minigpt_context(meta, cfg.max_position_embeddings)
+        context = max_len or trained_context(meta, cfg.max_position_embeddings)
         info = {
             "params": model.num_params(),
             "architecture": f"{cfg.hidden_size}x{cfg.num_hidden_layers}, {cfg.num_attention_heads} heads "
@@ -226,6 +269,10 @@ def load_eval_model(
 
 
 def load_hf_dir(path: str, device: str, dtype: torch.dtype, max_len: int | None) -> HFEval:
+    """A transformers folder in fp32 weights (computing in ``dtype``). Its context: ``max_len``,
+    else the trained context scripts/export_hf.py recorded (minigpt.json), else the one
+    lm-evaluation-harness would use (:func:`harness_max_length`). UserError for a folder
+    transformers cannot load or that is not a decoder-only LM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)
@@ -245,8 +292,14 @@ def load_hf_dir(path: str, device: str, dtype: torch.dtype, max_len: int | None)
         )
     meta_file = folder / EXPORT_META
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    positions = int(getattr(model.config, "max_position_embeddings", DEFAULT_SEQ_LEN))
-    context = max_len or int(meta.get("context_length") or min(positions, 4096))
+    harness = harness_max_length(model.config, tok)
+    trained = meta.get("context_length")
+    context = max_len or int(trained or harness)
+    if trained and int(trained) != harness and not max_len:
+        log.info(
+            f"note: {folder}: trained context {trained} ({EXPORT_META}) but config.json says {harness}, "
+            f"which lm-evaluation-harness would use; re-export with scripts/export_hf.py to record it there"
+        )
     info = {
         "params": sum(p.numel() for p in model.parameters()),
         "architecture": getattr(model.config, "model_type", type(model).__name__),

@@ -214,9 +214,9 @@ def markdown_report(report: dict, chart_name: str | None) -> str:
             r = _get(results.get(lab, {}), ("mmlu", shots))
             if r:
                 facts.append(
-                    f"{lab}: {r['n']} questions in {r['seconds']:.1f}s, mean shots {r['mean_shots']:.2f}, "
-                    f"{r['fewer_shots']} with fewer shots and {r['truncated']} truncated to fit the context, "
-                    f"predicted letters {r['pred_counts']}"
+                    f"{lab}: {r['n']} questions in {r['seconds']:.1f}s ({r.get('dtype', report['dtype'])}), "
+                    f"{r['truncated']} longer than the context {r.get('context', '?')} and truncated "
+                    f"from the left as lm-evaluation-harness does, predicted letters {r['pred_counts']}"
                 )
         md += [""] + [f"- {f}" for f in facts]
     for section, title, prompts in (

@@ -79,7 +79,7 @@ def evaluate_model(em: EvalModel, data: EvalData, batch_size: int) -> dict[str, 
             res["mmlu"][f"{k}-shot"] = r
             log.info(
                 f"{em.label}: MMLU {k}-shot {r['acc'] * 100:.2f}% +- {r['acc_se'] * 100:.2f} (macro {r['macro_acc'] * 100:.2f}%) "
-                f"on {r['n']} questions in {r['seconds']:.1f}s ({r['questions_per_s']:.0f} q/s)"
+                f"on {r['n']} questions in {r['seconds']:.1f}s ({r['questions_per_s']:.0f} q/s, {r['dtype']})"
             )
     if data.code:
         res["code"] = {name: code_loss(em, probs, batch_size, name) for name, probs in data.code.items()}
