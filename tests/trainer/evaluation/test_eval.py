@@ -167,7 +167,12 @@ def mixed_val(tmp_path_factory):
     return path
 
 
-def test_lm_per_source_matches_direct_computation(model, tok, mixed_val):
+@pytest.mark.parametrize("logit_rows", [None, 7], ids=["whole-rows", "rows-in-spans-of-7"])
+def test_lm_per_source_matches_direct_computation(model, tok, mixed_val, monkeypatch, logit_rows):
+    """Also with the logits budget cut to 7 positions (a long window of a big-vocabulary model is
+    scored in spans of positions, each its own forward pass): the same numbers."""
+    if logit_rows:
+        monkeypatch.setattr("trainer.evaluation.lm.LOGITS_BUDGET", logit_rows * len(tok))
     docs = read_val_docs(mixed_val)
     res = lm_per_source(evalmodel(model, tok), docs, batch_size=3)
     assert set(res) == {"tinystories", "code", "all"}
