@@ -1,8 +1,14 @@
 """Open a configured source (a Hugging Face dataset id or local files) and read its rows.
 
-Loading goes through ``datasets.load_dataset`` for the Hub and for local files alike, so both
-share one code path; any failure is a one-line UserError naming the file and line when it can.
-Rows are read in a seeded random order of short runs, from memory-mapped Arrow files that are
+Local JSON files (.jsonl, .json) are read by :func:`dataset.io.iter_json_records`, the reader
+every other tool uses, so prepare_dataset accepts, reads and rejects exactly what the trainers,
+the tokenizer trainer and eval_llm do. Each row is kept as its JSON text in a memory-mapped Arrow
+file (a cache keyed by the files' sha256) and parsed again when it is read: no column types are
+inferred, so values may change JSON type from row to row anywhere in a file. Hub datasets and
+local parquet / text files load through ``datasets.load_dataset``; any failure is a one-line
+UserError naming the file and line when it can.
+
+Rows are read in a seeded random order of short runs from memory-mapped Arrow files that are
 re-mapped every few thousand rows, so memory stays flat whatever the input's size.
 """
 
@@ -10,16 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dataset.io import file_sha256, iter_jsonl
+from dataset.io import atomic_dir, decode_line, file_sha256, iter_json_records
 from dataset.mixture_config import DataRef
 from model.errors import UserError
 
@@ -70,34 +78,125 @@ def _expand_files(ref: DataRef, where: str) -> list[str]:
     return files
 
 
-def _first_bad_json_line(files: list[str]) -> str | None:
-    """``file:line: problem; what to do`` for the first malformed JSON line among ``files``, or None."""
+def _first_bad_text_line(files: list[str]) -> str | None:
+    """``file:line: not UTF-8 ...`` for the first line of ``files`` that is not UTF-8, or None."""
     for path in files:
-        if path.endswith(".json"):
+        with open(path, "rb") as f:
             try:
-                with open(path, encoding="utf-8") as f:
-                    json.load(f)
-                continue  # one JSON document: whatever went wrong, it was not the syntax
-            except json.JSONDecodeError as e:
-                if not e.msg.startswith("Extra data"):  # "Extra data": JSON lines in a .json file
-                    return f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno}); fix that line"
-            except UnicodeDecodeError as e:
-                return f"{path}: not UTF-8 ({e.reason}); re-encode the file as UTF-8"
-        try:
-            for _ in iter_jsonl(path):
-                pass
-        except UserError as e:
-            return str(e)
+                for lineno, raw in enumerate(f, 1):
+                    decode_line(raw, path, lineno)
+            except UserError as e:
+                return str(e)
     return None
 
 
+# --------------------------------------------------------------------------- local JSON rows
+
+JSON_ROWS_VERSION = 1  # bump when the stored layout changes: older cache files are then ignored
+_WRITE_ROWS = 4096  # rows per Arrow record batch (or fewer when their text passes _WRITE_BYTES)
+_WRITE_BYTES = 16 << 20
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: str) -> str:
+    """file_sha256, computed once per version of the file (path, size, mtime) in a process."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = file_sha256(path)
+    return _SHA256[key]
+
+
+def default_cache_dir() -> Path:
+    """The datasets cache folder (``$HF_DATASETS_CACHE``, else ``$HF_HOME/datasets``)."""
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_DATASETS_CACHE") or os.path.join(constants.HF_HOME, "datasets"))
+
+
+class JsonRows:
+    """The rows of local JSON files, each stored as its JSON text in a memory-mapped Arrow file.
+
+    Built once per content (the cache key is the files' sha256) in one pass of
+    :func:`dataset.io.iter_json_records` over every file, which checks every line. The cache
+    folder holds ``rows.arrow`` (columns ``json``: the row's text, ``file``: index into
+    ``files``, ``line``: its 1-based line number) and ``meta.json``. ``column_names`` is the
+    union of the rows' keys in order of first appearance (as ``datasets`` names a JSON file's
+    columns); no value is converted, so types may vary between rows.
+    """
+
+    def __init__(self, files: list[str], cache_dir: str | os.PathLike | None):
+        self.files = files
+        key = hashlib.sha256(json.dumps([JSON_ROWS_VERSION, [_sha256(f) for f in files]]).encode())
+        root = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.folder = root / "minigpt_json_rows" / key.hexdigest()[:40]
+        if not (self.folder / "meta.json").is_file():
+            with atomic_dir(self.folder, replace=False) as tmp:  # a concurrent build is identical
+                self._write(tmp)
+        meta = json.loads((self.folder / "meta.json").read_text())
+        self.num_rows: int = meta["rows"]
+        self.column_names: list[str] = meta["columns"]
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def _write(self, out: Path) -> None:
+        import pyarrow as pa
+
+        schema = pa.schema([("json", pa.string()), ("file", pa.int32()), ("line", pa.int64())])
+        columns: dict[str, None] = {}
+        rows = 0
+        with pa.OSFile(str(out / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+
+            def flush(texts: list[str], index: int, lines: list[int]) -> None:
+                nonlocal rows
+                writer.write_batch(pa.record_batch([texts, [index] * len(texts), lines], schema=schema))
+                rows += len(texts)
+
+            for index, file in enumerate(self.files):
+                texts: list[str] = []
+                lines: list[int] = []
+                size = 0
+                for lineno, text, row in iter_json_records(file):
+                    columns.update(dict.fromkeys(row))
+                    texts.append(text)
+                    lines.append(lineno)
+                    size += len(text)
+                    if len(texts) == _WRITE_ROWS or size >= _WRITE_BYTES:
+                        flush(texts, index, lines)
+                        texts, lines, size = [], [], 0
+                if texts:
+                    flush(texts, index, lines)
+        meta = {"version": JSON_ROWS_VERSION, "rows": rows, "columns": list(columns)}
+        (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Any]:
+        """The stored rows as a memory-mapped ``pyarrow.Table``, unmapped once the block has ended
+        and nothing references the table."""
+        import pyarrow as pa
+
+        with pa.memory_map(str(self.folder / "rows.arrow")) as source:
+            yield pa.ipc.open_file(source).read_all()
+
+    def where(self, index: int) -> str:
+        """``file:line`` of row ``index`` (0-based), for messages."""
+        with self.open() as table:
+            return f"{self.files[table['file'][index].as_py()]}:{table['line'][index].as_py()}"
+
+
 def load(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any, list[str]]:
-    """``(datasets.Dataset, files)`` for a source or eval set; UserError on any failure."""
-    with quiet_datasets():
-        return _load_quietly(ref, where, cache_dir)
+    """``(rows, files)`` for a source or eval set: a :class:`JsonRows` for local JSON files, else a
+    ``datasets.Dataset``. UserError on any failure (for JSON files, the reader's
+    ``file:line: what; what to do``, exactly as every other tool reports it)."""
+    if ref.dataset or ref.builder != "json":
+        with quiet_datasets():
+            return _load_with_datasets(ref, where, cache_dir)
+    files = _expand_files(ref, where)
+    return JsonRows(files, cache_dir), files
 
 
-def _load_quietly(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any, list[str]]:
+def _load_with_datasets(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any, list[str]]:
     import datasets
 
     if ref.dataset:
@@ -112,17 +211,19 @@ def _load_quietly(ref: DataRef, where: str, cache_dir: str | None) -> tuple[Any,
         return ds, []
     files = _expand_files(ref, where)
     try:
-        # 1 MB read chunks (datasets' default is 10 MB): the one-time JSON -> Arrow conversion
+        # 1 MB read chunks (datasets' default is 10 MB): the one-time text -> Arrow conversion
         # then peaks at ~20 MB whatever the file size, and runs as fast (measured).
-        chunks = {"chunksize": LOAD_CHUNK_BYTES} if ref.builder in ("json", "text") else {}
+        chunks = {"chunksize": LOAD_CHUNK_BYTES} if ref.builder == "text" else {}
         ds = datasets.load_dataset(
             ref.builder, data_files=files, split="train", cache_dir=cache_dir, **chunks
         )
     except Exception as e:  # noqa: BLE001 - reported as one line below
-        bad = _first_bad_json_line(files) if ref.builder == "json" else None
+        bad = _first_bad_text_line(files) if ref.builder == "text" else None
         if bad:
-            raise UserError(f"{where}: {bad}") from None
-        raise UserError(f"{where}: cannot read {ref.label} ({first_line(e)})") from None
+            raise UserError(bad) from None
+        raise UserError(
+            f"{where}: cannot read {ref.label} ({first_line(e)}); check that it is a valid {ref.builder} file"
+        ) from None
     return ds, files
 
 
@@ -149,7 +250,7 @@ def _resolved_revision(ds: Any) -> str | None:
 
 
 def _file_record(path: str) -> dict[str, Any]:
-    return {"path": path, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    return {"path": path, "bytes": os.path.getsize(path), "sha256": _sha256(path)}
 
 
 def ref_record(ref: DataRef, ds: Any, files: list[str]) -> dict[str, Any]:
@@ -188,36 +289,70 @@ def row_order(n_rows: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
 
 
 class RowReader:
-    """Reads rows of a memory-mapped dataset, re-mapping its Arrow files every REMAP_ROWS rows.
+    """Reads rows of a memory-mapped source as ``{column: [values]}``, re-mapping its Arrow files
+    every REMAP_ROWS rows.
 
     Every page of an Arrow file that is read stays mapped, and counted in resident
     memory, for as long as the mapping lives. Opening the files afresh from time to time
-    drops those pages, so memory stays flat however large the input is.
+    drops those pages, so memory stays flat however large the input is. ``ds`` is a
+    :class:`JsonRows` (each row parsed from its JSON text, a key a row lacks read as None) or
+    a ``datasets.Dataset``.
     """
 
     REMAP_ROWS = 2_000
 
     def __init__(self, ds: Any, columns: list[str]):
         self.ds, self.columns = ds, columns
+        self.since_remap = 0
+        self.view: Any = None
+        self._mapping: contextlib.ExitStack | None = None
+        if isinstance(ds, JsonRows):
+            self.remappable = True
+            self._remap()
+            return
         files = [f["filename"] for f in ds.cache_files or []]
         self.remappable = bool(files) and ds._indices is None and all(os.path.exists(f) for f in files)
         self.files = files
         self.view = ds.select_columns(columns)
-        self.since_remap = 0
 
     def _remap(self) -> None:
-        import datasets
-
         self.view = None  # the last reference: its mapping is released here
-        parts = [datasets.Dataset.from_file(f, info=self.ds.info, split=self.ds.split) for f in self.files]
-        fresh = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        self.view = fresh.select_columns(self.columns)
+        if isinstance(self.ds, JsonRows):
+            if self._mapping is not None:
+                self._mapping.close()
+            self._mapping = contextlib.ExitStack()
+            self.view = self._mapping.enter_context(self.ds.open()).column("json").chunks
+            self._starts = np.cumsum([0] + [len(c) for c in self.view])
+        else:
+            import datasets
+
+            parts = [
+                datasets.Dataset.from_file(f, info=self.ds.info, split=self.ds.split) for f in self.files
+            ]
+            fresh = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+            self.view = fresh.select_columns(self.columns)
         self.since_remap = 0
+
+    def _json_rows(self, key: slice | list[int]) -> dict[str, list]:
+        """Rows ``key`` parsed from their JSON text. Each Arrow record batch is read on its own:
+        ``ChunkedArray.take`` would first concatenate the whole column into memory."""
+        import pyarrow as pa
+
+        index = np.arange(*key.indices(len(self.ds))) if isinstance(key, slice) else np.asarray(key, np.int64)
+        chunk = np.searchsorted(self._starts, index, side="right") - 1
+        texts: list[str] = [""] * len(index)
+        for c in np.unique(chunk):
+            at = np.flatnonzero(chunk == c)
+            values = self.view[c].take(pa.array(index[at] - self._starts[c])).to_pylist()
+            for i, text in zip(at.tolist(), values, strict=True):
+                texts[i] = text
+        rows = [json.loads(t) for t in texts]
+        return {c: [row.get(c) for row in rows] for c in self.columns}
 
     def __getitem__(self, key: slice | list[int]) -> dict[str, list]:
         if self.remappable and self.since_remap >= self.REMAP_ROWS:
             self._remap()
-        rows = self.view[key]
+        rows = self._json_rows(key) if isinstance(self.ds, JsonRows) else self.view[key]
         self.since_remap += len(next(iter(rows.values()))) if rows else 0
         return rows
 
