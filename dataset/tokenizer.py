@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from dataset.io import atomic_dir, iter_jsonl
+from dataset.io import atomic_dir, iter_docs, iter_jsonl, text_field
 from model.errors import UserError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -14,11 +14,18 @@ SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2: the ModelConfig defaults
 
 
 def iter_jsonl_texts(path: str | Path, field: str = "text") -> Iterator[str]:
-    """Yield ``row[field]`` from a JSONL file, one row at a time; bad rows name file:line."""
+    """Yield ``row[field]`` from a JSON data file, one row at a time, read as every tool reads it.
+
+    With ``field`` "text" these are exactly the texts the trainers pack (:func:`dataset.io.iter_docs`,
+    which also checks each row's "source"), so a file the trainers refuse is refused here with
+    the same ``file:line`` message. Raises UserError as :func:`dataset.io.iter_jsonl` does, or
+    when a row's ``field`` is not a string.
+    """
+    if field == "text":
+        yield from (text for text, _ in iter_docs(path))
+        return
     for lineno, row in iter_jsonl(path):
-        if not isinstance(row.get(field), str):
-            raise UserError(f"{path}:{lineno}: row has no string field '{field}'")
-        yield row[field]
+        yield text_field(row, field, path, lineno)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, output_dir: str | Path, max_length: int = 4096):

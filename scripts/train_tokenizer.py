@@ -20,7 +20,10 @@ log = logging.getLogger("train_tokenizer")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--data_path", action="append", required=True, help="JSONL file; repeat the flag for several"
+        "--data_path",
+        action="append",
+        required=True,
+        help="JSON lines file (.jsonl, .json, either gzipped); repeat the flag for several",
     )
     p.add_argument("--vocab_size", type=int, default=6400)
     p.add_argument("--output_dir", default=str(repo_path("out", "tokenizer")), help="default: out/tokenizer")
@@ -28,14 +31,19 @@ def main() -> None:
     p.add_argument("--max_docs", type=int, default=None, help="train on at most this many documents")
     args = p.parse_args()
     setup_logging()
-    for path in args.data_path:  # fail on a missing file before the long pass over the others
-        next(iter_jsonl_texts(path, args.text_field), None)
+    if args.max_docs is not None and args.max_docs <= 0:
+        raise UserError("--max_docs must be positive")
+    # Every line of every file is read and checked before training, --max_docs or not, so a file
+    # the trainers refuse is refused here too (with the same file:line), before the long pass.
+    available = sum(sum(1 for _ in iter_jsonl_texts(path, args.text_field)) for path in args.data_path)
+    used = available if args.max_docs is None else min(available, args.max_docs)
+    log.info(f"{available:,} documents in {len(args.data_path)} file(s); training on {used:,}")
+    if args.max_docs is not None and available < args.max_docs:
+        log.warning(
+            f"--max_docs {args.max_docs:,}: the data holds only {available:,} documents, all of them used"
+        )
     texts = itertools.chain.from_iterable(iter_jsonl_texts(p, args.text_field) for p in args.data_path)
-    if args.max_docs is not None:
-        if args.max_docs <= 0:
-            raise UserError("--max_docs must be positive")
-        texts = itertools.islice(texts, args.max_docs)
-    tok = train_tokenizer(texts, args.vocab_size, args.output_dir)
+    tok = train_tokenizer(itertools.islice(texts, used), args.vocab_size, args.output_dir)
     log.info(f"Tokenizer ({len(tok)} tokens) saved to {args.output_dir}")
 
 

@@ -1,10 +1,13 @@
 """Evaluation data for eval_llm.py: validation documents, MMLU questions, HumanEval / MBPP problems.
 
-Every benchmark loads through ``datasets.load_dataset``: a Hugging Face Hub id by default, or
-local files through the same call (``load_dataset("json", data_files=...)``), so the hub path
-and the offline path share their code. A local file the user names must exist and be valid
+A benchmark comes from the Hugging Face Hub by default (``datasets.load_dataset``) or from local
+files. Local JSON files (.jsonl, .json, either gzipped) are read by :mod:`dataset.io`, the reader
+the trainers, the tokenizer trainer and prepare_dataset use, so a file reads the same in every
+tool and a bad one is refused with the same ``file:line: what; what to do``; parquet and CSV
+files go through ``datasets``. A local file the user names must exist and be valid
 (``UserError`` otherwise); a hub dataset that cannot be reached is skipped with one line that
-says how to pass local files (``DataUnavailable``).
+says how to pass local files (``DataUnavailable``). Rows a loader leaves out (empty validation
+texts, the non-test tasks of a full MBPP file) are counted in a log line, never dropped silently.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset.formats import mmlu_answer_letter
-from dataset.io import iter_docs
+from dataset.io import is_json_file, iter_docs, iter_jsonl
 from dataset.sources import first_line, quiet_datasets
 from model.errors import UserError
 
@@ -27,7 +30,7 @@ HUMANEVAL_HUB = ("openai/openai_humaneval", None)
 MBPP_HUB = ("google-research-datasets/mbpp", "full")
 MBPP_TEST_IDS = range(11, 511)  # the test split of the MBPP paper (README of google-research/mbpp)
 MMLU_CHOICES = 4
-_BUILDERS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet", ".csv": "csv"}
+_BUILDERS = {".parquet": "parquet", ".csv": "csv"}  # local files read by datasets (JSON: dataset.io)
 
 
 class DataUnavailable(Exception):
@@ -38,24 +41,34 @@ class DataUnavailable(Exception):
 
 
 def load_local_rows(path: str | Path, what: str) -> list[dict[str, Any]]:
-    """Rows of one local JSONL / JSON / parquet / CSV file (``.jsonl.gz`` too), via load_dataset."""
-    from datasets import load_dataset
+    """Rows of one local file: JSON lines or a JSON array (.jsonl, .json, either + .gz) through
+    :func:`dataset.io.iter_jsonl`, each row exactly as in the file; parquet or CSV through
+    ``datasets`` (every row has every column, None where absent).
 
+    Raises UserError: ``file:line: what; what to do`` from the JSON reader, one line naming the
+    file for a missing, unknown, unreadable or empty parquet/CSV file.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} file not found")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: {what} file is empty")
+    if is_json_file(path):
+        return [row for _, row in iter_jsonl(path)]
     builder = _BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise UserError(f"{path}: unknown {what} file type; use .jsonl, .jsonl.gz, .json, .parquet or .csv")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: {what} file is empty; give a {builder} file with a header and rows")
+    from datasets import load_dataset
+
     try:
         with quiet_datasets(progress=False):
             ds = load_dataset(builder, data_files=str(path), split="train")
-    except Exception as e:  # noqa: BLE001 - malformed JSON, mixed column types, ...: the user's file
-        raise UserError(f"{path}: cannot read {what} rows ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a malformed file, mixed column types, ...: the user's file
+        raise UserError(
+            f"{path}: cannot read {what} rows ({first_line(e)}); check that it is a valid UTF-8 {builder} file"
+        ) from None
     if len(ds) == 0:
-        raise UserError(f"{path}: no {what} rows")
+        raise UserError(f"{path}: no {what} rows; give a {builder} file with rows")
     return ds.to_list()
 
 
@@ -108,13 +121,19 @@ class Doc:
 
 
 def read_val_docs(path: str | Path) -> list[Doc]:
-    """``{"text", "source"}`` rows of a prepared val split (source defaults to the file's stem)."""
+    """``{"text", "source"}`` rows of a val split (:func:`dataset.io.iter_docs`: source defaults to
+    the file's stem); rows with an empty text are left out, and a warning counts them."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: validation file not found")
-    docs = [Doc(text, source) for text, source in iter_docs(path) if text]
+    rows = list(iter_docs(path))
+    docs = [Doc(text, source) for text, source in rows if text]
     if not docs:
-        raise UserError(f"{path}: no documents to evaluate (the file is empty)")
+        raise UserError(f'{path}: no documents to evaluate: all {len(rows)} rows have an empty "text"')
+    if len(docs) < len(rows):
+        log.warning(
+            f'{path}: {len(rows) - len(docs)} of {len(rows)} rows have an empty "text" and are not evaluated'
+        )
     return docs
 
 
@@ -185,7 +204,7 @@ def parse_mmlu_rows(rows: list[dict[str, Any]], where: str) -> list[MCQuestion]:
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
-    for ext in (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz"):
+    for ext in (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz"):
         if (folder / f"{split}{ext}").is_file():
             return folder / f"{split}{ext}"
     return None
@@ -281,7 +300,12 @@ def mbpp_problems(rows: list[dict], where: str) -> list[CodeProblem]:
     """MBPP rows (text, code, test_list); a full 974-task file is cut to the test split (11-510)."""
     ids = {row.get("task_id") for row in rows}
     if set(MBPP_TEST_IDS) <= ids:
+        n_all = len(rows)
         rows = [row for row in rows if row.get("task_id") in MBPP_TEST_IDS]
+        log.info(
+            f"{where}: the full MBPP set ({n_all} rows); scoring its test split, task_ids "
+            f"{MBPP_TEST_IDS.start}-{MBPP_TEST_IDS.stop - 1}: {len(rows)} rows"
+        )
     out = []
     for i, row in enumerate(rows, 1):
         at = f"{where}: row {i}"
