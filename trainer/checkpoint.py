@@ -88,6 +88,8 @@ class TrainState:
     eval_history: list  # [{"step", "all", <source>...}] validation losses so far
     source_tokens_seen: torch.Tensor  # float64 (num sources,): targets trained on per source
     wandb_id: str | None = None
+    args: dict | None = None  # the run's effective flag values (restored on resume); None: older file
+    schedule_changes: list | None = None  # [{"at", "from", "to"}]: run-length changes on resume
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> TrainState:

@@ -20,6 +20,37 @@ from trainer.runtime import DTYPES
 DEFAULT_SEQ_LEN = 512
 ARCH_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
+# Flags a resumed run may change: where files go, how often it logs, evaluates and saves, how it
+# runs. Every other flag defines the run and is restored from the resume state (see
+# restore_run_args); --epochs / --max_steps may change to lengthen or shorten the run.
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "save_dir",
+        "checkpoint_dir",
+        "cache_dir",
+        "prepared_dir",
+        "use_prepared",
+        "tokenizer_path",
+        "from_resume",
+        "stop_after",
+        "log_interval",
+        "save_interval",
+        "eval_interval",
+        "eval_batches",
+        "early_eval_steps",
+        "early_eval_interval",
+        "use_wandb",
+        "wandb_project",
+        "wandb_run_name",
+        "num_workers",
+        "device",
+        "use_compile",
+        "peak_tflops",
+        "val_path",
+    }
+)
+RUN_LENGTH = frozenset({"epochs", "max_steps"})
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -282,8 +313,9 @@ def midtrain_parser(description: str = "Mid-train a miniGPT checkpoint") -> argp
     )
     g.add_argument(
         "--val_path",
+        action="append",
         default=None,
-        help="evaluate on this JSONL ({text, source} rows) instead of the mixture's val split, e.g. one held-out set shared by several runs",
+        help="validation JSONL ({text, source} rows) instead of the mixture's val split, e.g. one held-out set shared by several runs; repeat for several files",
     )
     g.add_argument("--decay_ratio", type=float, default=0.2, help="wsd: fraction of steps in the final decay")
     g.add_argument(
@@ -293,3 +325,59 @@ def midtrain_parser(description: str = "Mid-train a miniGPT checkpoint") -> argp
         help="fresh AdamW moments, or carry over the pretrain run's (from its resume checkpoint)",
     )
     return p
+
+
+def parse_flags(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> tuple[argparse.Namespace, set[str]]:
+    """(the parsed flags, the names of those given on the command line rather than defaulted)."""
+    args = parser.parse_args(argv)
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        given = set(vars(parser.parse_args(argv)))
+    finally:
+        for a in parser._actions:
+            a.default = saved[a.dest]
+    return args, given
+
+
+def restore_run_args(
+    args: argparse.Namespace, given: set[str], saved: dict, world_size: int, where: object
+) -> tuple[argparse.Namespace, list[str]]:
+    """A resumed run is the same run: its values come from the resume state (``saved``, the run's
+    effective flag values), except the flags in MAY_CHANGE_ON_RESUME and a new --epochs or
+    --max_steps (the run length may change; the engine states how the LR schedule follows).
+    A given flag that contradicts the run is a UserError naming the flag, both values and what to
+    do. The global batch (batch x accumulation x world size) is kept: without --batch_size, the
+    per-process batch is recomputed for a new world size. Returns (args, lines to log).
+    """
+    out, notes = argparse.Namespace(**vars(args)), []
+    for key, old in saved.items():
+        if not hasattr(out, key) or key in MAY_CHANGE_ON_RESUME or key in ("batch_size", "world_size"):
+            continue
+        now = getattr(out, key)
+        if key not in given:
+            if now != old:
+                setattr(out, key, old)
+        elif now != old and key not in RUN_LENGTH:
+            raise UserError(
+                f"--{key} {now} contradicts the run being resumed ({where}: {key}={old}); a resumed run "
+                f"is the same run: drop --{key}, or start a new run with another --save_weight"
+            )
+    global_rows = saved.get("batch_size", 0) * saved.get("accumulation_steps", 1) * saved.get("world_size", 1)
+    if "batch_size" not in given and global_rows:
+        per = global_rows / (out.accumulation_steps * world_size)
+        if per != int(per):
+            raise UserError(
+                f"the run being resumed ({where}) has a global batch of {global_rows} rows, which "
+                f"--accumulation_steps {out.accumulation_steps} x {world_size} process(es) cannot divide; "
+                "pass --batch_size and --accumulation_steps that multiply to it"
+            )
+        out.batch_size = int(per)
+        if out.batch_size != saved.get("batch_size"):
+            notes.append(
+                f"Resumed with {world_size} process(es): --batch_size {out.batch_size} keeps the global batch of {global_rows} rows"
+            )
+    return out, notes

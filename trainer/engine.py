@@ -33,7 +33,7 @@ from trainer import runtime
 from trainer.cli import setup_logging
 from trainer.config import TrainConfig
 from trainer.metrics import MetricsLog
-from trainer.schedule import Schedule
+from trainer.schedule import Schedule, stretched
 from trainer.start import Start
 from trainer.throughput import mfu, peak_flops
 
@@ -57,10 +57,10 @@ class Session:
 
 
 def setup(cfg: TrainConfig) -> Session:
+    """Process group (under torchrun), device and precision; call after trainer.start.start_run."""
     info, device = runtime.init_distributed(cfg.device)
     setup_logging(info.rank)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
-    torch.manual_seed(cfg.seed)
     return Session(cfg, info, device, dtype)
 
 
@@ -133,6 +133,7 @@ class Stage:
 
     name: str  # "pretrain", "midtrain": stored in the checkpoint meta
     schedule: Schedule  # the LR at each step, and its banner
+    args: dict = field(default_factory=dict)  # the run's effective flag values, restored on resume
     identity: dict = field(default_factory=dict)  # what makes a resume checkpoint belong to this run
     meta: dict = field(default_factory=dict)  # extra facts stored in the checkpoint (data config, ...)
     target_shares: dict[str, float] | None = None  # the mixture's per-source ratio (of rows), to compare
@@ -189,7 +190,7 @@ class Trainer:
         self.seen = torch.zeros(len(train.source_names), dtype=torch.float64)
         self._restore()
         for g in self.optimizer.param_groups:  # the schedule sets the LR each step; keep "initial_lr" out
-            g["lr"] = stage.schedule.lr_at(self.step, self.total)
+            g["lr"] = self.lr_at(self.step, self.total)
         self.train_model = torch.compile(self.model) if cfg.use_compile else self.model
         if info.enabled:
             self.train_model = DDP(
@@ -201,6 +202,7 @@ class Trainer:
 
     def _restore(self) -> None:
         """Continue from the resume state, or start from the stage's optimizer state."""
+        self.lr_at, self.schedule_changes = self.stage.schedule.lr_at, []
         r = self.start_.resume
         if r is None:
             if self.stage.optimizer_state is not None:
@@ -212,14 +214,32 @@ class Trainer:
         ckpt.set_rng_state(r.rng, self.device)
         self.step, self.history, self.wandb_id = r.step, r.eval_history, r.wandb_id
         self.seen = r.source_tokens_seen.double()
+        self.schedule_changes = list(r.schedule_changes or [])
         if r.total_steps != self.total:
-            log.info(
-                f"Run length changed from {r.total_steps} to {self.total} steps: the LR schedule is recomputed over the new total"
-            )
+            self.schedule_changes.append({"at": self.step, "from": r.total_steps, "to": self.total})
+        for c in self.schedule_changes:
+            self.lr_at = stretched(self.lr_at, c["at"], c["from"], c["to"])
+        if r.total_steps != self.total:
+            log.info(self._length_change_line(r.total_steps))
         if self.step >= self.total:
             raise UserError(
                 f"{self.paths.resume} is already at step {self.step} of {self.total}; raise --epochs or --max_steps to train further"
             )
+
+    def _length_change_line(self, old_total: int) -> str:
+        """How the LR schedule follows a run-length change on resume (trainer.schedule.stretched)."""
+        k, new = self.step, self.total
+        head = f"Run length changed from {old_total} to {new} steps at step {k}"
+        if k >= old_total:
+            return (
+                f"{head}: the run had finished, so it continues at the LR it ended with "
+                f"({self.lr_at(k, new):.2e}) for the {new - k} new steps (no LR jump; a re-warmup "
+                "is a new stage: start it with --from_weight)"
+            )
+        return (
+            f"{head}: the rest of the LR schedule ({self.lr_at(k, new):.2e} at step {k + 1} -> "
+            f"{self.lr_at(new - 1, new):.2e} at step {new}) is stretched over the {new - k} remaining steps (no LR jump)"
+        )
 
     # ----------------------------------------------------------------- start
 
@@ -303,7 +323,7 @@ class Trainer:
         averages gradients over ranks), N being the step's target count over all ranks.
         """
         info, device = self.info, self.device
-        lr = self.stage.schedule.lr_at(self.step, self.total)
+        lr = self.lr_at(self.step, self.total)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y, _ in micro_batches)
@@ -398,9 +418,7 @@ class Trainer:
             "max_seq_len": cfg.max_seq_len,
             "step": step,
             "total_steps": total,
-            "final_lr": stage.schedule.lr_at(min(step, total) - 1, total)
-            if step
-            else stage.schedule.lr_at(0, total),
+            "final_lr": self.lr_at(min(step, total) - 1, total) if step else self.lr_at(0, total),
             "tokens_seen": float(self.seen.sum()),
             "parent": self.start_.parent,
             "identity_sha256": ckpt.identity_sha256(self.identity),
@@ -420,6 +438,8 @@ class Trainer:
                 eval_history=self.history,
                 source_tokens_seen=self.seen,
                 wandb_id=self.wandb_id,
+                args=self.stage.args,
+                schedule_changes=self.schedule_changes,
             )
             ckpt.save_run(self.paths, self.model, self.tok, meta, state)
         runtime.barrier()

@@ -70,6 +70,11 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def env_rank_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them in the environment, before any process group."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device_flag: str | None) -> tuple[DistInfo, torch.device]:
     """Start the process group when launched by torchrun (nccl on GPU, gloo on CPU)."""
     device = resolve_device(device_flag)

@@ -1,4 +1,5 @@
-"""Where a run starts: the resume state of this run, a checkpoint to continue from, or a new model.
+"""Where a run starts: the resume state of this run, a checkpoint to continue from, or a new model;
+and, for a resumed run, the run's own settings (a resumed run is the same run).
 
 :func:`load_start` picks, in this order: ``--from_resume 1`` with a resume file of this
 ``--save_weight``, else ``--from_weight``, else a new model from the architecture flags and
@@ -8,23 +9,25 @@ disagrees with it is an error.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from dataset.tokenizer import load_tokenizer, tokenizer_sha256
 from model.config import ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
 from trainer import checkpoint as ckpt
-from trainer.config import ARCH_FLAGS, DEFAULT_SEQ_LEN, TrainConfig
+from trainer import runtime
+from trainer.cli import setup_logging
+from trainer.config import ARCH_FLAGS, DEFAULT_SEQ_LEN, TrainConfig, restore_run_args
 from trainer.paths import repo_path
-
-if TYPE_CHECKING:
-    from trainer.engine import Session
 
 log = logging.getLogger("trainer")
 
@@ -39,6 +42,7 @@ class Start:
     parent: dict | None = None  # meta of the --from_weight checkpoint (of the run being resumed)
     parent_path: Path | None = None
     trained_seq_len: int | None = None  # the training length of the checkpoint started from
+    path: Path | None = None  # the file the model came from (resume or weights file)
 
 
 def _check_flags(cfg: TrainConfig, model: MiniGPTForCausalLM, tok, where: Path) -> None:
@@ -59,19 +63,43 @@ def _check_flags(cfg: TrainConfig, model: MiniGPTForCausalLM, tok, where: Path) 
         )
 
 
-def load_start(session: Session, require_weight: Callable[[str], str] | None = None) -> Start:
+def start_run(
+    args: argparse.Namespace, given: set[str], require_weight: Callable[[str], str] | None = None
+) -> tuple[TrainConfig, Start, argparse.Namespace]:
+    """Where the run starts, and its settled configuration: ``(cfg, start, args)``.
+
+    On resume, the run's own values are restored (:func:`trainer.config.restore_run_args`);
+    ``max_seq_len`` is the flag, else the length the starting checkpoint was trained with, else
+    DEFAULT_SEQ_LEN. Seeds torch's RNG with ``--seed`` first, so a new model's weights depend on
+    the seed alone.
+    """
+    rank, world = runtime.env_rank_world()
+    setup_logging(rank)
+    cfg = TrainConfig.from_args(args)
+    torch.manual_seed(cfg.seed)
+    start = load_start(cfg, require_weight)
+    if start.resume is not None:
+        if start.resume.args is None:
+            log.info("This resume file predates restored run values: the flags given now define the run")
+        else:
+            args, notes = restore_run_args(args, given, start.resume.args, world, start.path)
+            for line in notes:
+                log.info(line)
+            cfg = TrainConfig.from_args(args)
+    if cfg.max_seq_len is None:
+        cfg = dataclasses.replace(cfg, max_seq_len=int(start.trained_seq_len or DEFAULT_SEQ_LEN))
+        args.max_seq_len = cfg.max_seq_len
+    return cfg, start, args
+
+
+def load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None = None) -> Start:
     """Resume state if asked for and present, else --from_weight, else a new model.
 
     ``require_weight``: for stages that never start from scratch (mid-training), turns "what
     is missing" into the error message, both when --from_weight is absent and when it names
-    no checkpoint. Settles ``session.cfg.max_seq_len``: the flag, else the length the starting
-    checkpoint was trained with, else DEFAULT_SEQ_LEN.
+    no checkpoint.
     """
-    cfg = session.cfg
-    start = (_resume_start(cfg) if cfg.from_resume else None) or _weight_start(cfg, require_weight)
-    if cfg.max_seq_len is None:
-        session.cfg = dataclasses.replace(cfg, max_seq_len=int(start.trained_seq_len or DEFAULT_SEQ_LEN))
-    return start
+    return (_resume_start(cfg) if cfg.from_resume else None) or _weight_start(cfg, require_weight)
 
 
 def _resume_start(cfg: TrainConfig) -> Start | None:
@@ -85,7 +113,7 @@ def _resume_start(cfg: TrainConfig) -> Start | None:
     log.info(f"Resuming from {path} at step {state.step}")
     parent = meta.get("parent")
     trained = meta.get("max_seq_len") or (parent or {}).get("max_seq_len")
-    return Start(model, tok, resume=state, parent=parent, trained_seq_len=trained)
+    return Start(model, tok, resume=state, parent=parent, trained_seq_len=trained, path=path)
 
 
 def _weight_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None) -> Start:
@@ -99,7 +127,9 @@ def _weight_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None)
         model, tok, loaded = ckpt.load_model(path)
         _check_flags(cfg, model, tok, path)
         meta = {**loaded["meta"], "path": str(path)}
-        return Start(model, tok, parent=meta, parent_path=path, trained_seq_len=meta.get("max_seq_len"))
+        return Start(
+            model, tok, parent=meta, parent_path=path, trained_seq_len=meta.get("max_seq_len"), path=path
+        )
     if require_weight is not None:
         raise UserError(require_weight(f"--from_weight is required; {ckpt.available(cfg.save_dir)}"))
     tok = load_tokenizer(cfg.tokenizer_path or repo_path("out", "tokenizer"))

@@ -21,9 +21,9 @@ from dataset.packed import build_packed
 from model.errors import UserError
 from trainer import checkpoint, engine, runtime
 from trainer.cli import run
-from trainer.config import TrainConfig, midtrain_parser
+from trainer.config import TrainConfig, midtrain_parser, parse_flags
 from trainer.schedule import Schedule, anneal_schedule, rewarm_schedule, wsd_schedule
-from trainer.start import Start, load_start
+from trainer.start import Start, start_run
 
 log = logging.getLogger("train_midtrain")
 
@@ -51,37 +51,39 @@ def make_schedule(args, cfg: TrainConfig, start: Start) -> Schedule:
 
 
 def main() -> None:
-    args = midtrain_parser(__doc__).parse_args()
-    cfg = TrainConfig.from_args(args)
+    args, given = parse_flags(midtrain_parser(__doc__))
+    if not args.from_weight and not args.from_resume:  # fail before any work
+        cfg = TrainConfig.from_args(args)
+        raise UserError(
+            no_checkpoint_message(cfg, f"--from_weight is required; {checkpoint.available(cfg.save_dir)}")
+        )
+    cfg, start, args = start_run(
+        args, given, require_weight=partial(no_checkpoint_message, TrainConfig.from_args(args))
+    )
     if not 0 < args.decay_ratio <= 1:
         raise UserError(f"--decay_ratio must be in (0, 1], got {args.decay_ratio}")
     config = load_mixture_config(args.data_config)
     train_path, val_path = prepared_data(
         config, Path(args.prepared_dir) if args.use_prepared else None, Path(cfg.cache_dir)
     )
-    if not cfg.from_weight and not cfg.from_resume:  # fail before any setup work
-        raise UserError(
-            no_checkpoint_message(cfg, f"--from_weight is required; {checkpoint.available(cfg.save_dir)}")
+    if start.resume is None:
+        log.info(f"Loaded pretrained model from: {start.parent_path}")
+    schedule = make_schedule(args, cfg, start)
+    optimizer_state = None
+    if args.optimizer_state == "pretrain" and start.resume is None:
+        optimizer_state, path, step = checkpoint.carried_optimizer_state(
+            start.parent or {}, cfg.save_dir, cfg.checkpoint_dir, start.model.config.hidden_size
         )
-
+        log.info(f"Optimizer state carried over from {path} (step {step})")
     session = engine.setup(cfg)
     try:
-        start = load_start(session, require_weight=partial(no_checkpoint_message, cfg))
-        if start.resume is None:
-            log.info(f"Loaded pretrained model from: {start.parent_path}")
-        schedule = make_schedule(args, cfg, start)
-        optimizer_state = None
-        if args.optimizer_state == "pretrain" and start.resume is None:
-            optimizer_state, path, step = checkpoint.carried_optimizer_state(
-                start.parent or {}, cfg.save_dir, cfg.checkpoint_dir, start.model.config.hidden_size
-            )
-            log.info(f"Optimizer state carried over from {path} (step {step})")
-        seq_len = session.cfg.max_seq_len
+        seq_len = cfg.max_seq_len
         train = build_packed([train_path], start.tokenizer, seq_len, cfg.cache_dir)
-        val = build_packed([args.val_path or val_path], start.tokenizer, seq_len, cfg.cache_dir)
+        val = build_packed(args.val_path or [val_path], start.tokenizer, seq_len, cfg.cache_dir)
         stage = engine.Stage(
             name="midtrain",
             schedule=schedule,
+            args={**vars(args), "world_size": session.dist.world_size},
             identity={
                 "data_config_sha256": config.sha256,
                 "lr_schedule": args.lr_schedule,

@@ -11,25 +11,25 @@ from __future__ import annotations
 from dataset.packed import build_packed, cache_key, check_data_files
 from trainer import engine, runtime
 from trainer.cli import run
-from trainer.config import TrainConfig, pretrain_parser
+from trainer.config import parse_flags, pretrain_parser
 from trainer.schedule import pretrain_schedule
-from trainer.start import load_start
+from trainer.start import start_run
 
 
 def main() -> None:
-    args = pretrain_parser(__doc__).parse_args()
-    cfg = TrainConfig.from_args(args)
+    args, given = parse_flags(pretrain_parser(__doc__))
+    cfg, start, args = start_run(args, given)
     data_paths = check_data_files(args.data_path)
     val_paths = check_data_files(args.val_path) if args.val_path else None
     session = engine.setup(cfg)
     try:
-        start = load_start(session)
-        seq_len = session.cfg.max_seq_len
+        seq_len = cfg.max_seq_len
         train = build_packed(data_paths, start.tokenizer, seq_len, cfg.cache_dir)
         val = build_packed(val_paths, start.tokenizer, seq_len, cfg.cache_dir) if val_paths else None
         stage = engine.Stage(
             name="pretrain",
             schedule=pretrain_schedule(cfg.learning_rate, cfg.warmup_ratio),
+            args={**vars(args), "world_size": session.dist.world_size},
             identity={"data": cache_key(data_paths, start.tokenizer, seq_len)},
             meta={"data_path": [str(x) for x in data_paths]},
         )

@@ -272,3 +272,70 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     proc.wait()
     state = torch.load(target, weights_only=True)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def _paths(cfg, data, pretrained, out):
+    return [
+        "trainer/train_midtrain.py",
+        "--data_config",
+        cfg,
+        "--use_prepared",
+        "--prepared_dir",
+        str(data),
+        "--save_dir",
+        str(pretrained),
+        "--checkpoint_dir",
+        str(out),
+        "--cache_dir",
+        str(out / "cache"),
+        "--save_weight",
+        f"mid_{out.name}",
+        "--log_interval",
+        "1",
+    ]
+
+
+def test_a_resumed_run_keeps_its_own_settings(prepared, pretrained, tmp_path):
+    """Field case 2: stop after step 5 of a run with LR 3e-3 / warmup 0.25 / 12 steps, resume with
+    no LR flags at all: the same run, loss for loss and LR for LR (before: LR 3.07e-4 at step 6
+    instead of 2.60e-3)."""
+    cfg, data = prepared
+    run_flags = ["--from_weight", "pretrain", "--learning_rate", "3e-3", "--warmup_ratio", "0.25"]
+    run_flags += ["--max_steps", "12", "--batch_size", "4", "--max_seq_len", "64", "--dtype", "float32"]
+    run_flags += ["--eval_interval", "0", "--eval_batches", "2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_script(*_paths(cfg, data, pretrained, full), *run_flags)
+    run_script(*_paths(cfg, data, pretrained, part), *run_flags, "--stop_after", "5")
+    proc = run_script(*_paths(cfg, data, pretrained, part), "--from_resume", "1")  # nothing else
+    a = [(r["step"], r["loss"], r["lr"]) for r in records(pretrained, full, "train")]
+    b = [(r["step"], r["loss"], r["lr"]) for r in records(pretrained, part, "train")]
+    assert a == b and len(a) == 12
+    from trainer.schedule import get_midtrain_lr
+
+    assert b[5][2] == pytest.approx(get_midtrain_lr(5, 12, 3e-3, 0.25)) == pytest.approx(2.6046e-3, rel=1e-4)
+    assert "Resuming from" in proc.stdout
+
+    # a flag that contradicts the run is refused in one line naming both values
+    line = bad(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--learning_rate", "1e-3")
+    assert "--learning_rate 0.001 contradicts the run being resumed" in line and "learning_rate=0.003" in line
+    line = bad(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--batch_size", "8")
+    assert "--batch_size 8" in line or "global_batch_rows" in line
+
+
+def test_the_design_notes_resume_command_extends_the_run(prepared, pretrained, tmp_path):
+    """`train_midtrain.py --data_config ... --from_resume 1 --epochs 2` after a finished 1-epoch run
+    with --batch_size 16: it trains a second epoch with the run's own batch and LR, and the banner
+    says how the LR schedule follows (no jump)."""
+    cfg, data = prepared
+    out = tmp_path / "note"
+    first = ["--from_weight", "pretrain", "--epochs", "1", "--batch_size", "16", "--learning_rate", "2e-3"]
+    first += ["--warmup_ratio", "0.05", "--max_seq_len", "64", "--eval_interval", "0", "--eval_batches", "2"]
+    proc = run_script(*_paths(cfg, data, pretrained, out), *first)
+    steps = int(proc.stdout.split(" steps/epoch")[0].rsplit("| ", 1)[1])
+    proc = run_script(*_paths(cfg, data, pretrained, out), "--from_resume", "1", "--epochs", "2")
+    assert f"Run length changed from {steps} to {2 * steps} steps at step {steps}" in proc.stdout
+    assert "continues at the LR it ended with (2.00e-04)" in proc.stdout
+    train = records(pretrained, out, "train")
+    assert [r["step"] for r in train] == list(range(1, 2 * steps + 1))
+    assert all(r["lr"] == pytest.approx(2e-4) for r in train[steps - 1 :])  # no LR jump
+    assert {r["epoch"] for r in train[steps:]} == {2}
