@@ -1,7 +1,8 @@
 """Tokenize JSONL once into a memory-mapped token file, pack documents into fixed-length rows.
 
 Layout of one cache entry (a folder named by the cache key):
-  tokens.bin   uint16/uint32 stream: BOS doc EOS BOS doc EOS ... in file order
+  tokens.bin   uint16/uint32 stream: BOS doc EOS BOS doc EOS ... in file order (``doc EOS`` for a
+               tokenizer without BOS, e.g. Qwen's: dataset.tokenizer.check_special_tokens)
   sources.bin  uint8, the source id of the document each token belongs to
   meta.json    source names, token counts, the key's ingredients
 
@@ -208,7 +209,7 @@ def build_packed(paths: Sequence[str | Path], tok, seq_len: int, cache_dir: str 
 def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
     vocab = len(tok)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
-    bos, eos = tok.bos_token_id, tok.eos_token_id
+    head, eos = ([tok.bos_token_id] if tok.bos_token_id is not None else []), tok.eos_token_id
     names: dict[str, int] = {}
     source_tokens: list[int] = []
     n_docs = n_tokens = 0
@@ -217,9 +218,7 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
         def flush(texts: list[str], srcs: list[str]) -> None:
             nonlocal n_docs, n_tokens
             for doc, src in zip(encode_texts(tok, texts), srcs, strict=True):
-                ids = np.empty(len(doc) + 2, dtype=dtype)
-                ids[0], ids[-1] = bos, eos
-                ids[1:-1] = doc
+                ids = np.array([*head, *doc, eos], dtype=dtype)
                 if src not in names:
                     if len(names) == 255:
                         raise UserError("more than 255 distinct 'source' values; merge some of them")

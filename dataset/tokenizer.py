@@ -66,30 +66,45 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_dir: str | Pat
 
 
 def load_tokenizer(path: str | Path):
-    """Load a tokenizer folder written by train_tokenizer (or any fast HF tokenizer folder)."""
+    """Load a fast tokenizer folder: one written by train_tokenizer, or the tokenizer files of a
+    transformers model folder (no remote code). Special tokens follow :func:`check_special_tokens`."""
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise UserError(
-            f"{path}: no tokenizer.json there; train one with "
+            f"{path}: no tokenizer.json there (a fast tokenizer is needed); train one with "
             f"`python scripts/train_tokenizer.py --data_path FILE.jsonl --output_dir {path}`"
         )
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad file from the user's side
         raise UserError(
             f"{path}: unreadable tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
+    if not getattr(tok, "is_fast", False):
+        raise UserError(f"{path}: not a fast tokenizer (tokenizers library); save one with tokenizer.json")
     return check_special_tokens(tok, str(path))
 
 
 def check_special_tokens(tok, where: str):
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if getattr(tok, name) is None:
-            raise UserError(
-                f"{where}: tokenizer has no {name.removesuffix('_id')}; retrain it with scripts/train_tokenizer.py"
-            )
+    """The document-boundary rule every tokenizer follows here (packing, loss, evaluation):
+
+    - every document ends with EOS, so an EOS token is required (Qwen's and SmolLM2's is
+      ``<|endoftext|>``; ours ``<|eos|>``);
+    - a document starts with BOS only when the tokenizer has one (ours, SmolLM2, Llama 3 do;
+      Qwen has none, so its documents are ``doc EOS``);
+    - a tokenizer without a pad token pads with EOS's id: padded positions are never targets
+      (their target is -100), so the pad id never enters the loss.
+    Returns ``tok`` (its pad token set when it had none); UserError without EOS.
+    """
+    if tok.eos_token_id is None:
+        raise UserError(
+            f"{where}: tokenizer has no eos token (it ends every document); retrain it with "
+            "scripts/train_tokenizer.py or set eos_token in its tokenizer_config.json"
+        )
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
     return tok
 
 
@@ -110,9 +125,21 @@ def encode_texts(tok, texts: Sequence[str]) -> list[list[int]]:
 
 
 def tokenizer_to_dict(tok) -> dict:
-    """Everything needed to rebuild the tokenizer, small enough to store inside a checkpoint."""
+    """Everything needed to rebuild the tokenizer, small enough to store inside a checkpoint: the
+    tokenizer.json text and the other files ``save_pretrained`` writes (tokenizer_config.json,
+    special tokens, chat template), so an export writes the tokenizer the model came with."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        files = {
+            f.name: f.read_text(encoding="utf-8")
+            for f in sorted(Path(tmp).iterdir())
+            if f.is_file() and f.name != "tokenizer.json"
+        }
     return {
         "tokenizer_json": tok.backend_tokenizer.to_str(),
+        "files": files,
         "bos_token": tok.bos_token,
         "eos_token": tok.eos_token,
         "pad_token": tok.pad_token,
@@ -122,6 +149,18 @@ def tokenizer_to_dict(tok) -> dict:
 
 
 def tokenizer_from_dict(d: dict):
+    """The tokenizer a checkpoint stores (:func:`tokenizer_to_dict`); older checkpoints without
+    ``files`` rebuild a PreTrainedTokenizerFast from tokenizer.json and the special tokens."""
+    if d.get("files"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in {**d["files"], "tokenizer.json": d["tokenizer_json"]}.items():
+                (Path(tmp) / name).write_text(text, encoding="utf-8")
+            tok = load_tokenizer(tmp)
+        if d.get("pad_token") is not None:
+            tok.pad_token = d["pad_token"]
+        return tok
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 

@@ -24,10 +24,11 @@ from model.config import ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
 from trainer import checkpoint as ckpt
-from trainer import runtime
+from trainer import runtime, weights
 from trainer.cli import setup_logging
 from trainer.config import ARCH_FLAGS, DEFAULT_SEQ_LEN, TrainConfig, restore_run_args
 from trainer.paths import repo_path
+from trainer.weights import find_checkpoint
 
 log = logging.getLogger("trainer")
 
@@ -86,9 +87,24 @@ def start_run(
             for line in notes:
                 log.info(line)
             cfg = TrainConfig.from_args(args)
+    positions = start.model.config.max_position_embeddings
     if cfg.max_seq_len is None:
-        cfg = dataclasses.replace(cfg, max_seq_len=int(start.trained_seq_len or DEFAULT_SEQ_LEN))
+        cfg = dataclasses.replace(
+            cfg, max_seq_len=int(start.trained_seq_len or min(DEFAULT_SEQ_LEN, positions))
+        )
         args.max_seq_len = cfg.max_seq_len
+    if cfg.max_seq_len > positions:
+        raise UserError(
+            f"--max_seq_len {cfg.max_seq_len} is longer than the model's {positions} positions "
+            "(max_position_embeddings); use at most that"
+        )
+    if (start.parent or {}).get("source") == "transformers" and start.resume is None:
+        m = start.model.config
+        log.info(
+            f"Starting from {m.architecture} {start.path} ({start.model.num_params() / 1e6:.1f}M parameters, "
+            f"vocab {m.vocab_size}, {positions} positions), not a checkpoint of this project: "
+            f"training rows of {cfg.max_seq_len} tokens"
+        )
     return cfg, start, args
 
 
@@ -103,9 +119,8 @@ def load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None = N
 
 
 def _resume_start(cfg: TrainConfig) -> Start | None:
-    try:
-        path = ckpt.resolve_weight(cfg.save_weight, cfg.checkpoint_dir, cfg.hidden_size, suffix="_resume")
-    except UserError:
+    path = find_checkpoint(cfg.checkpoint_dir, cfg.save_weight, cfg.hidden_size, suffix="_resume")
+    if path is None:
         log.info(f"No resume checkpoint for '{cfg.save_weight}' in {cfg.checkpoint_dir}: starting a new run")
         return None
     model, tok, meta, state = ckpt.load_resume(path)
@@ -119,16 +134,21 @@ def _resume_start(cfg: TrainConfig) -> Start | None:
 def _weight_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None) -> Start:
     if cfg.from_weight:
         try:
-            path = ckpt.resolve_weight(cfg.from_weight, cfg.save_dir, cfg.hidden_size)
+            source = weights.resolve(cfg.from_weight, cfg.save_dir, cfg.hidden_size)
         except UserError as e:
             if require_weight is None:
                 raise
             raise UserError(require_weight(str(e))) from None
-        model, tok, loaded = ckpt.load_model(path)
-        _check_flags(cfg, model, tok, path)
-        meta = {**loaded["meta"], "path": str(path)}
+        got = weights.load(source)
+        _check_flags(cfg, got.model, got.tokenizer, got.path)
+        meta = {**got.meta, "path": str(got.path)}
         return Start(
-            model, tok, parent=meta, parent_path=path, trained_seq_len=meta.get("max_seq_len"), path=path
+            got.model,
+            got.tokenizer,
+            parent=meta,
+            parent_path=got.path,
+            trained_seq_len=meta.get("max_seq_len"),
+            path=got.path,
         )
     if require_weight is not None:
         raise UserError(require_weight(f"--from_weight is required; {ckpt.available(cfg.save_dir)}"))

@@ -1,0 +1,189 @@
+"""Mid-training open-model families from a transformers folder, through the real scripts (issue 12).
+
+Tiny models of each family are built with transformers' own config classes and random weights
+(save_pretrained), with a real BPE tokenizer trained on TinyStories saved beside them: Llama with
+a BOS (tied, llama3 RoPE scaling), Qwen2 (q/k/v biases, untied, no BOS) and Qwen3 (q/k norm,
+head_dim != hidden/heads, no BOS, a vocabulary above 65,536 ids).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+
+import pytest
+import torch
+
+from tests.helpers import bad, run_script, shared_file
+
+pytestmark = pytest.mark.slow
+
+
+def tokenizer(folder, bos: bool, big: bool = False):
+    """A byte-level BPE trained on real stories; Qwen-style (no BOS, eos = pad = <|endoftext|>)
+    or Llama-style (<|begin_of_text|> BOS). ``big``: 66,000 extra ids first, then common words as
+    added tokens, so the data really uses ids above 65,535."""
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from dataset.io import iter_docs
+    from dataset.tokenizer import train_tokenizer
+
+    texts = [t for t, _ in iter_docs(shared_file("tinystories", "validation_first1000.jsonl"))][:600]
+    base = train_tokenizer(texts, 400, folder / "bpe")
+    t = Tokenizer.from_str(base.backend_tokenizer.to_str())
+    specials = ["<|endoftext|>"] + (["<|begin_of_text|>"] if bos else [])
+    t.add_special_tokens(specials)
+    if big:
+        t.add_special_tokens([f"<|extra_{i}|>" for i in range(66_000)])
+        t.add_tokens([AddedToken(w, normalized=False) for w in (" the", " and", " was", " to")])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=t,
+        bos_token="<|begin_of_text|>" if bos else None,
+        eos_token="<|endoftext|>",
+        pad_token=None if bos else "<|endoftext|>",
+    )
+
+
+def build(folder, family: str):
+    """A tiny random model of ``family`` with its tokenizer, saved as a transformers folder."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    tok = tokenizer(folder, bos=family == "llama", big=family == "qwen3")
+    common = dict(
+        vocab_size=len(tok) + 8,  # padded beyond the tokenizer, as Qwen does
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    if family == "llama":
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True, rope_parameters=rope))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False, rope_theta=1e6))
+        with torch.no_grad():  # biases that matter
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.1)
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, tie_word_embeddings=True, rope_theta=1e6))
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_norm.weight.normal_(1, 0.2)
+                layer.self_attn.k_norm.weight.normal_(1, 0.2)
+    out = folder / family
+    model.to(torch.bfloat16).save_pretrained(out)  # stored in bf16, as the Hub serves them
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory):
+    d = shared_file()
+    folder = tmp_path_factory.mktemp("hfmix")
+    cfg = folder / "mix.yaml"
+    cfg.write_text(
+        textwrap.dedent(f"""\
+        name: hfmix
+        total_samples: 300
+        val_ratio: 0.1
+        seed: 3
+        sources:
+          - {{name: replay, data_files: {d}/tinystories/validation_first1000.jsonl, format: text, ratio: 0.3}}
+          - {{name: code, data_files: {d}/mbpp/mbpp.jsonl, format: template, template: "{{text}}\\n{{code}}", ratio: 0.35}}
+          - {{name: reasoning, data_files: {d}/mmlu/auxiliary_train_subset.jsonl, format: mmlu, ratio: 0.35}}
+        """)
+    )
+    run_script("scripts/prepare_dataset.py", "--config", str(cfg), "--output_dir", str(folder / "data"))
+    return cfg, folder / "data"
+
+
+def midtrain(cfg, data, out, *extra):
+    return [
+        "trainer/train_midtrain.py",
+        "--data_config",
+        str(cfg),
+        "--use_prepared",
+        "--prepared_dir",
+        str(data),
+        "--save_dir",
+        str(out),
+        "--checkpoint_dir",
+        str(out / "ck"),
+        "--cache_dir",
+        str(out / "cache"),
+        "--log_interval",
+        "1",
+        "--eval_batches",
+        "2",
+        *extra,
+    ]
+
+
+def losses(out, name):
+    lines = (out / f"{name}_64_metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"], r["lr"]) for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_midtrain_from_a_transformers_folder_and_resume(family, mixture, tmp_path):
+    cfg, data = mixture
+    folder = build(tmp_path, family)
+    out = tmp_path / "out"
+    run = ["--from_weight", str(folder), "--batch_size", "4", "--max_seq_len", "64", "--max_steps", "6"]
+    run += ["--dtype", "float32", "--eval_interval", "3"]
+    proc = run_script(*midtrain(cfg, data, out, *run, "--save_weight", "full"))
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("parity vs transformers:"))
+    diff, bound = re.fullmatch(
+        r"parity vs transformers: max abs logit diff (\S+) \(bound (\S+)\)", line
+    ).groups()
+    assert float(diff) <= float(bound), line
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
+    assert f"Starting from {arch}" in proc.stdout
+
+    # stopped and resumed: bit-identical on CPU, the same checkpoint files as for our own models
+    run_script(*midtrain(cfg, data, out, *run, "--save_weight", "part", "--stop_after", "3"))
+    run_script(*midtrain(cfg, data, out, "--save_weight", "part", "--from_resume", "1"))
+    assert losses(out, "full") == losses(out, "part")
+    ck = torch.load(out / "full_64.pth", map_location="cpu", weights_only=True)
+    assert ck["model_config"]["architecture"] == arch
+    assert ck["meta"]["parent"]["source"] == "transformers"
+    if family == "qwen3":  # ids above 65,535 are trained on (a uint32 token cache)
+        meta = json.loads(next((out / "cache").glob("packed-*/meta.json")).read_text())
+        assert meta["dtype"] == "uint32"
+        from dataset.tokenizer import load_tokenizer
+
+        assert load_tokenizer(folder)(" the", add_special_tokens=False)["input_ids"][0] > 65_535
+
+
+def test_a_hub_id_without_the_hub_says_how_to_go_local(mixture, tmp_path):
+    """No Hub here: the real huggingface_hub call fails, and the line says what to do instead.
+    (Planted mismatches are caught by the parity proof: tests/model/test_hf.py.)"""
+    cfg, data = mixture
+    line = bad(*midtrain(cfg, data, tmp_path / "o", "--from_weight", "org-that-does-not-exist/model@main"))
+    assert "cannot get org-that-does-not-exist/model@main from the Hugging Face Hub" in line
+    assert "huggingface-cli download org-that-does-not-exist/model --local-dir DIR" in line
+    assert "--from_weight DIR" in line
+
+
+def test_unsupported_architectures_are_refused_in_one_line(mixture, tmp_path):
+    cfg, data = mixture
+    folder = build(tmp_path, "qwen2")
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"], config["model_type"] = ["GPT2LMHeadModel"], "gpt2"
+    (folder / "config.json").write_text(json.dumps(config))
+    line = bad(*midtrain(cfg, data, tmp_path / "o", "--from_weight", str(folder)))
+    assert "LlamaForCausalLM" in line and "Qwen3ForCausalLM" in line
