@@ -6,9 +6,10 @@ Builds a checkpoint of the default 512x8 model (26M parameters; vocabulary 6400 
 BPE trained on TinyStories) through the same code the trainers save with, then runs the real
 eval_llm.py on it and reports, per shot setting, the time, questions/s, tokens run through the
 model, the padding share and the forward FLOP rate as a share of a bf16 matmul peak measured in
-the same run. The weights are freshly initialized: scoring costs the same whatever they are
-(the prompts, their tokens and the forward passes do not depend on them), so no training is
-needed to measure it.
+the same run. The precision is eval_llm.py's: float32 unless --dtype says otherwise (bf16 flips
+near-tie answers; scripts/bench_mmlu_harness.py counts them). The weights are freshly
+initialized: scoring costs the same whatever they are (the prompts, their tokens and the forward
+passes do not depend on them), so no training is needed to measure it.
 """
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ def main() -> None:
                 cmd += [f"--{flag}", str(getattr(args, flag))]
         print("$ " + " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        results = next(iter(json.loads(report.read_text())["results"].values()))["mmlu"]
+        written = json.loads(report.read_text())
+        results = next(iter(written["results"].values()))["mmlu"]
     # forward FLOPs per scored token: 2N + the attention term (flops_per_token / 3, PaLM convention,
     # at the mean row length) less the LM head, which runs at one position per question
     head = 2 * cfg.vocab_size * cfg.hidden_size
+    print(f"\nscored in {written['dtype']}")
     print(
-        f"\n{'setting':<8} {'questions':>9} {'seconds':>8} {'q/s':>6} {'tokens':>10} {'padding':>8} {'of peak':>8}"
+        f"{'setting':<8} {'questions':>9} {'seconds':>8} {'q/s':>6} {'tokens':>10} {'padding':>8} {'of peak':>8}"
     )
     for setting, r in results.items():
         mean_len = r["tokens"] / r["n"]
