@@ -102,7 +102,6 @@ __all__ = [
     "find_prepared",
     "format_summary",
     "load_mixture_config",
-    "mixture_tokenizer",
     "prepare_mixture",
     "prepared_data",
     "prepared_paths",
@@ -191,22 +190,16 @@ def prepared_data(
     return paths.train, paths.val
 
 
-def mixture_tokenizer(config: MixtureConfig, tokenizer: Any = None) -> tuple[Any, str | None]:
-    """``(tokenizer, reference)`` that counts a tokens-mode mixture's tokens; ``(None, None)`` in
-    rows mode (a tokenizer given then is unused, and said so).
+def _tokenizer_ref(config: MixtureConfig, tokenizer: Any) -> tuple[Any, str, str] | None:
+    """Which tokenizer counts a tokens-mode mixture: ``(tokenizer object or None, reference, origin)``,
+    or None in rows mode (a tokenizer given then is unused, and said so). Cheap; :func:`_load_tokenizer`
+    loads it.
 
     ``tokenizer`` wins over the config's ``tokenizer:``: a tokenizer object, or a folder path
-    (relative to the working directory) or Hugging Face id (loaded with
-    ``transformers.AutoTokenizer``, never with remote code). UserError when tokens mode has none,
-    when it does not load, or when it is not a fast tokenizer with an EOS token.
+    (relative to the working directory) or Hugging Face id (loaded with ``transformers.AutoTokenizer``,
+    never with remote code). UserError at once when tokens mode has none or names a missing folder;
+    :func:`_load_tokenizer` raises one when it does not load or is not a fast tokenizer with EOS.
     """
-    found = _tokenizer_ref(config, tokenizer)
-    return (None, None) if found is None else _load_tokenizer(*found)
-
-
-def _tokenizer_ref(config: MixtureConfig, tokenizer: Any) -> tuple[Any, str, str] | None:
-    """The cheap half of :func:`mixture_tokenizer`: ``(tokenizer object or None, reference, origin)``,
-    or None in rows mode. Fails at once when tokens mode has no tokenizer or names a missing folder."""
     if config.mix_by != "tokens":
         if tokenizer is not None:
             log.warning(f"warning: {config.path.name} mixes by rows: the tokenizer given is not used")
@@ -677,7 +670,7 @@ def prepare_mixture(
 
     ``cache_dir`` is passed to ``datasets.load_dataset`` (default: the Hugging Face cache).
     ``tokenizer`` (tokens mode): a tokenizer object, folder or Hugging Face id that wins over the
-    config's ``tokenizer:`` (:func:`mixture_tokenizer`). The plan, the rows' layout and the manifest
+    config's ``tokenizer:`` (:func:`_tokenizer_ref`). The plan, the rows' layout and the manifest
     are described in the module docstring. UserError on bad input, a source short of its plan, or a
     stage left without rows; nothing is written then.
     """

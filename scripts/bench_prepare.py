@@ -2,6 +2,7 @@
 mixed by rows and by tokens.
 
     python scripts/bench_prepare.py                      # 100k samples, inputs at 1x and 4x, both modes
+    python scripts/bench_prepare.py --scales 1 --repeats 3   # the rows-vs-tokens comparison alone
     python scripts/bench_prepare.py --total 20000 --scales 1 --modes tokens --num_proc 1
 
 Inputs are built in a temporary folder by replicating real rows from ../shared/data
@@ -12,11 +13,12 @@ for the filters); both modes read the same files. The mixture is the mid-trainin
 `mix_by: rows` with `total_samples: TOTAL`, and `mix_by: tokens` with the shares as token
 shares and `total_tokens` set so that it also writes about TOTAL rows (from each source's
 mean tokens per row in the seed rows), counted with a 6,400-token BPE trained on the seed
-rows (dataset.tokenizer.train_tokenizer; its training is not timed). Without ../shared/data
-the rows come from the smoke sample in dataset/demo/.
+rows (dataset.tokenizer.train_tokenizer; its training is not timed).
 
-Each scale runs in a fresh process twice: with an empty datasets cache (cold: includes
-converting the JSON to Arrow) and again (warm). Peak RSS is the main process's
+Each scale and mode runs in a fresh process: once with an empty datasets cache (cold:
+includes converting the JSON to Arrow), then --repeats times warm, the modes alternating so
+that a machine shared with other jobs slows both alike; the ratio compares the fastest warm
+run of each mode. Peak RSS is the main process's
 ru_maxrss, split into anonymous and file-backed (memory-mapped Arrow pages, shared
 libraries) by sampling /proc/self/status every 20 ms. Workers are forked, so their RSS
 counts pages they share with the main process. About 175 MB of the main process is
@@ -43,7 +45,6 @@ from trainer.cli import run
 from trainer.paths import REPO_ROOT
 
 SHARED = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-DEMO = REPO_ROOT / "dataset" / "demo"
 RATIOS = {"replay": 0.30, "code": 0.35, "reasoning": 0.35}
 FORMATS = {"replay": "text", "code": "alpaca", "reasoning": "mmlu"}
 
@@ -71,8 +72,10 @@ tokenizer = sys.argv[5] if len(sys.argv) > 5 else None
 manifest = prepare_mixture(
     load_mixture_config(config), out, num_proc=num_proc, overwrite=True, cache_dir=cache, tokenizer=tokenizer
 )
+mine, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({
     "seconds": time.perf_counter() - start,
+    "cpu_seconds": mine.ru_utime + mine.ru_stime + workers.ru_utime + workers.ru_stime,
     "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "anon_mb": peak["RssAnon"] / 1024,
     "file_mb": peak["RssFile"] / 1024,
@@ -90,20 +93,17 @@ def _read(path: Path) -> list[dict]:
 
 def seed_rows() -> tuple[dict[str, list[dict]], list[Path]]:
     """Rows to replicate per source, and the evaluation files to decontaminate against."""
-    if (SHARED / "mmlu" / "test.jsonl").exists():
-        stories = [r for f in sorted((SHARED / "tinystories").glob("*.jsonl")) for r in _read(f)]
-        evals = [SHARED / "mmlu" / f"{s}.jsonl" for s in ("test", "val", "dev")]
-        return {
-            "replay": stories,
-            "code": _read(SHARED / "code_instructions" / "code_alpaca_2k.jsonl"),
-            "reasoning": _read(SHARED / "mmlu" / "auxiliary_train_subset.jsonl"),
-        }, evals
-    print(f"{SHARED} not found: replicating the smoke sample in dataset/demo/ instead")
+    if not (SHARED / "mmlu" / "test.jsonl").exists():
+        raise SystemExit(
+            f"{SHARED} not found: the benchmark replicates its real rows (set MINIGPT_SHARED_DATA)"
+        )
+    stories = [r for f in sorted((SHARED / "tinystories").glob("*.jsonl")) for r in _read(f)]
+    evals = [SHARED / "mmlu" / f"{s}.jsonl" for s in ("test", "val", "dev")]
     return {
-        "replay": _read(DEMO / "smoke_stories.jsonl"),
-        "code": _read(DEMO / "smoke_code.jsonl"),
-        "reasoning": _read(DEMO / "smoke_reasoning.jsonl"),
-    }, [DEMO / "smoke_reasoning_test.jsonl"]
+        "replay": stories,
+        "code": _read(SHARED / "code_instructions" / "code_alpaca_2k.jsonl"),
+        "reasoning": _read(SHARED / "mmlu" / "auxiliary_train_subset.jsonl"),
+    }, evals
 
 
 def _tagged(name: str, row: dict, copy: int) -> dict:
@@ -240,7 +240,8 @@ def main() -> None:
                 results.append((scale, mode, sum(rows.values()), size_mb, phase, r))
                 print(
                     f"scale {scale:g}x ({sum(rows.values()):,} input rows, {size_mb:.0f} MB) {mode} {phase}: "
-                    f"{r['seconds']:.1f} s in prepare_mixture, {r['wall']:.1f} s with start-up; "
+                    f"{r['seconds']:.1f} s in prepare_mixture, {r['wall']:.1f} s with start-up, "
+                    f"{r['cpu_seconds']:.1f} s CPU (all processes, start-up included); "
                     f"{r['rows']:,} rows written; "
                     f"peak RSS main {r['main_rss_mb']:.0f} MB (anonymous {r['anon_mb']:.0f}, file-backed {r['file_mb']:.0f}), "
                     f"largest worker {r['worker_rss_mb']:.0f} MB; "
@@ -249,27 +250,27 @@ def main() -> None:
                 )
     print()
     print(
-        f"| input | rows | MB | mix_by | datasets cache | rows written | prepare s | wall s "
+        f"| input | rows | MB | mix_by | datasets cache | rows written | prepare s | wall s | CPU s "
         f"| peak RSS MB (anonymous + file-backed) | largest worker MB |  (num_proc={args.num_proc}, total={args.total:,})"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for scale, mode, n, mb, phase, r in results:
         print(
-            f"| {scale:g}x | {n:,} | {mb:.0f} | {mode} | {phase} | {r['rows']:,} | {r['seconds']:.1f} | {r['wall']:.1f} | "
+            f"| {scale:g}x | {n:,} | {mb:.0f} | {mode} | {phase} | {r['rows']:,} | {r['seconds']:.1f} | {r['wall']:.1f} "
+            f"| {r['cpu_seconds']:.1f} | "
             f"{r['main_rss_mb']:.0f} ({r['anon_mb']:.0f} + {r['file_mb']:.0f}) | {r['worker_rss_mb']:.0f} |"
         )
     for scale in args.scales:
-        best = {
-            m: min(
-                r["seconds"] for s_, m_, _, _, ph, r in results if s_ == scale and m_ == m and ph == "warm"
-            )
-            for m in args.modes
-        }
-        if len(best) == 2:
-            print(
-                f"scale {scale:g}x, fastest warm run: tokens {best['tokens']:.1f} s / rows {best['rows']:.1f} s "
-                f"= {best['tokens'] / best['rows']:.2f}x"
-            )
+        for key, label in (("seconds", "time in prepare_mixture"), ("cpu_seconds", "CPU time")):
+            best = {
+                m: min(r[key] for s_, m_, _, _, ph, r in results if s_ == scale and m_ == m and ph == "warm")
+                for m in args.modes
+            }
+            if len(best) == 2:
+                print(
+                    f"scale {scale:g}x, fastest warm run, {label}: tokens {best['tokens']:.1f} s / "
+                    f"rows {best['rows']:.1f} s = {best['tokens'] / best['rows']:.2f}x"
+                )
 
 
 if __name__ == "__main__":

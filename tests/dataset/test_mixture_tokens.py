@@ -379,3 +379,21 @@ def test_empty_validation_of_a_source_is_said_with_numbers(tmp_path, bpe, cache_
             r.getMessage() for r in caplog.records if f"source {s['name']!r}: none of its" in r.getMessage()
         )
         assert f"{s['selected']} rows" in line and "val_ratio 0.0005" in line
+
+
+def test_a_stage_left_without_rows_stops_with_numbers(tmp_path, bpe, cache_dir):
+    """A last stage of 1 token: the replay document that crosses into it started in the stage
+    before, so the stage would be empty; the run stops rather than write a stage nobody trains."""
+    path = write_config(tmp_path / "cfg", bpe, total_tokens=20_000)
+    raw = yaml.safe_load(path.read_text())
+    raw["sources"] = sources()[:1]
+    raw["stages"] = [
+        {"name": "main", "fraction": 0.99995, "ratios": {"replay": 1.0}},
+        {"name": "tail", "fraction": 0.00005, "ratios": {"replay": 1.0}},
+    ]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as e:
+        prepare_mixture(load_mixture_config(path), tmp_path / "out", cache_dir=cache_dir)
+    msg = str(e.value)
+    assert "stage 'tail' gets no rows: its plan of 1 tokens" in msg and "raise total_tokens" in msg
+    assert not (tmp_path / "out").exists()
