@@ -63,13 +63,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def weights_state(model: MiniGPTForCausalLM, tokenizer, meta: dict) -> dict:
-    """The weights-file content: model, its config, its tokenizer and run facts (``meta``)."""
+def weights_state(
+    model: MiniGPTForCausalLM | dict, tokenizer, meta: dict, config: ModelConfig | None = None
+) -> dict:
+    """The weights-file content: the model's weights (a module, or its full state dict with
+    ``config``), its config, its tokenizer and run facts (``meta``)."""
+    state = model if isinstance(model, dict) else model.state_dict()
+    config = config if config is not None else model.config
     return {
         "format": FORMAT,
-        "model": model.state_dict(),
-        "model_config": model.config.to_dict(),
-        "tokenizer": tokenizer_to_dict(tokenizer),
+        "model": state,
+        "model_config": config.to_dict(),
+        "tokenizer": tokenizer if isinstance(tokenizer, dict) else tokenizer_to_dict(tokenizer),
         "meta": meta,
     }
 
@@ -78,7 +83,7 @@ def weights_state(model: MiniGPTForCausalLM, tokenizer, meta: dict) -> dict:
 class TrainState:
     """What a resume file holds beyond the weights file: enough to continue bit-identically."""
 
-    optimizer: dict  # AdamW state_dict
+    optimizer: dict | None  # AdamW state_dict; None when sharded (see sharded_optimizer)
     scaler: dict  # GradScaler state_dict (fp16)
     rng: dict  # {"torch": cpu RNG state, "cuda": ...}
     step: int  # optimizer steps taken
@@ -90,6 +95,8 @@ class TrainState:
     wandb_id: str | None = None
     args: dict | None = None  # the run's effective flag values (restored on resume); None: older file
     schedule_changes: list | None = None  # [{"at", "from", "to"}]: run-length changes on resume
+    strategy: str = "ddp"  # "fsdp": the AdamW state is sharded in sharded_optimizer
+    sharded_optimizer: str | None = None  # a torch.distributed.checkpoint folder beside the file
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> TrainState:
@@ -100,9 +107,27 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def save_run(paths: RunPaths, model: MiniGPTForCausalLM, tokenizer, meta: dict, state: TrainState) -> None:
+def sharded_folder(paths: RunPaths, step: int) -> Path:
+    """Where an FSDP run's sharded AdamW state of ``step`` goes: beside the resume file, one
+    folder per saved step, so the resume file always names a complete folder."""
+    return paths.resume.with_name(f"{paths.resume.stem}.optim") / f"step{step:08d}"
+
+
+def prune_sharded(paths: RunPaths, keep: Path | None) -> None:
+    """Remove the sharded states other than ``keep`` (after the resume file names ``keep``)."""
+    import shutil
+
+    root = paths.resume.with_name(f"{paths.resume.stem}.optim")
+    for old in root.glob("step*") if root.is_dir() else ():
+        if keep is None or old.resolve() != keep.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_run(
+    paths: RunPaths, model: MiniGPTForCausalLM | dict, tokenizer, meta: dict, state: TrainState, config=None
+) -> None:
     """Write a run's weights file and its resume file (call on the main rank only)."""
-    weights = weights_state(model, tokenizer, meta)
+    weights = weights_state(model, tokenizer, meta, config)
     atomic_torch_save(weights, paths.weights)
     atomic_torch_save({**weights, **state.to_dict()}, paths.resume)
 
@@ -156,7 +181,9 @@ def load_resume(path: str | Path) -> tuple[MiniGPTForCausalLM, Any, dict, TrainS
     model, tok, ckpt = load_model(path)
     if "optimizer" not in ckpt:
         raise UserError(f"{path}: a weights file, not a resume checkpoint")
-    return model, tok, ckpt["meta"], TrainState.from_checkpoint(ckpt)
+    state = TrainState.from_checkpoint(ckpt)
+    state.strategy = state.strategy or "ddp"
+    return model, tok, ckpt["meta"], state
 
 
 def carried_optimizer_state(parent: dict, save_dir: str | Path, checkpoint_dir: str | Path, hidden_size: int):

@@ -45,6 +45,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "num_workers",
         "device",
         "use_compile",
+        "activation_checkpointing",
         "peak_tflops",
         "val_path",
     }
@@ -92,6 +93,8 @@ class TrainConfig:
     num_workers: int
     seed: int
     peak_tflops: float | None
+    strategy: str
+    activation_checkpointing: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
@@ -216,6 +219,18 @@ def _optimisation_flags(g, learning_rate: float, warmup_ratio: float) -> None:
 
 def _runtime_flags(g) -> None:
     add_runtime_flags(g, batch_size=32, batch_help="rows per micro-batch per process", dtype="bfloat16")
+    g.add_argument(
+        "--strategy",
+        default="ddp",
+        choices=("ddp", "fsdp"),
+        help="data parallelism under torchrun: ddp (a full replica per process) or fsdp (FSDP2: weights, "
+        "gradients and AdamW state sharded over the processes); fsdp also runs as one process",
+    )
+    g.add_argument(
+        "--activation_checkpointing",
+        action="store_true",
+        help="recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute)",
+    )
     g.add_argument("--use_compile", action="store_true", help="torch.compile the model")
     g.add_argument(
         "--num_workers",

@@ -5,13 +5,12 @@ A run, as named steps (:class:`Trainer`):
   start     the model and tokenizer (:func:`trainer.start.load_start`), the optimizer, the resume state
   step      one optimizer step over ``accumulation_steps`` micro-batches (:meth:`Trainer.train_step`)
   log       the log line, the metrics log, wandb (:meth:`Trainer.log_step`)
-  evaluate  validation loss per source (:meth:`Trainer.evaluate`, :func:`val_loss_per_source`)
+  evaluate  validation loss per source (:meth:`Trainer.evaluate`, :mod:`trainer.validation`)
   save      weights + resume state (:meth:`Trainer.save`, through :mod:`trainer.checkpoint`)
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -21,21 +20,22 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset, sample_rows
-from dataset.sampler import EMPTY, StepSampler
-from dataset.tokenizer import tokenizer_sha256
+from dataset.sampler import StepSampler
+from dataset.tokenizer import tokenizer_sha256, tokenizer_to_dict
 from model.errors import UserError
 from trainer import checkpoint as ckpt
 from trainer import runtime
 from trainer.cli import setup_logging
 from trainer.config import TrainConfig
-from trainer.metrics import MetricsLog
+from trainer.metrics import MetricsLog, fmt_time, run_summary
+from trainer.parallel import Parallel, world_group_for_one_process
 from trainer.schedule import Schedule, stretched
 from trainer.start import Start
 from trainer.throughput import mfu, peak_flops
+from trainer.validation import format_losses, val_loss_per_source
 
 log = logging.getLogger("trainer")
 
@@ -59,69 +59,11 @@ class Session:
 def setup(cfg: TrainConfig) -> Session:
     """Process group (under torchrun), device and precision; call after trainer.start.start_run."""
     info, device = runtime.init_distributed(cfg.device)
+    if cfg.strategy == "fsdp" and not info.enabled:
+        world_group_for_one_process(device)
     setup_logging(info.rank)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     return Session(cfg, info, device, dtype)
-
-
-# --------------------------------------------------------------------------- validation loss
-
-
-def token_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-token cross entropy (fp32), 0 where the target is ignored."""
-    logits = model(x)
-    return F.cross_entropy(
-        logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view_as(y)
-
-
-@torch.no_grad()
-def val_loss_per_source(
-    model, corpus: PackedCorpus, session: Session, batch_size: int, rows
-) -> dict[str, float]:
-    """Mean validation loss per source on ``rows`` of ``corpus`` (from :func:`sample_rows`), and
-    overall: "all" weighs each source's mean loss by its share of the corpus's target tokens, so a
-    stratified sample estimates the whole set's loss (with every row it is exactly the mean over
-    all targets).
-
-    This is the in-training number over packed rows (documents share rows, as in training);
-    ``eval_llm.py`` scores each document on its own. Rows are split across ranks (every rank runs
-    the same number of batches, padded with filler rows) and the sums all-reduced, so every rank
-    returns the same numbers. Keys: "all" and, with several sources, each source name.
-    """
-    was_training = model.training
-    model.eval()
-    n_src = len(corpus.source_names)
-    sums = torch.zeros(n_src + 1, dtype=torch.float64)
-    counts = torch.zeros(n_src + 1, dtype=torch.float64)
-    world, rank = session.dist.world_size, session.dist.rank
-    per_rank = -(-len(rows) // world)
-    mine = list(rows[rank::world]) + [EMPTY] * (per_rank - len(rows[rank::world]))
-    ds = PackedDataset(corpus)
-    for i in range(0, len(mine), batch_size):
-        x, y, s = (torch.stack(t) for t in zip(*(ds[int(j)] for j in mine[i : i + batch_size]), strict=True))
-        with session.autocast():
-            losses = token_losses(model, x.to(session.device), y.to(session.device)).cpu().double()
-        s = s.clamp(min=-1) + 1  # pad positions (-1) go to bin 0 with zero loss
-        sums += torch.bincount(s.flatten(), weights=losses.flatten(), minlength=n_src + 1)
-        counts += torch.bincount(s.flatten(), minlength=n_src + 1).double()
-    runtime.all_reduce_sum(sums)
-    runtime.all_reduce_sum(counts)
-    model.train(was_training)
-    means = sums[1:] / counts[1:].clamp(min=1)
-    present = counts[1:] > 0
-    weights = torch.tensor(corpus.meta["source_tokens"], dtype=torch.float64) * present
-    out = {"all": float((means * weights).sum() / weights.sum().clamp(min=1))}
-    if n_src == 1:  # a single source: its loss is the overall loss
-        return out
-    for k, name in enumerate(corpus.source_names):
-        if present[k]:
-            out[name] = float(means[k])
-    return out
-
-
-def format_losses(losses: dict[str, float]) -> str:
-    return " ".join(f"{k}:{v:.4f}" for k, v in losses.items())
 
 
 # --------------------------------------------------------------------------- the run
@@ -149,11 +91,6 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     )
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 class Trainer:
     """One run of one stage: built by ``start``, driven by :meth:`fit`."""
 
@@ -164,6 +101,7 @@ class Trainer:
         self.session, self.cfg, self.info, self.device = session, cfg, info, device
         self.start_, self.train_data, self.val_data, self.stage = start, train, val, stage
         self.model, self.tok = start.model.to(device), start.tokenizer
+        self.tok_dict = tokenizer_to_dict(self.tok)  # stored in every checkpoint: made once
         self.model.train()
         self.steps_per_epoch = StepSampler(
             train.num_rows, cfg.batch_size, cfg.accumulation_steps, info.world_size, info.rank, cfg.seed, 1
@@ -184,18 +122,17 @@ class Trainer:
         self.paths = ckpt.checkpoint_paths(
             cfg.save_dir, cfg.checkpoint_dir, cfg.save_weight, self.model.config.hidden_size
         )
-        self.optimizer = _optimizer(self.model, cfg, device)
+        self.parallel = Parallel(
+            self.model, cfg.strategy, info, device, cfg.activation_checkpointing, cfg.use_compile
+        )
+        self.train_model = self.parallel.train_model
+        self.optimizer = _optimizer(self.model, cfg, device)  # after sharding: over the shards
         self.scaler = torch.amp.GradScaler(device.type, enabled=session.dtype == torch.float16)
         self.step, self.history, self.wandb_id = 0, [], None
         self.seen = torch.zeros(len(train.source_names), dtype=torch.float64)
         self._restore()
         for g in self.optimizer.param_groups:  # the schedule sets the LR each step; keep "initial_lr" out
             g["lr"] = self.lr_at(self.step, self.total)
-        self.train_model = torch.compile(self.model) if cfg.use_compile else self.model
-        if info.enabled:
-            self.train_model = DDP(
-                self.train_model, device_ids=[device.index] if device.type == "cuda" else None
-            )
         self.metrics: MetricsLog | None = None
         self.wandb_run = None
         self.val_rows = None
@@ -206,10 +143,23 @@ class Trainer:
         r = self.start_.resume
         if r is None:
             if self.stage.optimizer_state is not None:
+                if self.cfg.strategy == "fsdp":
+                    raise UserError(
+                        "--optimizer_state pretrain works with --strategy ddp only (the carried AdamW state is "
+                        "not sharded); use --strategy ddp or --optimizer_state fresh"
+                    )
                 self.optimizer.load_state_dict(self.stage.optimizer_state)
             return
         ckpt.check_resume_identity(r.identity, self.identity, self.paths.resume)
-        self.optimizer.load_state_dict(r.optimizer)
+        if r.strategy != self.cfg.strategy:
+            raise UserError(
+                f"{self.paths.resume} is the state of a --strategy {r.strategy} run; resume it with "
+                f"--strategy {r.strategy} (the optimizer state is stored differently)"
+            )
+        if r.sharded_optimizer:
+            self.parallel.load_sharded(self.optimizer, self.paths.resume.parent / r.sharded_optimizer)
+        else:
+            self.optimizer.load_state_dict(r.optimizer)
         self.scaler.load_state_dict(r.scaler)
         ckpt.set_rng_state(r.rng, self.device)
         self.step, self.history, self.wandb_id = r.step, r.eval_history, r.wandb_id
@@ -333,8 +283,7 @@ class Trainer:
         for i, (x, y, s) in enumerate(micro_batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = i == len(micro_batches) - 1
-            ctx = self.train_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
-            with ctx:
+            with self.parallel.accumulating(sync):
                 with self.session.autocast():
                     logits = self.train_model(x)
                 loss = F.cross_entropy(
@@ -368,7 +317,7 @@ class Trainer:
         epoch = min((self.step - 1) // self.steps_per_epoch + 1, cfg.epochs)
         log.info(
             f"Epoch:[{epoch}/{cfg.epochs}]({self.step}/{self.total}) loss:{last['loss']:.6f} lr:{last['lr']:.10f} "
-            f"grad_norm:{last['grad_norm']:.4f} tokens/s:{tokens_per_sec:.0f} MFU:{util * 100:.2f}% ETA {_fmt_time(eta)}"
+            f"grad_norm:{last['grad_norm']:.4f} tokens/s:{tokens_per_sec:.0f} MFU:{util * 100:.2f}% ETA {fmt_time(eta)}"
         )
         seen_all = self.seen.clone()
         runtime.all_reduce_sum(seen_all)
@@ -396,6 +345,7 @@ class Trainer:
         losses = val_loss_per_source(
             self.model, self.val_data, self.session, self.cfg.batch_size, self.val_rows
         )
+        self.parallel.after_eval()
         self.history.append({"step": self.step, **losses})
         log.info(f"eval step {self.step}/{self.total}: val_loss {format_losses(losses)}")
         self.metrics.append("eval", {"step": self.step, **{f"loss_{k}": v for k, v in losses.items()}})
@@ -426,9 +376,18 @@ class Trainer:
             "finished": final,
             **stage.meta,
         }
+        weights = self.parallel.full_state_dict()  # a collective under FSDP
+        sharded = None
+        if self.cfg.strategy == "fsdp":
+            sharded = ckpt.sharded_folder(self.paths, step)
+            if self.info.is_main and sharded.exists():  # saved at this step before: write it afresh
+                ckpt.prune_sharded(self.paths, keep=None)
+            runtime.barrier()
+            self.parallel.save_sharded(self.optimizer, sharded)
+            runtime.barrier()
         if self.info.is_main:
             state = ckpt.TrainState(
-                optimizer=self.optimizer.state_dict(),
+                optimizer=self.parallel.optimizer_state(self.optimizer),
                 scaler=self.scaler.state_dict(),
                 rng=ckpt.rng_state(self.device),
                 step=step,
@@ -440,8 +399,12 @@ class Trainer:
                 wandb_id=self.wandb_id,
                 args=self.stage.args,
                 schedule_changes=self.schedule_changes,
+                strategy=self.cfg.strategy,
+                sharded_optimizer=str(sharded.relative_to(self.paths.resume.parent)) if sharded else None,
             )
-            ckpt.save_run(self.paths, self.model, self.tok, meta, state)
+            ckpt.save_run(self.paths, weights, self.tok_dict, meta, state, config=self.model.config)
+            if sharded is not None:
+                ckpt.prune_sharded(self.paths, keep=sharded)
         runtime.barrier()
 
     # ----------------------------------------------------------------- the loop
@@ -493,8 +456,10 @@ class Trainer:
         if finished:
             self.evaluate()
         self.save(final=finished)
+        if self.cfg.strategy == "fsdp":
+            self._log_shards()
         runtime.all_reduce_sum(self.seen)
-        summary = _summary(
+        summary = run_summary(
             self.train_data,
             self.seen,
             self.history,
@@ -515,50 +480,20 @@ class Trainer:
             self.wandb_run.finish()
         return summary
 
+    def _log_shards(self) -> None:
+        """What each rank holds under FSDP: its shard of the parameters and of the AdamW state."""
+        world, rank = self.info.world_size, self.info.rank
+        table = torch.zeros(2 * world, dtype=torch.float64)
+        table[2 * rank : 2 * rank + 2] = torch.tensor(
+            self.parallel.local_numel(self.optimizer), dtype=torch.float64
+        )
+        runtime.all_reduce_sum(table)
+        params, state = table[0::2].long().tolist(), table[1::2].long().tolist()
+        log.info(
+            f"FSDP shards per rank: parameters {params} of {sum(params):,}; AdamW state {state} of {sum(state):,}"
+        )
+
 
 def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus | None, stage: Stage) -> dict:
     """Train ``start.model`` on ``train`` and return a summary dict (also stored in the checkpoint)."""
     return Trainer(session, start, train, val, stage).fit()
-
-
-def _summary(train, seen, history, stage, finished, step, total, paths, seconds) -> dict:
-    names = train.source_names
-    shares = (seen / seen.sum().clamp(min=1)).tolist()
-    corpus = train.source_token_counts()
-    corpus_total = max(sum(corpus.values()), 1)
-    if len(names) > 1 or stage.target_shares:
-        # a mixture's ratios count rows (samples); sources with longer rows take a larger share of tokens
-        log.info(
-            "Share of tokens per source: realized in training | in the prepared data | mixture ratio (rows)"
-        )
-        for n, share in zip(names, shares, strict=True):
-            target = (
-                f"{stage.target_shares[n]:.1%}" if stage.target_shares and n in stage.target_shares else "-"
-            )
-            log.info(f"  {n:<16} {share:>8.1%} | {corpus[n] / corpus_total:>8.1%} | {target:>6}")
-    trained, per_epoch = float(seen.sum()), train.num_targets
-    log.info(
-        f"Trained on {trained:,.0f} target tokens: {trained / per_epoch:.3f} epochs of the {per_epoch:,} in the data"
-    )
-    if len(history) >= 2:
-        first, end = history[0], history[-1]
-        log.info(f"Validation loss per source: step {first['step']} -> step {end['step']}")
-        for k in end:
-            if k != "step" and k in first:
-                log.info(f"  {k:<16} {first[k]:.4f} -> {end[k]:.4f} ({end[k] - first[k]:+.4f})")
-    state = "finished" if finished else f"stopped at step {step} of {total} (continue with --from_resume 1)"
-    log.info(f"Run {state} in {_fmt_time(seconds)}")
-    log.info(f"Weights: {paths.weights}")
-    log.info(f"Resume state: {paths.resume}")
-    log.info(f"Metrics log: {paths.metrics}")
-    return {
-        "finished": finished,
-        "step": step,
-        "total_steps": total,
-        "token_share": dict(zip(names, shares, strict=True)),
-        "seconds": seconds,
-        "eval_history": history,
-        "weights": str(paths.weights),
-        "resume": str(paths.resume),
-        "metrics": str(paths.metrics),
-    }

@@ -12,8 +12,17 @@ the benchmarks read it back with :meth:`MetricsLog.read`.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("trainer")
+
+
+def fmt_time(seconds: float) -> str:
+    """H:MM:SS."""
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class MetricsLog:
@@ -58,3 +67,49 @@ class MetricsLog:
             [r for r in recs if r["kind"] == "eval"],
             summaries[-1] if summaries else {},
         )
+
+
+def run_summary(train, seen, history, stage, finished, step, total, paths, seconds) -> dict:
+    """Log the end-of-run report (token shares per source, epochs of data trained, validation loss
+    per source at start vs end, where the files are) and return it as a dict (the metrics log's
+    summary record takes a part of it)."""
+    names = train.source_names
+    shares = (seen / seen.sum().clamp(min=1)).tolist()
+    corpus = train.source_token_counts()
+    corpus_total = max(sum(corpus.values()), 1)
+    if len(names) > 1 or stage.target_shares:
+        # a mixture's ratios count rows (samples); sources with longer rows take a larger share of tokens
+        log.info(
+            "Share of tokens per source: realized in training | in the prepared data | mixture ratio (rows)"
+        )
+        for n, share in zip(names, shares, strict=True):
+            target = (
+                f"{stage.target_shares[n]:.1%}" if stage.target_shares and n in stage.target_shares else "-"
+            )
+            log.info(f"  {n:<16} {share:>8.1%} | {corpus[n] / corpus_total:>8.1%} | {target:>6}")
+    trained, per_epoch = float(seen.sum()), train.num_targets
+    log.info(
+        f"Trained on {trained:,.0f} target tokens: {trained / per_epoch:.3f} epochs of the {per_epoch:,} in the data"
+    )
+    if len(history) >= 2:
+        first, end = history[0], history[-1]
+        log.info(f"Validation loss per source: step {first['step']} -> step {end['step']}")
+        for k in end:
+            if k != "step" and k in first:
+                log.info(f"  {k:<16} {first[k]:.4f} -> {end[k]:.4f} ({end[k] - first[k]:+.4f})")
+    state = "finished" if finished else f"stopped at step {step} of {total} (continue with --from_resume 1)"
+    log.info(f"Run {state} in {fmt_time(seconds)}")
+    log.info(f"Weights: {paths.weights}")
+    log.info(f"Resume state: {paths.resume}")
+    log.info(f"Metrics log: {paths.metrics}")
+    return {
+        "finished": finished,
+        "step": step,
+        "total_steps": total,
+        "token_share": dict(zip(names, shares, strict=True)),
+        "seconds": seconds,
+        "eval_history": history,
+        "weights": str(paths.weights),
+        "resume": str(paths.resume),
+        "metrics": str(paths.metrics),
+    }

@@ -126,8 +126,9 @@ def test_a_capped_evaluation_covers_every_source_with_a_fixed_spread_sample(fiel
 
 def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer, tmp_path):
     from dataset.packed import sample_rows
-    from trainer.engine import Session, val_loss_per_source
+    from trainer.engine import Session
     from trainer.runtime import DistInfo
+    from trainer.validation import val_loss_per_source
 
     torch.manual_seed(0)
     model = MiniGPTForCausalLM(
