@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.io import atomic_dir, file_sha256, iter_docs
+from dataset.io import atomic_dir, file_sha256, iter_docs, iter_jsonl
 from dataset.tokenizer import encode_texts, tokenizer_sha256
 from model.errors import UserError
 
@@ -40,13 +40,14 @@ _BATCH = 1024  # documents per tokenizer call: large enough for the Rust batch e
 
 
 def check_data_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files, checked before any training work: each exists and its first row reads (an
+    empty or unreadable file fails here with the reader's one line, as in every other tool)."""
     out = []
     for p in paths:
         p = Path(p)
         if not p.is_file():
             raise UserError(f"{p}: data file not found")
-        if p.stat().st_size == 0:
-            raise UserError(f"{p}: data file is empty")
+        next(iter_jsonl(p), None)
         out.append(p)
     if not out:
         raise UserError("no data file given (--data_path)")
