@@ -257,19 +257,27 @@ def iter_docs(path: str | Path) -> Iterator[tuple[str, str]]:
     ``source`` is optional: absent or null, it is the file's stem. UserError ``file:line: ...``
     for a row whose text is not a string or whose source is not a non-empty string.
     """
+    for text, source, _ in iter_staged_docs(path):
+        yield text, source
+
+
+def iter_staged_docs(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
+    """``(text, source, stage)`` per row: :func:`iter_docs` plus the optional ``"stage"`` field a
+    staged mixture writes (None when absent; a non-empty string otherwise)."""
     path = Path(path)
     for lineno, row in iter_jsonl(path):
         text = text_field(row, "text", path, lineno)
-        source = row.get("source")
+        source, stage = row.get("source"), row.get("stage")
         if source is None:
             source = data_stem(path)
-        elif not isinstance(source, str) or not source:
-            got = "empty" if source == "" else _type_name(source)
-            raise UserError(
-                f'{path}:{lineno}: field "source" must be a non-empty string (it is {got}); '
-                "fix that row or drop the field"
-            )
-        yield text, source
+        for name, value in (("source", source), ("stage", stage)):
+            if value is not None and (not isinstance(value, str) or not value):
+                got = "empty" if value == "" else _type_name(value)
+                raise UserError(
+                    f'{path}:{lineno}: field "{name}" must be a non-empty string (it is {got}); '
+                    "fix that row or drop the field"
+                )
+        yield text, source, stage
 
 
 def file_sha256(path: str | Path) -> str:

@@ -12,12 +12,17 @@ after the first is a target exactly once and no token is thrown away; only the l
 be short, and its tail is padded with targets of -100 (ignored). Attention runs across the
 document boundaries inside a row (as in GPT-2/nanoGPT); BOS/EOS mark where a document starts.
 
+A staged mixture's rows carry ``"stage"``; each stage is a segment of the stream (the file keeps
+stage order) and rows are cut per segment, so no row holds tokens of two stages: the rule above
+applies within each segment (its first token is never a target, its last row may be short).
+
 Memory stays flat as the corpus grows: text is streamed in batches and appended to disk, and
 training reads rows straight from the memory map.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -28,13 +33,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.io import atomic_dir, file_sha256, iter_docs, iter_jsonl
+from dataset.io import atomic_dir, file_sha256, iter_jsonl, iter_staged_docs
 from dataset.tokenizer import encode_texts, tokenizer_sha256
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: segments (stages) in meta.json
 IGNORE_INDEX = -100
 _BATCH = 1024  # documents per tokenizer call: large enough for the Rust batch encoder to be efficient
 
@@ -67,6 +72,12 @@ class PackedCorpus:
         self._dtype = np.dtype(self.meta["dtype"])
         self._tokens: np.memmap | None = None
         self._sources: np.memmap | None = None
+        # segments (stages): token ranges [start, end), and the first row of each
+        segs = self.meta["segments"]
+        self.segment_names: list[str | None] = [g["name"] for g in segs]
+        self._seg_tokens = [(g["start"], g["end"]) for g in segs]
+        rows = [-(-(end - start - 1) // seq_len) for start, end in self._seg_tokens]
+        self._seg_row0 = np.cumsum([0, *rows]).tolist()
 
     # Memory maps open lazily so the object pickles cheaply into DataLoader workers.
     @property
@@ -86,20 +97,31 @@ class PackedCorpus:
 
     @property
     def num_rows(self) -> int:
-        return -(-self.num_targets // self.seq_len)
+        return self._seg_row0[-1]
 
     @property
     def num_targets(self) -> int:
-        """Tokens trained on per epoch: every token but the first is a target exactly once."""
-        return self.num_tokens - 1
+        """Tokens trained on per epoch: every token but the first of each segment is a target once."""
+        return sum(end - start - 1 for start, end in self._seg_tokens)
+
+    def segment_rows(self) -> list[range]:
+        """The rows of each segment (stage), in order: what dataset.sampler.StepSampler trains."""
+        return [range(a, b) for a, b in zip(self._seg_row0[:-1], self._seg_row0[1:], strict=True)]
+
+    def _window(self, i: int) -> tuple[int, int]:
+        """[start, end) token positions of row i's window (end - start - 1 targets)."""
+        k = bisect.bisect_right(self._seg_row0, i) - 1
+        seg_start, seg_end = self._seg_tokens[k]
+        start = seg_start + (i - self._seg_row0[k]) * self.seq_len
+        return start, min(start + self.seq_len + 1, seg_end)
 
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(inputs, targets, target source ids) of row i, each of length seq_len, as int64."""
         L = self.seq_len
-        start = i * L
-        window = np.asarray(self.tokens[start : start + L + 1], dtype=np.int64)
-        src = np.asarray(self.sources[start + 1 : start + L + 1], dtype=np.int64)
-        n = len(window) - 1  # targets in this row (< L only for the last one)
+        start, end = self._window(i)
+        window = np.asarray(self.tokens[start:end], dtype=np.int64)
+        src = np.asarray(self.sources[start + 1 : end], dtype=np.int64)
+        n = len(window) - 1  # targets in this row (< L only for a segment's last one)
         x = np.full(L, self.pad_id, dtype=np.int64)
         y = np.full(L, IGNORE_INDEX, dtype=np.int64)
         s = np.full(L, -1, dtype=np.int64)
@@ -109,12 +131,25 @@ class PackedCorpus:
     def source_token_counts(self) -> dict[str, int]:
         return dict(zip(self.source_names, self.meta["source_tokens"], strict=True))
 
+    def segment_source_targets(self) -> np.ndarray:
+        """(segments, sources) int64: the targets of each source in each segment (stage)."""
+        n_src = max(len(self.source_names), 1)
+        out = np.zeros((len(self._seg_tokens), n_src), dtype=np.int64)
+        for k, (start, end) in enumerate(self._seg_tokens):
+            out[k] = np.bincount(np.asarray(self.sources[start + 1 : end], dtype=np.int64), minlength=n_src)
+        return out
+
     def row_source_targets(self) -> np.ndarray:
         """(num_rows, num_sources) int64: how many targets of each source every row holds."""
         n_src, L = max(len(self.source_names), 1), self.seq_len
-        src = np.asarray(self.sources[1:], dtype=np.int64)  # the source of every target, in order
-        row = np.arange(len(src)) // L
-        return np.bincount(row * n_src + src, minlength=self.num_rows * n_src).reshape(self.num_rows, n_src)
+        out = np.zeros((self.num_rows, n_src), dtype=np.int64)
+        for (start, end), row0 in zip(self._seg_tokens, self._seg_row0, strict=False):
+            src = np.asarray(self.sources[start + 1 : end], dtype=np.int64)  # every target's source
+            row = row0 + np.arange(len(src)) // L
+            out += np.bincount(row * n_src + src, minlength=self.num_rows * n_src).reshape(
+                self.num_rows, n_src
+            )
+        return out
 
 
 def sample_rows(corpus: PackedCorpus, cap: int) -> tuple[np.ndarray, str]:
@@ -213,12 +248,20 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
     head, eos = ([tok.bos_token_id] if tok.bos_token_id is not None else []), tok.eos_token_id
     names: dict[str, int] = {}
     source_tokens: list[int] = []
+    segments: list[dict] = []  # {"name", "start", "end"} per stage, in file order
     n_docs = n_tokens = 0
     with open(out / "tokens.bin", "wb") as ftok, open(out / "sources.bin", "wb") as fsrc:
 
-        def flush(texts: list[str], srcs: list[str]) -> None:
+        def flush(texts: list[str], srcs: list[str], stages: list[str | None]) -> None:
             nonlocal n_docs, n_tokens
-            for doc, src in zip(encode_texts(tok, texts), srcs, strict=True):
+            for doc, src, stage in zip(encode_texts(tok, texts), srcs, stages, strict=True):
+                if not segments or segments[-1]["name"] != stage:
+                    if any(g["name"] == stage for g in segments):
+                        raise UserError(
+                            f"{', '.join(map(str, paths))}: rows of stage {stage!r} come again after another "
+                            "stage; a staged mixture keeps each stage's rows together (prepare_dataset does)"
+                        )
+                    segments.append({"name": stage, "start": n_tokens, "end": n_tokens})
                 ids = np.array([*head, *doc, eos], dtype=dtype)
                 if src not in names:
                     if len(names) == 255:
@@ -231,20 +274,19 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
                 source_tokens[sid] += len(ids)
                 n_docs += 1
                 n_tokens += len(ids)
+                segments[-1]["end"] = n_tokens
 
         for path in paths:
-            texts: list[str] = []
-            srcs: list[str] = []
-            for text, src in tqdm(
-                iter_docs(path), desc=f"tokenize {path.name}", unit="doc", leave=False, disable=None
+            batch: list[tuple[str, str, str | None]] = []
+            for doc in tqdm(
+                iter_staged_docs(path), desc=f"tokenize {path.name}", unit="doc", leave=False, disable=None
             ):
-                texts.append(text)
-                srcs.append(src)
-                if len(texts) == _BATCH:
-                    flush(texts, srcs)
-                    texts, srcs = [], []
-            if texts:
-                flush(texts, srcs)
+                batch.append(doc)
+                if len(batch) == _BATCH:
+                    flush(*map(list, zip(*batch, strict=True)))
+                    batch = []
+            if batch:
+                flush(*map(list, zip(*batch, strict=True)))
     if n_tokens < 2:
         raise UserError(f"{', '.join(map(str, paths))}: no documents to train on")
     meta = {
@@ -258,5 +300,6 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
         "num_tokens": n_tokens,
         "sources": list(names),
         "source_tokens": source_tokens,
+        "segments": segments,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -332,7 +332,11 @@ def midtrain_parser(description: str = "Mid-train a miniGPT checkpoint") -> argp
         default=None,
         help="validation JSONL ({text, source} rows) instead of the mixture's val split, e.g. one held-out set shared by several runs; repeat for several files",
     )
-    g.add_argument("--decay_ratio", type=float, default=0.2, help="wsd: fraction of steps in the final decay")
+    g.add_argument(
+        "--decay_ratio",
+        default="0.2",
+        help="wsd: fraction of steps in the final decay, or 'stage': decay over exactly the last stage of a staged mixture",
+    )
     g.add_argument(
         "--optimizer_state",
         default="fresh",

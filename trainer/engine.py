@@ -78,7 +78,9 @@ class Stage:
     args: dict = field(default_factory=dict)  # the run's effective flag values, restored on resume
     identity: dict = field(default_factory=dict)  # what makes a resume checkpoint belong to this run
     meta: dict = field(default_factory=dict)  # extra facts stored in the checkpoint (data config, ...)
-    target_shares: dict[str, float] | None = None  # the mixture's per-source ratio (of rows), to compare
+    # the plan to compare the realized token shares with: {stage name (None: no stages): {source: share}}
+    target_shares: dict[str | None, dict[str, float]] | None = None
+    target_unit: str = "rows"  # what the shares count: "rows" (mix_by rows) or "tokens"
     optimizer_state: dict | None = None  # start from this AdamW state (e.g. carried over from pretrain)
 
 
@@ -103,9 +105,18 @@ class Trainer:
         self.model, self.tok = start.model.to(device), start.tokenizer
         self.tok_dict = tokenizer_to_dict(self.tok)  # stored in every checkpoint: made once
         self.model.train()
-        self.steps_per_epoch = StepSampler(
-            train.num_rows, cfg.batch_size, cfg.accumulation_steps, info.world_size, info.rank, cfg.seed, 1
-        ).steps_per_epoch
+        # the order of rows: every row once per epoch, stage after stage (dataset.sampler)
+        self.plan = StepSampler(
+            train.segment_rows(),
+            cfg.batch_size,
+            cfg.accumulation_steps,
+            info.world_size,
+            info.rank,
+            cfg.seed,
+            1,
+        )
+        self.steps_per_epoch = self.plan.steps_per_epoch
+        self.staged = len(train.segment_names) > 1 or train.segment_names[0] is not None
         self.total = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total = min(self.total, cfg.max_steps)
@@ -129,7 +140,8 @@ class Trainer:
         self.optimizer = _optimizer(self.model, cfg, device)  # after sharding: over the shards
         self.scaler = torch.amp.GradScaler(device.type, enabled=session.dtype == torch.float16)
         self.step, self.history, self.wandb_id = 0, [], None
-        self.seen = torch.zeros(len(train.source_names), dtype=torch.float64)
+        # targets trained on per (stage, source)
+        self.seen = torch.zeros(len(train.segment_names), len(train.source_names), dtype=torch.float64)
         self._restore()
         for g in self.optimizer.param_groups:  # the schedule sets the LR each step; keep "initial_lr" out
             g["lr"] = self.lr_at(self.step, self.total)
@@ -163,7 +175,7 @@ class Trainer:
         self.scaler.load_state_dict(r.scaler)
         ckpt.set_rng_state(r.rng, self.device)
         self.step, self.history, self.wandb_id = r.step, r.eval_history, r.wandb_id
-        self.seen = r.source_tokens_seen.double()
+        self.seen = r.source_tokens_seen.double().reshape(self.seen.shape)
         self.schedule_changes = list(r.schedule_changes or [])
         if r.total_steps != self.total:
             self.schedule_changes.append({"at": self.step, "from": r.total_steps, "to": self.total})
@@ -212,6 +224,18 @@ class Trainer:
                 f"--max_steps {cfg.max_steps} caps the run at {self.total} of the {planned} steps of {cfg.epochs} "
                 f"epoch(s) ({self.total / self.steps_per_epoch:.2f} epochs); the LR schedule spans {self.total} steps"
             )
+        if self.staged:
+            names, steps = self.train_data.segment_names, self.plan.segment_steps
+            log.info(
+                "Stages, in order: "
+                + ", ".join(f"{n} ({k} steps/epoch)" for n, k in zip(names, steps, strict=True))
+            )
+            last = self.plan.locate(self.total - 1)
+            if last[0] == cfg.epochs - 1 and last[1] < len(names) - 1 and self.total < planned:
+                log.info(
+                    f"--max_steps {cfg.max_steps} ends the run in stage {names[last[1]]!r}: stage(s) "
+                    f"{', '.join(repr(n) for n in names[last[1] + 1 :])} will not be reached"
+                )
         if self.stop_at < self.total:
             log.info(
                 f"--stop_after {cfg.stop_after}: stopping after step {self.stop_at} of {self.total} (as if preempted)"
@@ -242,7 +266,7 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             PackedDataset(self.train_data),
             batch_sampler=StepSampler(
-                self.train_data.num_rows,
+                self.train_data.segment_rows(),
                 cfg.batch_size,
                 cfg.accumulation_steps,
                 info.world_size,
@@ -276,6 +300,7 @@ class Trainer:
         lr = self.lr_at(self.step, self.total)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        segment = self.plan.locate(self.step)[1]
         n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y, _ in micro_batches)
         n_all = runtime.all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64))
         scale = info.world_size / max(float(n_all), 1.0)
@@ -292,7 +317,7 @@ class Trainer:
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach().double().cpu()
             if len(self.train_data.source_names):
-                self.seen += torch.bincount(s[s >= 0], minlength=len(self.train_data.source_names)).double()
+                self.seen[segment] += torch.bincount(s[s >= 0], minlength=self.seen.shape[1]).double()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
@@ -316,10 +341,10 @@ class Trainer:
         util = mfu(tokens_per_sec, self.flops_per_token, self.peak * self.info.world_size)
         epoch = min((self.step - 1) // self.steps_per_epoch + 1, cfg.epochs)
         log.info(
-            f"Epoch:[{epoch}/{cfg.epochs}]({self.step}/{self.total}) loss:{last['loss']:.6f} lr:{last['lr']:.10f} "
+            f"Epoch:[{epoch}/{cfg.epochs}]({self.step}/{self.total}){self._stage_tag()} loss:{last['loss']:.6f} lr:{last['lr']:.10f} "
             f"grad_norm:{last['grad_norm']:.4f} tokens/s:{tokens_per_sec:.0f} MFU:{util * 100:.2f}% ETA {fmt_time(eta)}"
         )
-        seen_all = self.seen.clone()
+        seen_all = self.seen.sum(0)
         runtime.all_reduce_sum(seen_all)
         shares = (seen_all / seen_all.sum().clamp(min=1)).tolist()
         self.metrics.append(
@@ -333,6 +358,12 @@ class Trainer:
                 **{f"share_{n}": v for n, v in zip(self.train_data.source_names, shares, strict=True)},
             },
         )
+
+    def _stage_tag(self) -> str:
+        """ " stage:<name>" of the step just taken, for a staged mixture."""
+        if not self.staged:
+            return ""
+        return f" stage:{self.train_data.segment_names[self.plan.locate(self.step - 1)[1]]}"
 
     # ----------------------------------------------------------------- evaluate
 
@@ -470,9 +501,8 @@ class Trainer:
             self.paths,
             seconds,
         )
-        self.metrics.append(
-            "summary", {k: summary[k] for k in ("step", "finished", "token_share", "seconds")}
-        )
+        keys = ("step", "finished", "token_share", "stage_token_share", "seconds")
+        self.metrics.append("summary", {k: summary[k] for k in keys if summary[k] != {}})
         if self.wandb_run is not None:
             self.wandb_run.summary.update(
                 {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}

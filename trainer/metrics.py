@@ -70,23 +70,34 @@ class MetricsLog:
 
 
 def run_summary(train, seen, history, stage, finished, step, total, paths, seconds) -> dict:
-    """Log the end-of-run report (token shares per source, epochs of data trained, validation loss
-    per source at start vs end, where the files are) and return it as a dict (the metrics log's
-    summary record takes a part of it)."""
+    """Log the end-of-run report (token shares per source and stage next to the plan, epochs of
+    data trained, validation loss per source at start vs end, where the files are) and return it
+    as a dict (the metrics log's summary record takes a part of it). ``seen``: (stages, sources)
+    targets trained on."""
     names = train.source_names
-    shares = (seen / seen.sum().clamp(min=1)).tolist()
-    corpus = train.source_token_counts()
-    corpus_total = max(sum(corpus.values()), 1)
-    if len(names) > 1 or stage.target_shares:
-        # a mixture's ratios count rows (samples); sources with longer rows take a larger share of tokens
-        log.info(
-            "Share of tokens per source: realized in training | in the prepared data | mixture ratio (rows)"
-        )
-        for n, share in zip(names, shares, strict=True):
-            target = (
-                f"{stage.target_shares[n]:.1%}" if stage.target_shares and n in stage.target_shares else "-"
-            )
-            log.info(f"  {n:<16} {share:>8.1%} | {corpus[n] / corpus_total:>8.1%} | {target:>6}")
+    overall = seen.sum(0)
+    shares = (overall / overall.sum().clamp(min=1)).tolist()
+    staged = len(train.segment_names) > 1 or train.segment_names[0] is not None
+    corpus = train.segment_source_targets()
+    targets = stage.target_shares or {}
+    by_stage = {}
+    if len(names) > 1 or targets:
+        unit = "plan (tokens)" if stage.target_unit == "tokens" else "mixture ratio (rows)"
+        log.info(f"Share of tokens per source: realized in training | in the prepared data | {unit}")
+        groups = list(enumerate(train.segment_names)) if staged else []
+        for k, name in groups + [(None, None)]:
+            got = seen[k] if k is not None else overall
+            data = corpus[k] if k is not None else corpus.sum(0)
+            plan = targets.get(name, {}) if (k is not None or not staged) else {}
+            got_share = (got / got.sum().clamp(min=1)).tolist()
+            if k is not None:
+                log.info(f"  stage {name}:")
+                by_stage[name] = dict(zip(names, got_share, strict=True))
+            elif staged:
+                log.info("  all stages:")
+            for n, share, d in zip(names, got_share, data.tolist(), strict=True):
+                target = f"{plan[n]:.1%}" if n in plan else "-"
+                log.info(f"  {n:<16} {share:>8.1%} | {d / max(data.sum(), 1):>8.1%} | {target:>6}")
     trained, per_epoch = float(seen.sum()), train.num_targets
     log.info(
         f"Trained on {trained:,.0f} target tokens: {trained / per_epoch:.3f} epochs of the {per_epoch:,} in the data"
@@ -107,6 +118,7 @@ def run_summary(train, seen, history, stage, finished, step, total, paths, secon
         "step": step,
         "total_steps": total,
         "token_share": dict(zip(names, shares, strict=True)),
+        "stage_token_share": by_stage,
         "seconds": seconds,
         "eval_history": history,
         "weights": str(paths.weights),

@@ -54,17 +54,29 @@ def get_midtrain_lr(step: int, total_steps: int, lr: float, warmup_ratio: float)
     return _cosine(_decay_frac(step, w, total_steps), lr, lr / 10)
 
 
-def wsd_phases(total_steps: int, warmup_ratio: float, decay_ratio: float) -> tuple[int, int]:
-    """(W warmup steps, D decay steps) of a warmup-stable-decay run: the peak LR runs at step W at
-    least (D <= total - W - 1), and the last of the D decay steps runs at the end value."""
+def wsd_phases(
+    total_steps: int, warmup_ratio: float, decay_ratio: float, decay_steps: int | None = None
+) -> tuple[int, int]:
+    """(W warmup steps, D decay steps) of a warmup-stable-decay run: D = ``decay_steps`` when
+    given (the last stage's steps, as SmolLM3 decayed on its last stage), else
+    round(decay_ratio x total); the peak LR runs at step W at least (D <= total - W - 1), and
+    the last of the D decay steps runs at the end value."""
     w = warmup_steps_for(total_steps, warmup_ratio)
-    return w, max(min(round(decay_ratio * total_steps), total_steps - w - 1), 1)
+    d = decay_steps if decay_steps is not None else round(decay_ratio * total_steps)
+    return w, max(min(d, total_steps - w - 1), 1)
 
 
-def get_wsd_lr(step: int, total_steps: int, lr: float, warmup_ratio: float, decay_ratio: float) -> float:
+def get_wsd_lr(
+    step: int,
+    total_steps: int,
+    lr: float,
+    warmup_ratio: float,
+    decay_ratio: float,
+    decay_steps: int | None = None,
+) -> float:
     """Warmup-stable-decay (MiniCPM, arXiv:2404.06395): lr/10 -> lr over W steps, constant lr,
-    then a linear decay to lr/10 over the last D = round(decay_ratio * total) steps."""
-    w, d = wsd_phases(total_steps, warmup_ratio, decay_ratio)
+    then a linear decay to lr/10 over the last D steps (:func:`wsd_phases`)."""
+    w, d = wsd_phases(total_steps, warmup_ratio, decay_ratio, decay_steps)
     if step < w:
         return lr / 10 + (lr - lr / 10) * step / w
     decay_start = total_steps - d
@@ -134,15 +146,25 @@ def rewarm_schedule(lr: float, warmup_ratio: float) -> Schedule:
     return Schedule(partial(get_midtrain_lr, lr=lr, warmup_ratio=warmup_ratio), describe)
 
 
-def wsd_schedule(lr: float, warmup_ratio: float, decay_ratio: float) -> Schedule:
+def wsd_schedule(
+    lr: float, warmup_ratio: float, decay_ratio: float, decay_steps: int | None = None, decay_on: str = ""
+) -> Schedule:
+    """WSD; ``decay_steps`` (with ``decay_on``, e.g. "the last stage 'anneal'") fixes D."""
+
     def describe(total: int) -> list[str]:
-        w, d = wsd_phases(total, warmup_ratio, decay_ratio)
+        w, d = wsd_phases(total, warmup_ratio, decay_ratio, decay_steps)
+        on = f" ({decay_on})" if decay_on else ""
         return [
-            f"Mid-training with warmup-stable-decay: {w} warmup, {total - w - d} stable, {d} decay steps out of {total}",
+            f"Mid-training with warmup-stable-decay: {w} warmup, {total - w - d} stable, {d} decay steps{on} out of {total}",
             f"LR schedule: {lr / 10:.2e} → {lr:.2e} (warmup) → {lr:.2e} (stable) → {lr / 10:.2e} (decay)",
         ]
 
-    return Schedule(partial(get_wsd_lr, lr=lr, warmup_ratio=warmup_ratio, decay_ratio=decay_ratio), describe)
+    return Schedule(
+        partial(
+            get_wsd_lr, lr=lr, warmup_ratio=warmup_ratio, decay_ratio=decay_ratio, decay_steps=decay_steps
+        ),
+        describe,
+    )
 
 
 def anneal_schedule(start_lr: float) -> Schedule:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dataset.mixture import load_mixture_config, prepared_data
 from dataset.packed import build_packed
+from dataset.sampler import StepSampler
 from model.errors import UserError
 from trainer import checkpoint, engine, runtime
 from trainer.cli import run
@@ -36,12 +37,47 @@ def no_checkpoint_message(cfg: TrainConfig, detail: str) -> str:
     )
 
 
-def make_schedule(args, cfg: TrainConfig, start: Start) -> Schedule:
+def decay_ratio(value: str) -> float | str:
+    """--decay_ratio: a fraction in (0, 1], or "stage"."""
+    if value == "stage":
+        return value
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not 0 < ratio <= 1:
+        raise UserError(f"--decay_ratio must be in (0, 1] or 'stage', got {value}")
+    return ratio
+
+
+def last_stage_steps(cfg: TrainConfig, train, world_size: int) -> tuple[int, str]:
+    """(optimizer steps of the last stage, its name) for --decay_ratio stage; UserError when the
+    mixture has no stages or the run ends before its last stage."""
+    names = train.segment_names
+    if len(names) < 2 or names[-1] is None:
+        raise UserError("--decay_ratio stage needs a mixture with stages: (see config/README.md)")
+    plan = StepSampler(
+        train.segment_rows(), cfg.batch_size, cfg.accumulation_steps, world_size, 0, cfg.seed, 1
+    )
+    full = cfg.epochs * plan.steps_per_epoch
+    if cfg.max_steps is not None and cfg.max_steps < full:
+        raise UserError(
+            f"--decay_ratio stage: --max_steps {cfg.max_steps} ends the run before its last stage {names[-1]!r} "
+            f"(the full run is {full} steps); drop --max_steps or give --decay_ratio a fraction"
+        )
+    return plan.segment_steps[-1], names[-1]
+
+
+def make_schedule(args, cfg: TrainConfig, start: Start, train, world_size: int) -> Schedule:
     """The --lr_schedule, with the anneal's start LR taken from the --from_weight checkpoint."""
     if args.lr_schedule == "rewarm":
         return rewarm_schedule(cfg.learning_rate, cfg.warmup_ratio)
     if args.lr_schedule == "wsd":
-        return wsd_schedule(cfg.learning_rate, cfg.warmup_ratio, args.decay_ratio)
+        ratio = decay_ratio(args.decay_ratio)
+        if ratio == "stage":
+            steps, name = last_stage_steps(cfg, train, world_size)
+            return wsd_schedule(cfg.learning_rate, cfg.warmup_ratio, 0.0, steps, f"the last stage {name!r}")
+        return wsd_schedule(cfg.learning_rate, cfg.warmup_ratio, ratio)
     final_lr = (start.parent or {}).get("final_lr")
     if not final_lr:
         raise UserError(
@@ -60,15 +96,17 @@ def main() -> None:
     cfg, start, args = start_run(
         args, given, require_weight=partial(no_checkpoint_message, TrainConfig.from_args(args))
     )
-    if not 0 < args.decay_ratio <= 1:
-        raise UserError(f"--decay_ratio must be in (0, 1], got {args.decay_ratio}")
+    decay_ratio(args.decay_ratio)
     config = load_mixture_config(args.data_config)
     train_path, val_path = prepared_data(
-        config, Path(args.prepared_dir) if args.use_prepared else None, Path(cfg.cache_dir)
+        config, Path(args.prepared_dir) if args.use_prepared else None, Path(cfg.cache_dir), start.tokenizer
     )
     if start.resume is None:
         log.info(f"Loaded pretrained model from: {start.parent_path}")
-    schedule = make_schedule(args, cfg, start)
+    seq_len = cfg.max_seq_len
+    train = build_packed([train_path], start.tokenizer, seq_len, cfg.cache_dir)
+    val = build_packed(args.val_path or [val_path], start.tokenizer, seq_len, cfg.cache_dir)
+    schedule = make_schedule(args, cfg, start, train, runtime.env_rank_world()[1])
     optimizer_state = None
     if args.optimizer_state == "pretrain" and start.resume is None:
         optimizer_state, path, step = checkpoint.carried_optimizer_state(
@@ -77,9 +115,6 @@ def main() -> None:
         log.info(f"Optimizer state carried over from {path} (step {step})")
     session = engine.setup(cfg)
     try:
-        seq_len = cfg.max_seq_len
-        train = build_packed([train_path], start.tokenizer, seq_len, cfg.cache_dir)
-        val = build_packed(args.val_path or [val_path], start.tokenizer, seq_len, cfg.cache_dir)
         stage = engine.Stage(
             name="midtrain",
             schedule=schedule,
@@ -95,7 +130,12 @@ def main() -> None:
                 "data_config_sha256": config.sha256,
                 "lr_schedule": args.lr_schedule,
             },
-            target_shares={s.name: s.ratio for s in config.sources},
+            target_shares=(
+                {st.name: st.ratios for st in config.stages}
+                if config.stages
+                else {None: {s.name: s.ratio for s in config.sources}}
+            ),
+            target_unit=config.mix_by,
             optimizer_state=optimizer_state,
         )
         engine.fit(session, start, train, val, stage)
