@@ -113,13 +113,14 @@ def encode_texts(tok, texts: Sequence[str]) -> list[list[int]]:
     inside a text (``"<|eos|>"`` in a document about markup) encodes as the ordinary characters it
     is, never as that special token. Document boundaries and padding come from the pipeline alone.
 
-    Uses the Rust batch encoder (``tokenizers.Tokenizer.encode_batch``); raises nothing.
+    Uses the Rust batch encoder without offsets (``tokenizers.Tokenizer.encode_batch_fast``, the
+    same ids, 10-20% faster); raises nothing.
     """
     backend = tok.backend_tokenizer
     before = backend.encode_special_tokens
     backend.encode_special_tokens = True
     try:
-        return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
     finally:
         backend.encode_special_tokens = before
 

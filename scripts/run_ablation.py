@@ -32,7 +32,6 @@ from trainer.ablation.config import (
     Variant,
     flags,
     load_experiment_config,
-    mean_row_tokens,
     variant_mixture,
 )
 from trainer.ablation.report import write_report
@@ -105,18 +104,15 @@ def prepare_inputs(study: Study) -> dict[str, Path]:
 
 
 def prepare_variants(study: Study, tok_dir: Path) -> dict[str, Path]:
-    """One mixture per replay share. Shares are of tokens: each source's row ratio is set from its
-    mean row length in the base mixture, tokenized with the study's tokenizer."""
-    from dataset.tokenizer import load_tokenizer
-
+    """One token mixture per replay share (mix_by: tokens, counted with the study's tokenizer)."""
     cfg = study.cfg
-    row_tokens = mean_row_tokens(prepared(study, cfg.midtrain_data, "train"), load_tokenizer(tok_dir))
-    log.info("  mean tokens per row: " + ", ".join(f"{k} {v:.0f}" for k, v in row_tokens.items()))
     mixtures = {}
     for share in sorted({v.replay for v in cfg.variants}):
         key = f"replay{round(share * 100):02d}"
         path = study.out / "configs" / f"{key}.yaml"
-        raw = variant_mixture(cfg.midtrain_data, cfg.replay_source, share, f"{cfg.name}_{key}", row_tokens)
+        raw = variant_mixture(
+            cfg.midtrain_data, cfg.replay_source, share, f"{cfg.name}_{key}", tok_dir, cfg.total_tokens
+        )
         text = yaml.safe_dump(raw, sort_keys=False)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
@@ -133,25 +129,26 @@ def prepared(study: Study, config: Path, split: str) -> Path:
 def build_heldout(study: Study) -> Path:
     """The held-out set every run is evaluated on: the base mixture's validation split (replay,
     code, reasoning rows no variant trains on) plus MBPP problems with their reference code."""
-    from datasets import load_dataset
+    from dataset.io import atomic_write, iter_jsonl
+    from trainer.evaluation.data import DataUnavailable, Hub, load_local_rows
 
     cfg = study.cfg
-    rows = [json.loads(line) for line in prepared(study, cfg.midtrain_data, "val").read_text().splitlines()]
+    rows = [row for _, row in iter_jsonl(prepared(study, cfg.midtrain_data, "val"))]
     if cfg.mbpp is not None:
         ref = str(cfg.mbpp)
         try:
-            if Path(ref).exists():
-                ds = load_dataset("json", data_files=ref, split="train")
-            else:
-                ds = load_dataset(ref, split="test")
-        except Exception as e:  # noqa: BLE001 - hub unreachable, bad file, ...
-            raise UserError(
-                f"data.mbpp {ref}: could not load ({type(e).__name__}); point it at a local mbpp.jsonl"
-            ) from None
-        for r in ds.select(range(min(cfg.mbpp_rows, len(ds)))):
+            mbpp = (
+                load_local_rows(ref, "MBPP")
+                if Path(ref).exists()
+                else Hub().rows(ref, None, "test", "MBPP", "data.mbpp (a local mbpp.jsonl)")
+            )
+        except DataUnavailable as e:
+            raise UserError(f"data.mbpp {ref}: {e}") from None
+        for r in mbpp[: cfg.mbpp_rows]:
             rows.append({"text": f"{r['text']}\n{r['code']}".replace("\r\n", "\n"), "source": "mbpp"})
     path = study.out / "heldout.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,7 +176,19 @@ def test_resume_with_another_config_fails(prepared, pretrained, tmp_path):
     other_cfg = mixture_config(tmp_path, total=500, code_ratio=0.3, name="mix")
     run_script("scripts/prepare_dataset.py", "--config", other_cfg, "--output_dir", str(tmp_path / "data2"))
     line = bad(*midtrain_args(other_cfg, tmp_path / "data2", pretrained, out, *common, "--from_resume", "1"))
-    assert "belongs to another run" in line and "data_config_sha256" in line
+    assert "--data_config" in line and "contradicts the run being resumed" in line
+    # the same file with other contents: the run's identity (the config's sha256) refuses it
+    (tmp_path / "same.yaml").write_text(
+        Path(cfg).read_text().replace("total_samples: 600", "total_samples: 500")
+    )
+    Path(cfg).rename(tmp_path / "orig.yaml")
+    (tmp_path / "same.yaml").rename(cfg)
+    try:
+        run_script("scripts/prepare_dataset.py", "--config", cfg, "--output_dir", str(tmp_path / "data3"))
+        line = bad(*midtrain_args(cfg, tmp_path / "data3", pretrained, out, *common, "--from_resume", "1"))
+        assert "belongs to another run" in line and "data_config_sha256" in line
+    finally:
+        (tmp_path / "orig.yaml").rename(cfg)
 
 
 def test_missing_weight_errors(prepared, pretrained, tmp_path):

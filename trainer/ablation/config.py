@@ -12,7 +12,7 @@ from model.errors import UserError, check_keys
 from trainer.config import midtrain_parser, pretrain_parser
 
 TOP_KEYS = {"name", "seeds", "data", "tokenizer", "pretrain", "midtrain", "variants", "eval", "jobs"}
-DATA_KEYS = {"pretrain", "midtrain", "replay_source", "mbpp", "mbpp_rows"}
+DATA_KEYS = {"pretrain", "midtrain", "replay_source", "total_tokens", "mbpp", "mbpp_rows"}
 EVAL_KEYS = {"mmlu", "mmlu_dev", "mmlu_limit", "shots"}
 VARIANT_KEYS = {"name", "replay", "args", "label"}
 
@@ -35,6 +35,7 @@ class ExperimentConfig:
     replay_source: str
     mbpp: Path | None
     mbpp_rows: int
+    total_tokens: int  # each variant's mixture, in tokens of the study's tokenizer (mix_by: tokens)
     vocab_size: int
     pretrain_args: dict[str, Any]
     midtrain_args: dict[str, Any]
@@ -76,7 +77,11 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         return None if p is None else (base / p).resolve()
 
     data = check_keys(
-        raw["data"], DATA_KEYS, "data", file=where, required=("pretrain", "midtrain", "replay_source")
+        raw["data"],
+        DATA_KEYS,
+        "data",
+        file=where,
+        required=("pretrain", "midtrain", "replay_source", "total_tokens"),
     )
     ev = check_keys(raw.get("eval") or {}, EVAL_KEYS, "eval", file=where)
     seeds = raw["seeds"]
@@ -105,6 +110,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         replay_source=str(data["replay_source"]),
         mbpp=rel(data.get("mbpp")),
         mbpp_rows=int(data.get("mbpp_rows", 100)),
+        total_tokens=_positive(data.get("total_tokens"), f"{where}: data.total_tokens"),
         vocab_size=int(
             check_keys(raw.get("tokenizer") or {}, {"vocab_size"}, "tokenizer", file=where).get(
                 "vocab_size", 4096
@@ -148,32 +154,20 @@ def flags(args: dict[str, Any]) -> list[str]:
     return out
 
 
-def mean_row_tokens(path: Path, tok) -> dict[str, float]:
-    """Mean tokens per row of each source in a prepared ``{"text", "source"}`` JSONL, counted as
-    packing counts them (BOS + text + EOS)."""
-    from dataset.io import iter_docs
-    from dataset.tokenizer import encode_texts
-
-    totals: dict[str, list[int]] = {}
-    docs = list(iter_docs(path))
-    for (_, src), ids in zip(docs, encode_texts(tok, [t for t, _ in docs]), strict=True):
-        n = totals.setdefault(src, [0, 0])
-        n[0] += len(ids) + 2
-        n[1] += 1
-    return {src: tokens / rows for src, (tokens, rows) in totals.items()}
+def _positive(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{where}: expected a positive integer (tokens), got {value!r}")
+    return value
 
 
 def variant_mixture(
-    base_path: Path, replay_source: str, replay: float, name: str, row_tokens: dict[str, float] | None = None
+    base_path: Path, replay_source: str, replay: float, name: str, tokenizer: Path, total_tokens: int
 ) -> dict:
-    """The base mixture with the replay source at ``replay``; the other sources keep their
-    proportions among themselves. replay 0 drops the source. Paths become absolute so the
-    derived YAML can live anywhere.
-
-    The study's shares are shares of tokens. A mixture's ratios count rows, so with
-    ``row_tokens`` (mean tokens per row of each source) each share is divided by its source's row
-    length before the ratios are normalized: 30% replay then means 30% of the tokens trained on,
-    not 30% of rows that are longer than the others. Without it the shares are row ratios.
+    """The base mixture as a token mixture (``mix_by: tokens``, ``total_tokens`` of ``tokenizer``)
+    with the replay source at ``replay`` of the tokens; the other sources keep their proportions
+    among themselves. replay 0 drops the source. Paths become absolute so the derived YAML can
+    live anywhere. The study's shares are therefore shares of the tokens trained on, counted by
+    prepare_dataset with the tokenizer the models train with.
     """
     raw = yaml.safe_load(base_path.read_text(encoding="utf-8"))
     base = base_path.parent
@@ -195,21 +189,19 @@ def variant_mixture(
                 out.append({**s, "ratio": replay})
         else:
             out.append({**s, "ratio": s["ratio"] / rest * (1 - replay)})
-    if row_tokens is not None:
-        if missing := [s["name"] for s in out if not row_tokens.get(s["name"])]:
-            raise UserError(f"{base_path}: no rows of source(s) {missing} in the prepared base mixture")
-        for s in out:
-            s["ratio"] /= row_tokens[s["name"]]
-        total = sum(s["ratio"] for s in out)
-        for s in out:
-            s["ratio"] /= total
     # exact sum of 1: give the rounding remainder to the last source
     for s in out:
         s["ratio"] = round(s["ratio"], 6)
     out[-1]["ratio"] = round(1 - sum(s["ratio"] for s in out[:-1]), 6)
+    rest_of_raw = {
+        k: v for k, v in raw.items() if k not in ("total_samples", "mix_by", "total_tokens", "tokenizer")
+    }
     return {
-        **raw,
+        **rest_of_raw,
         "name": name,
+        "mix_by": "tokens",
+        "total_tokens": total_tokens,
+        "tokenizer": str(Path(tokenizer).resolve()),
         "sources": out,
         "decontaminate": [absolute(d) for d in raw.get("decontaminate") or []],
     }

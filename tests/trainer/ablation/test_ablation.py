@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,29 +52,21 @@ def test_flags():
     ]
 
 
-def test_variant_mixture_moves_only_the_replay_share(tmp_path):
+def test_variant_mixture_is_a_token_mixture_with_the_replay_share(tmp_path, tokenizer_dir):
+    from dataset.mixture import load_mixture_config
+
     base = REPO / "config" / "data" / "ablation" / "midtrain_local.yaml"
     for share in (0.0, 0.2, 0.4):
-        raw = variant_mixture(base, "replay", share, "v")
+        raw = variant_mixture(base, "replay", share, "v", tokenizer_dir, 50_000)
+        assert raw["mix_by"] == "tokens" and raw["total_tokens"] == 50_000 and "total_samples" not in raw
         ratios = {s["name"]: s["ratio"] for s in raw["sources"]}
         assert sum(ratios.values()) == pytest.approx(1.0, abs=1e-9)
         assert ratios.get("replay", 0.0) == pytest.approx(share)
         assert ratios["code"] == pytest.approx(ratios["reasoning"], abs=1e-6)  # 35:35 keeps its 1:1 split
         path = tmp_path / f"v{share}.yaml"
         path.write_text(yaml.safe_dump(raw))
-        from dataset.mixture import load_mixture_config
-
-        load_mixture_config(path)  # the derived file is a valid mixture, with absolute paths
-    # shares of tokens: rows twice as long get half the row ratio for the same share of tokens
-    lengths = {"replay": 200.0, "code": 100.0, "reasoning": 50.0}
-    raw = variant_mixture(base, "replay", 0.3, "v", row_tokens=lengths)
-    rows = {s["name"]: s["ratio"] for s in raw["sources"]}
-    assert sum(rows.values()) == pytest.approx(1.0, abs=1e-9)
-    tokens = {k: rows[k] * lengths[k] for k in rows}
-    shares = {k: v / sum(tokens.values()) for k, v in tokens.items()}
-    assert shares == pytest.approx({"replay": 0.3, "code": 0.35, "reasoning": 0.35}, abs=1e-5)
-    with pytest.raises(UserError, match="reasoning"):
-        variant_mixture(base, "replay", 0.3, "v", row_tokens={"replay": 1.0, "code": 1.0})
+        config = load_mixture_config(path)  # a valid token mixture, with absolute paths
+        assert config.mix_by == "tokens" and Path(config.tokenizer) == tokenizer_dir.resolve()
 
 
 def test_bad_experiment_config(tmp_path):
