@@ -266,7 +266,7 @@ def _build_evalset(
         for hashes, errors in runner.map(eval_batch, eval_batch, tasks):
             for j, err in enumerate(errors):
                 if err:
-                    raise UserError(f"{where} ({ref.label}): row {offset + j}: {err}")
+                    raise UserError(f"{where} ({ref.label}): {_row_at(ds, offset + j)}: {err}")
             parts.append(hashes)
             offset += len(errors)
             bar.update(len(errors))
@@ -279,6 +279,11 @@ def _build_evalset(
     )
     log.info("decontamination: %d evaluation %d-grams from %d sets", len(evalset), evalset.n, len(records))
     return evalset, records
+
+
+def _row_at(rows: Any, index: int) -> str:
+    """``file:line`` of a row of local JSON files, else ``row N`` (0-based) of a dataset."""
+    return rows.where(index) if hasattr(rows, "where") else f"row {index}"
 
 
 def _source_seed(seed: int, name: str) -> list[int]:
@@ -347,7 +352,7 @@ def _select_source(
             for j, (verdict, text, h, ntok) in enumerate(batch):
                 if verdict.startswith("error"):
                     raise UserError(
-                        f"{where} ({source.label}): row {int(idx[j])}: {verdict[7:]}; "
+                        f"{where} ({source.label}): {_row_at(ds, int(idx[j]))}: {verdict[7:]}; "
                         "fix the data or the source's format/text_field"
                     )
                 read += 1

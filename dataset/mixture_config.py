@@ -45,7 +45,22 @@ SOURCE_KEYS = DATA_KEYS | {"name", "ratio", "max_repeats", "filters"}
 STAGE_KEYS = {"name", "fraction", "ratios"}
 MIX_BY = ("rows", "tokens")
 FILTER_KEYS = {"length": {"min", "max"}, "quality": {"threshold"}, "code_quality": {"threshold"}}
-LOCAL_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+LOCAL_EXTENSIONS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".jsonl.gz": "json",
+    ".json.gz": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
+
+
+def local_builder(path: str) -> str | None:
+    """The reader of a local file by its name's ending (LOCAL_EXTENSIONS), or None."""
+    name = path.lower()
+    return next((b for ext, b in LOCAL_EXTENSIONS.items() if name.endswith(ext)), None)
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RATIO_TOLERANCE = 1e-6
 
@@ -74,7 +89,7 @@ class DataRef:
         """The datasets builder for local files ("json", "parquet", "text"); None for a hub id."""
         if not self.data_files:
             return None
-        return LOCAL_EXTENSIONS[os.path.splitext(self.data_files[0])[1].lower()]
+        return local_builder(self.data_files[0])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,11 +199,10 @@ def _resolve_files(value: Any, where: str, check: _Checker, base: Path) -> tuple
         check.string(item, f"{where}[{i}]" if isinstance(value, list) else where)
         p = Path(os.path.expanduser(item))
         resolved = os.path.normpath(p if p.is_absolute() else base / p)
-        ext = os.path.splitext(resolved)[1].lower()
-        if ext not in LOCAL_EXTENSIONS:
+        if local_builder(resolved) is None:
             raise check.fail(where, f"{item!r}: unsupported file type (use {', '.join(LOCAL_EXTENSIONS)})")
         out.append(resolved)
-    builders = {LOCAL_EXTENSIONS[os.path.splitext(p)[1].lower()] for p in out}
+    builders = {local_builder(p) for p in out}
     if len(builders) > 1:
         raise check.fail(where, "mixes file types; give each type its own source")
     return tuple(out)

@@ -44,7 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs of this mixture")
     p.add_argument(
-        "--cache_dir", default=None, help="datasets cache folder (default: the Hugging Face cache)"
+        "--hf_cache_dir",
+        "--cache_dir",
+        dest="hf_cache_dir",
+        default=None,
+        help="Hugging Face datasets cache folder (default: the Hugging Face cache); --cache_dir is its "
+        "former name (in the trainers --cache_dir is the token cache)",
     )
     p.add_argument(
         "--tokenizer_path",
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         output_dir,
         num_proc=args.num_proc,
         overwrite=args.overwrite,
-        cache_dir=args.cache_dir,
+        cache_dir=args.hf_cache_dir,
         tokenizer=args.tokenizer_path,
     )
     print(format_summary(manifest))

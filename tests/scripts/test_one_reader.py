@@ -192,7 +192,7 @@ REJECTED = {
     ),
 }
 # prepare_dataset's configs take .jsonl/.json/.parquet/.txt (dataset/mixture_config.py): no .gz yet.
-PREPARE_SKIPS = {"gzip"}
+PREPARE_SKIPS: set[str] = set()  # every tool reads every case
 
 # --------------------------------------------------------------------------- the tools
 

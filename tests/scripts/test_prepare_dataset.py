@@ -225,7 +225,7 @@ def test_missing_field_in_a_row(tmp_path, capsys, cache_dir):
     config["sources"][1]["data_files"] = str(data)
     expect_error(tmp_path, config, cache_dir)
     line = _error_line(capsys)
-    assert "source 'code'" in line and "row 7" in line and "'output' is missing" in line
+    assert "source 'code'" in line and "code.jsonl:8:" in line and "'output' is missing" in line  # file:line
 
 
 def test_malformed_json_line(tmp_path, capsys, cache_dir):
@@ -303,7 +303,7 @@ def test_tokens_mode_prints_the_plan(tmp_path, capsys, cache_dir, bpe):
     """--tokenizer_path counts the tokens; the printed plan is the manifest's."""
     path = tmp_path / "tok.yaml"
     path.write_text(yaml.safe_dump(_staged(_tokens(base_config()))))
-    argv = ["--config", str(path), "--output_dir", str(tmp_path / "out"), "--cache_dir", cache_dir]
+    argv = ["--config", str(path), "--output_dir", str(tmp_path / "out"), "--hf_cache_dir", cache_dir]
     _prepare_main()([*argv, "--num_proc", "1", "--tokenizer_path", str(bpe)])
     printed = capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "tok_manifest.json").read_text())
