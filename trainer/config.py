@@ -178,7 +178,8 @@ def _model_flags(g) -> None:
     g.add_argument(
         "--from_weight",
         default=None,
-        help="start from these weights: a prefix (pretrain), a stem (pretrain_512) or a .pth path",
+        help="start from: a checkpoint prefix (pretrain), stem (pretrain_512) or .pth path, a transformers "
+        "model folder, or a Hugging Face Hub id org/name[@revision] (order: trainer/weights.py)",
     )
     g.add_argument(
         "--from_resume",
@@ -190,7 +191,9 @@ def _model_flags(g) -> None:
 
 
 def _optimisation_flags(g, learning_rate: float, warmup_ratio: float) -> None:
-    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument(
+        "--epochs", type=int, default=1, help="passes over the training data (every row once each)"
+    )
     g.add_argument(
         "--max_steps",
         type=int,
@@ -203,7 +206,9 @@ def _optimisation_flags(g, learning_rate: float, warmup_ratio: float) -> None:
         default=None,
         help="stop after this optimizer step, saving a resume checkpoint, as if preempted (the schedule is unchanged)",
     )
-    g.add_argument("--accumulation_steps", type=int, default=1)
+    g.add_argument(
+        "--accumulation_steps", type=int, default=1, help="micro-batches per optimizer step (token-weighted)"
+    )
     g.add_argument(
         "--learning_rate", type=float, default=learning_rate, help=f"peak LR (default {learning_rate:g})"
     )
@@ -213,7 +218,9 @@ def _optimisation_flags(g, learning_rate: float, warmup_ratio: float) -> None:
         default=warmup_ratio,
         help=f"fraction of steps spent warming up (default {warmup_ratio:g})",
     )
-    g.add_argument("--weight_decay", type=float, default=0.1)
+    g.add_argument(
+        "--weight_decay", type=float, default=0.1, help="AdamW decoupled weight decay (matrices only)"
+    )
     g.add_argument("--grad_clip", type=float, default=1.0, help="max global grad norm (0: off)")
 
 
@@ -238,7 +245,7 @@ def _runtime_flags(g) -> None:
         default=0,
         help="DataLoader workers (rows come from a memory map; 0 is fine on CPU)",
     )
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=int, default=42, help="a new model's weights and the row order per epoch")
     g.add_argument(
         "--peak_tflops",
         type=float,
@@ -248,7 +255,9 @@ def _runtime_flags(g) -> None:
 
 
 def _logging_flags(g, wandb_project: str) -> None:
-    g.add_argument("--log_interval", type=int, default=10)
+    g.add_argument(
+        "--log_interval", type=int, default=10, help="a log line and a metrics record every N steps"
+    )
     g.add_argument(
         "--save_interval",
         type=int,
@@ -273,10 +282,10 @@ def _logging_flags(g, wandb_project: str) -> None:
         default=0,
         help="also evaluate every --early_eval_interval steps during the first N steps (to see an early loss spike)",
     )
-    g.add_argument("--early_eval_interval", type=int, default=1)
-    g.add_argument("--use_wandb", action="store_true")
-    g.add_argument("--wandb_project", default=wandb_project)
-    g.add_argument("--wandb_run_name", default=None)
+    g.add_argument("--early_eval_interval", type=int, default=1, help="see --early_eval_steps")
+    g.add_argument("--use_wandb", action="store_true", help="also log to Weights & Biases")
+    g.add_argument("--wandb_project", default=wandb_project, help="wandb project name")
+    g.add_argument("--wandb_run_name", default=None, help="wandb run name (default: wandb's)")
 
 
 def pretrain_parser(description: str = "Pretrain a miniGPT model") -> argparse.ArgumentParser:
@@ -288,11 +297,15 @@ def pretrain_parser(description: str = "Pretrain a miniGPT model") -> argparse.A
         warmup_ratio=0.01,
         wandb_project="miniGPT-Pretrain",
     )
-    p.add_argument(
+    g = p.add_argument_group("data")
+    g.add_argument(
         "--data_path", action="append", required=True, help="training JSONL; repeat for several files"
     )
-    p.add_argument(
-        "--val_path", action="append", default=None, help="validation JSONL (default: no validation)"
+    g.add_argument(
+        "--val_path",
+        action="append",
+        default=None,
+        help="validation JSONL; repeat for several (default: none)",
     )
     return p
 
