@@ -1,7 +1,7 @@
 """MMLU agreement with lm-evaluation-harness: eval_llm's per-question answers vs the harness's.
 
     python scripts/bench_mmlu_harness.py --weight out/midtrain_256.pth [--shots 0] [--limit N]
-        [--dtypes float32,bfloat16] [--harness_json FILE] [--output FILE.json]
+        [--subjects a,b] [--dtypes float32,bfloat16] [--harness_json FILE] [--output FILE.json]
 
 The checkpoint is exported with scripts/export_hf.py (a real process) and scored four ways on
 the same real MMLU questions (../shared/data/mmlu, all 14,042 test questions by default):
@@ -26,6 +26,7 @@ lm-evaluation-harness is not a dependency of this project: install it in a separ
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import subprocess
@@ -152,6 +153,12 @@ def compare(name: str, ll: torch.Tensor, ref: torch.Tensor, questions: list[MCQu
     }
 
 
+def fingerprint(questions: list[MCQuestion]) -> str:
+    """sha256 of the scored questions, so a saved harness run is reused only for the same set."""
+    text = json.dumps([[q.subject, q.question, list(q.choices), q.answer] for q in questions])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def accuracy(ll: torch.Tensor, questions: list[MCQuestion]) -> float:
     return sum(p == q.answer for p, q in zip(mmlu_predictions(ll), questions, strict=True)) / len(questions)
 
@@ -167,6 +174,7 @@ def main() -> None:
     p.add_argument(
         "--limit", type=int, default=None, help="N questions spread over the subjects (default all)"
     )
+    p.add_argument("--subjects", default=None, help="comma-separated subjects to keep (default all)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="eval_llm precisions to compare")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument(
@@ -184,6 +192,11 @@ def main() -> None:
         raise UserError(f"--mmlu_dir {args.mmlu_dir}: not a folder (MMLU test.jsonl and dev.jsonl)")
     # the harness reads the dev split even 0-shot (its fewshot_split)
     test, dev, where = load_mmlu(args.mmlu_dir, None, True, Hub(enabled=False))
+    if args.subjects:
+        keep = {s.strip() for s in args.subjects.split(",") if s.strip()}
+        if unknown := keep - {q.subject for q in test}:
+            raise UserError(f"--subjects: {', '.join(sorted(unknown))} not in {where}")
+        test = [q for q in test if q.subject in keep]
     questions = spread(test, args.limit)
     print(f"{len(questions):,} MMLU questions from {where}, {args.shots}-shot; checkpoint {path}", flush=True)
 
@@ -221,7 +234,7 @@ def main() -> None:
         cached = Path(args.harness_json) if args.harness_json else None
         if cached and cached.is_file():
             saved = json.loads(cached.read_text())
-            if saved["questions"] != len(questions) or saved["shots"] != args.shots:
+            if saved["questions"] != fingerprint(questions) or saved["shots"] != args.shots:
                 raise UserError(f"--harness_json {cached}: scored another question set; remove it to rerun")
             lls["lm-evaluation-harness"] = torch.tensor(saved["ll"], dtype=torch.float64)
             times["lm-evaluation-harness"] = saved["seconds"]
@@ -242,7 +255,7 @@ def main() -> None:
                                 "version": facts["version"],
                                 "seconds": facts["seconds"],
                                 "shots": args.shots,
-                                "questions": len(questions),
+                                "questions": fingerprint(questions),
                                 "ll": ll.tolist(),
                             }
                         )

@@ -248,3 +248,31 @@ def test_minigpt_eval_starts_with_bos_like_the_exported_tokenizer(exported, toke
     ours = load_eval_model(ModelSpec("weight", str(path)), "", None, "cpu", torch.float32, None)
     theirs = load_eval_model(ModelSpec("hf", str(folder)), "", None, "cpu", torch.float32, None)
     assert isinstance(ours, MiniGPTEval) and ours.start() == theirs.start() == [ours.bos_id]
+
+
+def test_bench_script_compares_per_question(exported, tmp_path):
+    """scripts/bench_mmlu_harness.py without the harness: our checkpoint and its export through
+    transformers give the same answer on every question (fp32), and the report says so."""
+    from tests.helpers import run_script
+
+    path, _ = exported
+    out = tmp_path / "bench.json"
+    proc = run_script(
+        "scripts/bench_mmlu_harness.py",
+        "--weight",
+        str(path),
+        "--limit",
+        "12",
+        "--dtypes",
+        "float32",
+        "--no_harness",
+        "--output",
+        str(out),
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    report = json.loads(out.read_text())
+    assert report["reference"] == "eval_llm --weight float32"
+    (row,) = report["summary"]
+    assert row["setting"] == "eval_llm --hf float32" and row["n"] == 12
+    assert row["same_answer"] == 12 and row["max_abs_diff"] < 1e-4
+    assert "12/12 (100.00%)" in proc.stdout
