@@ -168,7 +168,9 @@ PARTS = (
         'these tests:" + the asserts of `test_list`, one a line (the prompt eval_llm scores MBPP with), '
         "input empty, output = `code` unchanged (CRLF line ends included)",
         "`OckBench/OckBench` commit b72752a0ba5989d3c212675ec60d3eedcd838628, `data/mbpp.jsonl` "
-        "(blob 96e2dc2f7dd95b7b87b38dc46e42cbed444251bb; equal to the file in `muitiiifruckt/ASE` up to line ends)",
+        "(blob 96e2dc2f7dd95b7b87b38dc46e42cbed444251bb), the MBPP file as widely redistributed (equal to the "
+        "copy in `muitiiifruckt/ASE` up to line ends; shared/data/SOURCES.md says how it compares with "
+        "google-research HEAD)",
         MBPP,
     ),
     Part(
@@ -176,7 +178,9 @@ PARTS = (
         'all 1,218 rows, `{"question", "choices", "answer", "subject", "split"}`, copied line for line',
         "MMLU `auxiliary_train` files science_elementary.csv (617 rows) and science_middle.csv (601) from "
         "`xetdata/LLM_Evolution` commit 60895c6a0471f7387e43956698caff94a035bc44, `data/mmlu/auxiliary_train/`, "
-        "one JSON row per CSV row (answer letter -> index 0-3)",
+        "one JSON row per CSV row (answer letter -> index 0-3). MMLU's auxiliary_train collects questions from earlier "
+        "multiple-choice sets (its other files are ARC, MCTest, OBQA, RACE and law questions); these two "
+        "are distributed with MMLU under its licence",
         MMLU,
     ),
     Part(

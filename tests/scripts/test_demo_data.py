@@ -14,7 +14,7 @@ from dataset.formats import render_alpaca, render_mmlu
 from dataset.io import iter_jsonl
 from dataset.mixture import load_mixture_config, prepare_mixture
 from model.errors import UserError
-from tests.helpers import SHARED_DATA, load_script, shared_file
+from tests.helpers import SHARED_DATA, bad, load_script, shared_file
 from trainer.evaluation.data import MBPP_TEST_IDS, mbpp_prompt
 from trainer.paths import REPO_ROOT
 
@@ -53,6 +53,9 @@ def test_a_changed_input_is_refused_by_name(sample, tmp_path):
     mbpp.unlink()
     with pytest.raises(UserError, match=r"mbpp\.jsonl: not found; give --shared_dir"):
         sample.build(tmp_path)
+    out = tmp_path / "out"
+    line = bad("scripts/make_demo_sample.py", "--shared_dir", str(tmp_path), "--out_dir", str(out))
+    assert line.startswith("error: ") and "mbpp.jsonl: not found" in line and not out.exists()
 
 
 def test_sample_is_small_and_well_formed():
