@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := out/demo
 
-.PHONY: install test lint format demo bench ablation clean
+.PHONY: install test lint format demo bench ablation gpu-check clean
 
 $(STAMP): pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ ablation: install
 bench: install
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_eval.py
+
+# GPU readiness (scripts/gpu_check.py): every GPU path end to end on the shipped demo sample, in
+# minutes on one GPU. It runs on the GPU machine's own python3 (torch + CUDA, transformers): no
+# venv, no install, no network. On a machine without a GPU it says so and exits 2.
+PYTHON_GPU ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON_GPU) scripts/gpu_check.py
 
 clean:
 	rm -rf $(DEMO) out/cache

@@ -30,9 +30,10 @@ from trainer import checkpoint as ckpt
 from trainer import runtime
 from trainer.cli import setup_logging
 from trainer.config import TrainConfig
+from trainer.memory import GiB, peak_memory
 from trainer.metrics import MetricsLog, fmt_time, run_summary
 from trainer.parallel import Parallel, world_group_for_one_process
-from trainer.schedule import Schedule, stretched
+from trainer.schedule import Schedule, describe_length_change, stretched
 from trainer.start import Start
 from trainer.throughput import mfu, peak_flops
 from trainer.validation import format_losses, val_loss_per_source
@@ -182,26 +183,11 @@ class Trainer:
         for c in self.schedule_changes:
             self.lr_at = stretched(self.lr_at, c["at"], c["from"], c["to"])
         if r.total_steps != self.total:
-            log.info(self._length_change_line(r.total_steps))
+            log.info(describe_length_change(self.lr_at, self.step, r.total_steps, self.total))
         if self.step >= self.total:
             raise UserError(
                 f"{self.paths.resume} is already at step {self.step} of {self.total}; raise --epochs or --max_steps to train further"
             )
-
-    def _length_change_line(self, old_total: int) -> str:
-        """How the LR schedule follows a run-length change on resume (trainer.schedule.stretched)."""
-        k, new = self.step, self.total
-        head = f"Run length changed from {old_total} to {new} steps at step {k}"
-        if k >= old_total:
-            return (
-                f"{head}: the run had finished, so it continues at the LR it ended with "
-                f"({self.lr_at(k, new):.2e}) for the {new - k} new steps (no LR jump; a re-warmup "
-                "is a new stage: start it with --from_weight)"
-            )
-        return (
-            f"{head}: the rest of the LR schedule ({self.lr_at(k, new):.2e} at step {k + 1} -> "
-            f"{self.lr_at(new - 1, new):.2e} at step {new}) is stretched over the {new - k} remaining steps (no LR jump)"
-        )
 
     # ----------------------------------------------------------------- start
 
@@ -489,6 +475,7 @@ class Trainer:
         self.save(final=finished)
         if self.cfg.strategy == "fsdp":
             self._log_shards()
+        self._log_peak_memory()
         runtime.all_reduce_sum(self.seen)
         summary = run_summary(
             self.train_data,
@@ -510,15 +497,15 @@ class Trainer:
             self.wandb_run.finish()
         return summary
 
+    def _log_peak_memory(self) -> None:
+        """Each process's peak memory (GPU: max allocated; CPU: peak RSS), one line on rank 0."""
+        peaks = runtime.per_rank(peak_memory(self.device))
+        log.info(f"Peak memory per rank (GiB): {[round(v[0] / GiB, 3) for v in peaks]}")
+
     def _log_shards(self) -> None:
         """What each rank holds under FSDP: its shard of the parameters and of the AdamW state."""
-        world, rank = self.info.world_size, self.info.rank
-        table = torch.zeros(2 * world, dtype=torch.float64)
-        table[2 * rank : 2 * rank + 2] = torch.tensor(
-            self.parallel.local_numel(self.optimizer), dtype=torch.float64
-        )
-        runtime.all_reduce_sum(table)
-        params, state = table[0::2].long().tolist(), table[1::2].long().tolist()
+        counts = runtime.per_rank(*self.parallel.local_numel(self.optimizer))
+        params, state = [int(c[0]) for c in counts], [int(c[1]) for c in counts]
         log.info(
             f"FSDP shards per rank: parameters {params} of {sum(params):,}; AdamW state {state} of {sum(state):,}"
         )

@@ -105,3 +105,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def per_rank(*values: float) -> list[tuple[float, ...]]:
+    """Every rank's ``values``, in rank order, on every rank (one all-reduce; float64)."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    table = torch.zeros(world, len(values), dtype=torch.float64)
+    table[rank] = torch.tensor(values, dtype=torch.float64)
+    all_reduce_sum(table)
+    return [tuple(row) for row in table.tolist()]

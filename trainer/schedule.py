@@ -115,6 +115,25 @@ def stretched(lr_at: Callable[[float, int], float], at: int, old_total: int, new
     return lr
 
 
+def describe_length_change(
+    lr_at: Callable[[float, int], float], at: int, old_total: int, new_total: int
+) -> str:
+    """The banner line for a run resumed at step ``at`` whose length changed (``lr_at`` already
+    :func:`stretched`): how the LR schedule follows."""
+    head = f"Run length changed from {old_total} to {new_total} steps at step {at}"
+    if at >= old_total:
+        return (
+            f"{head}: the run had finished, so it continues at the LR it ended with "
+            f"({lr_at(at, new_total):.2e}) for the {new_total - at} new steps (no LR jump; a re-warmup "
+            "is a new stage: start it with --from_weight)"
+        )
+    return (
+        f"{head}: the rest of the LR schedule ({lr_at(at, new_total):.2e} at step {at + 1} -> "
+        f"{lr_at(new_total - 1, new_total):.2e} at step {new_total}) is stretched over the "
+        f"{new_total - at} remaining steps (no LR jump)"
+    )
+
+
 # --------------------------------------------------------------------------- schedules with banners
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from trainer import checkpoint as ckpt
 from trainer import runtime, weights
 from trainer.cli import setup_logging
 from trainer.config import ARCH_FLAGS, DEFAULT_SEQ_LEN, TrainConfig, restore_run_args
+from trainer.memory import GiB, check_fits
 from trainer.paths import repo_path
 from trainer.weights import find_checkpoint
 
@@ -98,6 +100,7 @@ def start_run(
             f"--max_seq_len {cfg.max_seq_len} is longer than the model's {positions} positions "
             "(max_position_embeddings); use at most that"
         )
+    _check_memory(cfg, start, world)
     if (start.parent or {}).get("source") == "transformers" and start.resume is None:
         m = start.model.config
         log.info(
@@ -106,6 +109,26 @@ def start_run(
             f"training rows of {cfg.max_seq_len} tokens"
         )
     return cfg, start, args
+
+
+def _check_memory(cfg: TrainConfig, start: Start, world: int) -> None:
+    """Refuse, before any data work, a run whose estimated memory exceeds the device's (trainer.memory)."""
+    device = runtime.resolve_device(cfg.device)
+    est = check_fits(
+        start.model.config,
+        device,
+        processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        strategy=cfg.strategy,
+        world_size=world,
+        micro_batch=cfg.batch_size,
+        seq_len=cfg.max_seq_len,
+        checkpointing=cfg.activation_checkpointing,
+        fused_attention=device.type == "cuda",
+    )
+    log.info(
+        f"Memory estimate per process: {est.total / GiB:.2f} GiB (model state {est.state / GiB:.2f}, "
+        f"activations {est.activations / GiB:.2f}, logits {est.logits / GiB:.2f})"
+    )
 
 
 def load_start(cfg: TrainConfig, require_weight: Callable[[str], str] | None = None) -> Start:
