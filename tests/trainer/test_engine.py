@@ -82,7 +82,7 @@ def test_a_short_row_weighs_the_same_whatever_the_split(field_tokenizer, field_t
     loss = loss / targets
     loss.backward()
     grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
-    loss = float(loss)
+    loss = float(loss.detach())
 
     common = ("--tokenizer_path", str(field_tokenizer_dir), "--max_steps", "1")
     runs = {

@@ -342,7 +342,7 @@ def test_the_design_notes_resume_command_extends_the_run(prepared, pretrained, t
     cfg, data = prepared
     out = tmp_path / "note"
     first = ["--from_weight", "pretrain", "--epochs", "1", "--batch_size", "16", "--learning_rate", "2e-3"]
-    first += ["--warmup_ratio", "0.05", "--max_seq_len", "64", "--eval_interval", "0", "--eval_batches", "2"]
+    first += ["--warmup_ratio", "0.05", "--max_seq_len", "128", "--eval_interval", "0", "--eval_batches", "2"]
     proc = run_script(*_paths(cfg, data, pretrained, out), *first)
     steps = int(proc.stdout.split(" steps/epoch")[0].rsplit("| ", 1)[1])
     proc = run_script(*_paths(cfg, data, pretrained, out), "--from_resume", "1", "--epochs", "2")

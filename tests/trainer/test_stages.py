@@ -28,7 +28,7 @@ def staged(tmp_path_factory, tokenizer_dir):
         textwrap.dedent(f"""\
         name: staged
         mix_by: tokens
-        total_tokens: 60000
+        total_tokens: 36000
         tokenizer: {tokenizer_dir}
         val_ratio: 0.05
         seed: 5
