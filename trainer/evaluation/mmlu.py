@@ -215,13 +215,13 @@ def mmlu_loglikelihoods(
                 for it in chunk
                 for r, n in zip(it.rows, it.reads, strict=True)
             ]
-            logits = em.logits_at(prefix, rows, pos)
+            logprobs = [torch.log_softmax(lg, dim=-1) for lg in em.logits_at(prefix, rows, pos)]
             scored += sum(len(r) for r in rows)
             padded += len(rows) * max(len(r) for r in rows)
             at = 0
             for it in chunk:
                 for letter, (r, cont) in enumerate(zip(it.row_of, it.conts, strict=True)):
-                    lp = torch.log_softmax(logits[at + r][-len(cont) :], dim=-1)
+                    lp = logprobs[at + r][-len(cont) :]
                     ll[it.index, letter] = lp[torch.arange(len(cont)), torch.tensor(cont)].double().sum()
                 at += len(it.rows)
             bar.update(len(chunk))
