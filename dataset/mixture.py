@@ -2,7 +2,8 @@
 
 ``prepare_mixture`` runs, per source in config order:
 
-1. load with ``datasets.load_dataset`` (a Hugging Face id or local files);
+1. load (:mod:`dataset.sources`: local JSON through :mod:`dataset.io`, the reader every tool
+   uses; Hub ids, parquet and text files through ``datasets.load_dataset``);
 2. walk the rows in a seeded random order, rendering each (:mod:`dataset.formats`),
    filtering (:mod:`dataset.filters`), dropping rows that overlap the evaluation sets
    (:mod:`dataset.decontam`) and exact duplicates of rows kept so far, in this source
@@ -67,10 +68,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,11 +78,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from dataset import sources
-from dataset.blend import assign_stages, interleave, interleave_sized, is_val, repeat_order, repeat_until
-from dataset.decontam import EvalNgrams
-from dataset.formats import FormatSpec
+from dataset.blend import interleave, interleave_sized, is_val
 from dataset.io import AtomicFiles
+from dataset.manifest import check_plan, format_summary, plan_record
 from dataset.mixture_config import (
     MixtureConfig,
     SourceConfig,
@@ -91,7 +88,8 @@ from dataset.mixture_config import (
     resolve_tokenizer_ref,
     stage_plan,
 )
-from dataset.pool import Runner, doc_separators, eval_batch, pool_process_batch, process_batch
+from dataset.pool import Runner, doc_separators
+from dataset.selection import Layout, Picked, build_evalset, select_source
 from dataset.sources import first_line
 from dataset.tokenizer import load_tokenizer, tokenizer_sha256
 from model.errors import UserError
@@ -246,340 +244,6 @@ def _load_tokenizer(tok: Any, ref: str, origin: str) -> tuple[Any, str]:
     return tok, ref
 
 
-# ---------------------------------------------------------------------------- stages
-
-
-def _build_evalset(
-    config: MixtureConfig, runner: Runner, cache_dir: str | None
-) -> tuple[EvalNgrams | None, list]:
-    if not config.decontaminate:
-        return None, []
-    parts: list[np.ndarray] = []
-    records = []
-    for i, ref in enumerate(config.decontaminate):
-        where = f"{config.path.name}: decontaminate[{i}]"
-        ds, files = sources.load(ref, where, cache_dir)
-        columns = sources.check_columns(ds, ref, where)
-        bar = tqdm(total=len(ds), desc=f"eval set {ref.label}"[:40], unit="row", disable=None, leave=False)
-        tasks = ((rows, ref.format, config.decontaminate_ngram) for rows in sources.batches(ds, columns))
-        offset = 0
-        for hashes, errors in runner.map(eval_batch, eval_batch, tasks):
-            for j, err in enumerate(errors):
-                if err:
-                    raise UserError(f"{where} ({ref.label}): {_row_at(ds, offset + j)}: {err}")
-            parts.append(hashes)
-            offset += len(errors)
-            bar.update(len(errors))
-        bar.close()
-        records.append({**sources.ref_record(ref, ds, files), "rows": len(ds)})
-    evalset = EvalNgrams(
-        np.concatenate(parts) if parts else np.zeros(0, np.uint64),
-        config.decontaminate_ngram,
-        config.decontaminate_threshold,
-    )
-    log.info("decontamination: %d evaluation %d-grams from %d sets", len(evalset), evalset.n, len(records))
-    return evalset, records
-
-
-def _row_at(rows: Any, index: int) -> str:
-    """``file:line`` of a row of local JSON files, else ``row N`` (0-based) of a dataset."""
-    return rows.where(index) if hasattr(rows, "where") else f"row {index}"
-
-
-def _source_seed(seed: int, name: str) -> list[int]:
-    """Per-source RNG seed: adding or reordering sources leaves each one's sample unchanged."""
-    return [seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")]
-
-
-class Picked(NamedTuple):
-    """One source's rows in output order (repeats included), with what the plan needs of them."""
-
-    texts: list[str]
-    hashes: list[int]
-    tokens: np.ndarray | None  # tokens per row as trained (tokens mode), else None
-    stage: np.ndarray  # stage index per row
-    available: int  # unique units (rows or tokens) the source holds after filters, dedup, decontamination
-    available_exact: bool  # the source was read to its end; else ``available`` is extrapolated
-    record: dict[str, Any]
-
-
-def _select_source(
-    source: SourceConfig,
-    planned: list[int],
-    config: MixtureConfig,
-    runner: Runner,
-    seen: set[int],
-    cache_dir: str | None,
-) -> Picked:
-    """Pick one source's rows for its plan (units per stage, in stage order)."""
-    where = f"{config.path.name}: source {source.name!r}"
-    ds, files = sources.load(source, where, cache_dir)
-    columns = sources.check_columns(ds, source, where)
-    rng = np.random.default_rng(_source_seed(config.seed, source.name))
-    counting = runner.tokenizer is not None
-    needed = sum(planned)
-
-    dropped = dict.fromkeys(("empty", *source.filters), 0)
-    stats = {"decontaminated": 0, "duplicates": 0}
-    texts: list[str] = []
-    hashes: list[int] = []
-    sizes: list[int] = []  # tokens per kept row (tokens mode)
-    own: set[int] = set()
-    read = got = 0  # rows read; units kept (rows, or tokens)
-    in_flight: deque[np.ndarray] = deque()  # row indices of the batches handed out, in order
-
-    def tasks() -> Iterator[tuple]:
-        reader = sources.RowReader(ds, columns)
-        for idx in sources.row_order(len(ds), rng):
-            in_flight.append(idx)
-            yield reader[idx.tolist()], source.format, source.filters
-
-    def local(rows: dict[str, list], spec: FormatSpec, filters: dict) -> list:
-        return process_batch(rows, spec, filters, runner.evalset, runner.tokenizer)
-
-    def more() -> bool:
-        """Hand out another batch unless those in flight are expected to meet the plan (at the
-        units per row read so far, plus 10%): batches past the plan are work thrown away."""
-        if read == 0:
-            return True
-        return got + sum(map(len, in_flight)) * got / read < needed * 1.1
-
-    bar = tqdm(total=needed, desc=f"{source.name}"[:24], unit=config.unit[:-1], disable=None, leave=False)
-    results = runner.map(pool_process_batch, local, tasks(), more)
-    try:
-        for batch in results:
-            idx = in_flight.popleft()
-            for j, (verdict, text, h, ntok) in enumerate(batch):
-                if verdict.startswith("error"):
-                    raise UserError(
-                        f"{where} ({source.label}): {_row_at(ds, int(idx[j]))}: {verdict[7:]}; "
-                        "fix the data or the source's format/text_field"
-                    )
-                read += 1
-                if verdict == "decontaminated":
-                    stats["decontaminated"] += 1
-                elif verdict:
-                    dropped[verdict] += 1
-                elif config.dedup and (h in own or h in seen):
-                    stats["duplicates"] += 1
-                else:
-                    own.add(h)
-                    texts.append(text)  # type: ignore[arg-type]
-                    hashes.append(h)
-                    sizes.append(ntok)
-                    got += ntok if counting else 1
-                    if got >= needed:
-                        break
-            bar.update(min(got, needed) - bar.n)
-            if got >= needed:
-                break
-    finally:
-        results.close()
-        bar.close()
-
-    kept = len(texts)
-    drop_summary = ", ".join(f"{k} {v}" for k, v in dropped.items() if v) or "none"
-    if kept == 0:
-        raise UserError(
-            f"{where} ({source.label}) is empty after filters: {read} rows read, dropped: {drop_summary}, "
-            f"decontaminated {stats['decontaminated']}, duplicates {stats['duplicates']}; loosen its filters"
-        )
-    uses = math.ceil(needed / got)
-    if uses > source.max_repeats:
-        total_key = "total_tokens" if counting else "total_samples"
-        amount = f"{got} tokens in {kept} rows" if counting else f"{kept} rows"
-        raise UserError(
-            f"{where} ({source.label}) is short: {amount} available after filters, dedup and "
-            f"decontamination, {needed} needed (share {source.ratio:g} x {config.total}); "
-            f"max_repeats {source.max_repeats} allows {got * source.max_repeats}: set max_repeats: {uses} "
-            f"or lower its share or {total_key}"
-        )
-    # Rows were drawn in runs of consecutive rows; shuffle so neighbours in the file do not
-    # stay neighbours in the output. Then every row once, extra uses only if short.
-    shuffle = rng.permutation(kept)
-    texts, hashes = [texts[i] for i in shuffle], [hashes[i] for i in shuffle]
-    if counting:
-        token_sizes = np.asarray(sizes, dtype=np.int64)[shuffle]
-        pick = repeat_until(token_sizes, needed, rng)
-        units = token_sizes[pick]
-    else:
-        pick = repeat_order(kept, needed, rng)
-        units = np.ones(len(pick), dtype=np.int64)
-    unique = int(len(np.unique(pick)))
-    exact = read == len(ds)
-    available = got if exact else round(got * len(ds) / read)
-    record = {
-        "name": source.name,
-        **sources.ref_record(source, ds, files),
-        "ratio": source.ratio,
-        "filters": source.filters,
-        "rows_total": len(ds),
-        "rows_read": read,
-        "dropped": dropped,
-        "decontaminated": stats["decontaminated"],
-        "duplicates": stats["duplicates"],
-        "kept": kept,
-        "selected": len(pick),
-        "unique_selected": unique,
-        "max_repeats": source.max_repeats,
-        "repeat_factor": round(len(pick) / unique, 6),
-        "max_uses_per_row": int(np.bincount(pick).max()),
-    }
-    seen.update(hashes)
-    return Picked(
-        texts=[texts[i] for i in pick],
-        hashes=[hashes[i] for i in pick],
-        tokens=units if counting else None,
-        stage=assign_stages(units, planned),
-        available=available,
-        available_exact=exact,
-        record=record,
-    )
-
-
-# ---------------------------------------------------------------------------- the plan
-
-
-def _plan_record(
-    config: MixtureConfig, plan: list[list[int]], picks: list[Picked], layout: dict[str, Layout]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The manifest's ``plan`` and ``stages`` entries (see the module docstring)."""
-    tokens_mode = picks[0].tokens is not None
-
-    def amounts(p: Picked, ix: np.ndarray) -> tuple[int, int | None]:
-        return len(ix), (int(p.tokens[ix].sum()) if p.tokens is not None else None)
-
-    def units(p: Picked, mask: np.ndarray) -> int:
-        return int(p.tokens[mask].sum()) if p.tokens is not None else int(mask.sum())
-
-    def share(a: int, b: int) -> float:
-        return round(a / b, 6) if b else 0.0
-
-    total_written = sum(units(p, np.ones(len(p.texts), dtype=bool)) for p in picks)
-    sources_out = []
-    for i, (p, source) in enumerate(zip(picks, config.sources, strict=True)):
-        planned = sum(row[i] for row in plan)
-        written = units(p, np.ones(len(p.texts), dtype=bool))
-        sources_out.append(
-            {
-                "name": source.name,
-                "share": share(planned, config.total),
-                "planned": planned,
-                "written": written,
-                "written_share": share(written, total_written),
-                "rows": len(p.texts),
-                "unique_rows": p.record["unique_selected"],
-                "unique_available": p.available,
-                "available_exact": p.available_exact,
-                "epochs": round(written / p.available, 4),
-                "max_repeats": source.max_repeats,
-                "max_uses_per_row": p.record["max_uses_per_row"],
-            }
-        )
-    stages_out = []
-    stages_short = []
-    for k, row in enumerate(plan if config.stages else []):
-        st = config.stages[k]
-        written_k = [units(p, p.stage == k) for p in picks]
-        cells = []
-        for i, (p, source) in enumerate(zip(picks, config.sources, strict=True)):
-            train_rows, train_tokens = amounts(p, layout["train"][k][i])
-            val_rows, val_tokens = amounts(p, layout["val"][k][i])
-            cells.append(
-                {
-                    "name": source.name,
-                    "share": share(row[i], sum(row)),
-                    "planned": row[i],
-                    "written": written_k[i],
-                    "written_share": share(written_k[i], sum(written_k)),
-                    "rows": train_rows + val_rows,
-                    "train_rows": train_rows,
-                    "val_rows": val_rows,
-                    "train_tokens": train_tokens,
-                    "val_tokens": val_tokens,
-                    "epochs": round(written_k[i] / p.available, 4),
-                }
-            )
-
-        def total(key: str, cells: list[dict[str, Any]] = cells) -> int | None:
-            return None if cells[0][key] is None else sum(c[key] for c in cells)
-
-        summary = {
-            "name": st.name,
-            "fraction": st.fraction,
-            "train_rows": total("train_rows"),
-            "val_rows": total("val_rows"),
-            "train_tokens": total("train_tokens"),
-            "val_tokens": total("val_tokens"),
-        }
-        stages_short.append(summary)
-        stages_out.append(
-            {
-                **summary,
-                "planned": sum(row),
-                "written": sum(written_k),
-                "rows": total("rows"),
-                "sources": cells,
-            }
-        )
-    rule = (
-        "a source's documents are taken in its seeded order until its tokens reach its plan; the document "
-        "that crosses the plan is kept whole (never cut): planned <= written < planned + that document. "
-        "A document belongs to the stage in which it starts."
-        if tokens_mode
-        else "exact: planned rows per stage and source"
-    )
-    record: dict[str, Any] = {
-        "unit": config.unit,
-        "total": config.total,
-        "written": total_written,
-        "rule": rule,
-        "sources": sources_out,
-    }
-    if config.stages:
-        record["stages"] = stages_out
-    return record, stages_short
-
-
-def _check_plan(config: MixtureConfig, plan: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    """Say at once what came out smaller than asked, with the numbers; stop where going on would
-    mislead (a stage without rows). Warnings go to the log as ``warning: ...`` lines."""
-    unit = config.unit
-    total_key = "total_tokens" if unit == "tokens" else "total_samples"
-    for s in plan["sources"]:
-        if s["epochs"] > EPOCHS_WARN:
-            log.warning(
-                f"warning: source {s['name']!r} is used for {s['epochs']:.2f} epochs ({s['written']} of "
-                f"{s['unique_available']} unique {unit}); returns from repeated data fall after ~{EPOCHS_WARN} "
-                "epochs (Muennighoff et al. 2023)"
-            )
-    for st in plan.get("stages", []):
-        if st["rows"] == 0:
-            raise UserError(
-                f"{config.path}: stage {st['name']!r} gets no rows: its plan of {st['planned']} {unit} is "
-                f"smaller than the documents that run into it from the stage before; raise {total_key} or its fraction"
-            )
-        for c in st["sources"]:
-            if c["planned"] > 0 and c["rows"] == 0:
-                log.warning(
-                    f"warning: stage {st['name']!r} has no rows of source {c['name']!r}: its plan of "
-                    f"{c['planned']} {unit} went to the document that crossed into it from the stage before"
-                )
-        if config.val_ratio > 0 and st["val_rows"] == 0:
-            log.warning(
-                f"warning: stage {st['name']!r}: none of its {st['train_rows']} rows fell in validation "
-                f"(val_ratio {config.val_ratio:g}); that stage has no validation rows"
-            )
-    if config.val_ratio > 0:
-        for r in records:
-            if r["val"] == 0:
-                log.warning(
-                    f"warning: source {r['name']!r}: none of its {r['selected']} rows fell in validation "
-                    f"(val_ratio {config.val_ratio:g}: ~{r['selected'] * config.val_ratio:.1f} expected), "
-                    "so its validation loss will be missing; raise val_ratio or its share"
-                )
-
-
 # ---------------------------------------------------------------------------- writing
 
 
@@ -612,9 +276,6 @@ def _write_jsonl(f, rows: Iterator[tuple[str, ...]]) -> dict[str, Any]:
         n += 1
         size += len(line)
     return {"rows": n, "bytes": size, "sha256": digest.hexdigest()}
-
-
-Layout = list[list[np.ndarray]]  # [stage][source] -> indices into that source's Picked rows
 
 
 def _layout(picks: list[Picked], n_stages: int, val_ratio: float) -> dict[str, Layout]:
@@ -694,13 +355,13 @@ def prepare_mixture(
     # read, in a thread started after the pool has forked its workers.
     with ThreadPoolExecutor(max_workers=1) as loader, Runner(num_proc) as runner:
         loading = loader.submit(_load_tokenizer, *found) if found is not None else None
-        evalset, eval_records = _build_evalset(config, runner, cache_dir)
+        evalset, eval_records = build_evalset(config, runner, cache_dir)
     tok, tok_ref = loading.result() if loading is not None else (None, None)
     seen: set[int] = set()
     picks: list[Picked] = []
     with Runner(num_proc, evalset, tok) as runner:
         for i, source in enumerate(config.sources):
-            picks.append(_select_source(source, [row[i] for row in plan], config, runner, seen, cache_dir))
+            picks.append(select_source(source, [row[i] for row in plan], config, runner, seen, cache_dir))
     layout = _layout(picks, len(plan), config.val_ratio)
 
     records = [p.record for p in picks]
@@ -717,8 +378,8 @@ def prepare_mixture(
     for record in records:
         record["sample_share"] = round(record["selected"] / all_rows, 6)
         record["token_share"] = round(record[token_key] / all_tokens, 6)
-    plan_record, stages_record = _plan_record(config, plan, picks, layout)
-    _check_plan(config, plan_record, records)
+    plan_entry, stages_record = plan_record(config, plan, picks, layout)
+    check_plan(config, plan_entry, records)
 
     extended = tok is not None or bool(config.stages)  # rows mode without stages: the manifest as before
     manifest: dict[str, Any] = {
@@ -758,7 +419,7 @@ def prepare_mixture(
         )
     manifest["sources"] = records
     if extended:
-        manifest["plan"] = plan_record
+        manifest["plan"] = plan_entry
         if config.stages:
             manifest["stages"] = stages_record
     stage_names = [st.name for st in config.stages] if config.stages else None
@@ -799,119 +460,3 @@ def prepare_mixture(
         writer.discard()
         raise
     return manifest
-
-
-# ---------------------------------------------------------------------------- report
-
-
-def format_summary(manifest: dict[str, Any]) -> str:
-    """A one-screen table of a manifest: where every row came from and where it went."""
-    head = (
-        "source",
-        "ratio",
-        "read",
-        "filtered",
-        "decont",
-        "dups",
-        "kept",
-        "selected",
-        "repeat",
-        "train",
-        "val",
-        "samples",
-        "tokens",
-    )
-    rows = []
-    for s in manifest["sources"]:
-        rows.append(
-            (
-                s["name"],
-                f"{s['ratio']:.3f}",
-                f"{s['rows_read']:,}",
-                f"{sum(s['dropped'].values()):,}",
-                f"{s['decontaminated']:,}",
-                f"{s['duplicates']:,}",
-                f"{s['kept']:,}",
-                f"{s['selected']:,}",
-                f"{s['repeat_factor']:.2f}x",
-                f"{s['train']:,}",
-                f"{s['val']:,}",
-                f"{100 * s['sample_share']:.1f}%",
-                f"{100 * s['token_share']:.1f}%",
-            )
-        )
-    lines = [f"mixture {manifest['name']}  (config sha256 {manifest['config_sha256'][:12]})"]
-    lines += _table(head, rows)
-    out = manifest.get("outputs", {})
-    for split in ("train", "val"):
-        if split in out:
-            lines.append(
-                f"{split:5s} {out[split]['rows']:>9,} rows  {out[split]['bytes'] / 1e6:8.1f} MB  {out[split]['file']}"
-            )
-    drops = "; ".join(
-        f"{s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["dropped"].items() if v)
-        for s in manifest["sources"]
-        if any(s["dropped"].values())
-    )
-    if drops:
-        lines.append(f"filtered by: {drops}")
-    d = manifest["decontamination"]
-    if d["sets"]:
-        lines.append(
-            f"decontamination: {len(d['sets'])} eval sets, {d['eval_ngrams']:,} {d['ngram']}-grams, threshold {d['threshold']}"
-        )
-    if "plan" in manifest:
-        lines += _plan_lines(manifest)
-    return "\n".join(lines)
-
-
-def _table(head: tuple, rows: list[tuple], left: int = 1) -> list[str]:
-    """Columns padded to their widest cell: the first ``left`` left-aligned, the others right-aligned."""
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    return [
-        "  ".join(
-            c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in [head, *rows]
-    ]
-
-
-def _plan_lines(manifest: dict[str, Any]) -> list[str]:
-    """The plan of a tokens-mode or staged manifest: per stage and source, planned vs written."""
-    plan = manifest["plan"]
-    unit = plan["unit"]
-    title = f"plan: {plan['total']:,} {unit}, {plan['written']:,} written"
-    if "tokenizer" in manifest:
-        t = manifest["tokenizer"]
-        title += (
-            f"; tokenizer sha256 {t['sha256'][:12]}, {t['separators_per_document']} separator(s) per document"
-        )
-    if unit == "tokens":
-        title += "; a document that crosses its source's plan is kept whole"
-    head = ("stage", "source", "planned", "written", "share", "realized", "epochs", "rows", "train", "val")
-
-    exact = {c["name"]: c["available_exact"] for c in plan["sources"]}
-
-    def cells(stage: str, c: dict[str, Any], train: int, val: int) -> tuple:
-        return (
-            stage,
-            c["name"],
-            f"{c['planned']:,}",
-            f"{c['written']:,}",
-            f"{100 * c['share']:.1f}%",
-            f"{100 * c['written_share']:.1f}%",
-            f"{c['epochs']:.2f}" + ("" if exact[c["name"]] else "~"),
-            f"{c['rows']:,}",
-            f"{train:,}",
-            f"{val:,}",
-        )
-
-    by_name = {s["name"]: s for s in manifest["sources"]}
-    rows = []
-    for st in plan.get("stages", []):
-        rows += [cells(st["name"], c, c["train_rows"], c["val_rows"]) for c in st["sources"]]
-    rows += [cells("all", c, by_name[c["name"]]["train"], by_name[c["name"]]["val"]) for c in plan["sources"]]
-    staged = "stages" in plan
-    table = _table(head, rows, left=2) if staged else _table(head[1:], [r[1:] for r in rows])
-    note = "epochs ~: extrapolated from the rows read (the source was not read to its end)"
-    return [title, *table] + ([note] if any(r[6].endswith("~") for r in rows) else [])
