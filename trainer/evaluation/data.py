@@ -138,17 +138,12 @@ def read_val_docs(path: str | Path) -> list[Doc]:
 
 
 def val_path_from_config(config_path: str | Path, prepared_dir: str | Path) -> Path:
-    """The prepared val split of a mixture config; a missing file names the command that makes it."""
-    from dataset.mixture import load_mixture_config, prepared_paths
+    """The prepared val split of a mixture config, checked like the trainers check it
+    (dataset.mixture.find_prepared: the files exist and were prepared from this version of the
+    config); otherwise a UserError that names the command which (re)makes them."""
+    from dataset.mixture import find_prepared, load_mixture_config
 
-    config = load_mixture_config(config_path)
-    _, val, _ = prepared_paths(config, prepared_dir)
-    if not val.is_file():
-        raise UserError(
-            f"{val} not found: prepare the mixture first: "
-            f"python scripts/prepare_dataset.py --config {config_path} --output_dir {prepared_dir}"
-        )
-    return val
+    return find_prepared(load_mixture_config(config_path), prepared_dir).val
 
 
 def limit_per_source(docs: list[Doc], limit: int | None) -> list[Doc]:

@@ -416,10 +416,16 @@ def test_data_config_reads_its_prepared_val_split(tmp_path):
     from trainer.evaluation.data import val_path_from_config
 
     config = REPO / "config/data/demo.yaml"
-    val = _write(
-        tmp_path / f"{load_mixture_config(config).name}_val.jsonl", [{"text": "a story", "source": "stories"}]
-    )
+    mix = load_mixture_config(config)
+    val = _write(tmp_path / f"{mix.name}_val.jsonl", [{"text": "a story", "source": "stories"}])
+    _write(tmp_path / f"{mix.name}_train.jsonl", [{"text": "another story", "source": "stories"}])
+    manifest = tmp_path / f"{mix.name}_manifest.json"
+    manifest.write_text(json.dumps({"config_sha256": mix.sha256}))
     assert val_path_from_config(config, tmp_path) == val
+    # the same check as the trainers': a split prepared from another version of the config is refused
+    manifest.write_text(json.dumps({"config_sha256": "0" * 64}))
+    with pytest.raises(UserError, match="prepared from a different version"):
+        val_path_from_config(config, tmp_path)
 
 
 def test_unknown_weight_as_a_real_process(pretrained):
