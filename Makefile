@@ -32,21 +32,27 @@ test: lint
 
 # The whole pipeline on the real sample shipped in dataset/demo/ (TinyStories, MBPP, MMLU; see its
 # SOURCES.md): prepare -> tokenizer -> pretrain -> midtrain -> side-by-side evaluation on the MBPP test
-# split and MMLU test questions it never trains on. Offline. ~3 min on 2 idle CPU cores. Under out/demo/.
+# split and MMLU test questions it never trains on. Offline. Under out/demo/. 3.5 min (200 CPU-seconds) on
+# our 2-core machine while other jobs ran on it..
+# One torch thread (DEMO_THREADS=2 for two): at this size (1M parameters, 4 rows of 256 tokens a step) a
+# second thread did not speed up a step on our 2-core machine, and when the machine was busy the whole
+# demo took 4x the wall time and 6x the CPU time with two.
+DEMO_THREADS ?= 1
+DEMO_PY := OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/python
 DEMO_MODEL := --hidden_size 128 --num_hidden_layers 4 --num_attention_heads 4 --num_key_value_heads 2
 DEMO_RUN := --max_seq_len 256 --batch_size 4 --log_interval 100 --eval_interval 200 --save_dir $(DEMO) --checkpoint_dir $(DEMO)/checkpoints --cache_dir $(DEMO)/cache
 DEMO_EVAL := --mbpp_path dataset/demo/mbpp_test.jsonl --mmlu_path dataset/demo/mmlu_test.jsonl --shots 0 --no_hub
 demo: install
-	$(BIN)/python scripts/prepare_dataset.py --config config/data/pretrain/demo.yaml --output_dir $(DEMO)/data --overwrite
-	$(BIN)/python scripts/prepare_dataset.py --config config/data/demo.yaml --output_dir $(DEMO)/data --overwrite
-	$(BIN)/python scripts/train_tokenizer.py --data_path $(DEMO)/data/pretrain_demo_train.jsonl \
+	$(DEMO_PY) scripts/prepare_dataset.py --config config/data/pretrain/demo.yaml --output_dir $(DEMO)/data --overwrite
+	$(DEMO_PY) scripts/prepare_dataset.py --config config/data/demo.yaml --output_dir $(DEMO)/data --overwrite
+	$(DEMO_PY) scripts/train_tokenizer.py --data_path $(DEMO)/data/pretrain_demo_train.jsonl \
 		--data_path $(DEMO)/data/demo_train.jsonl --vocab_size 2048 --output_dir $(DEMO)/tokenizer
-	$(BIN)/python trainer/train_pretrain.py --data_path $(DEMO)/data/pretrain_demo_train.jsonl \
+	$(DEMO_PY) trainer/train_pretrain.py --data_path $(DEMO)/data/pretrain_demo_train.jsonl \
 		--val_path $(DEMO)/data/pretrain_demo_val.jsonl --tokenizer_path $(DEMO)/tokenizer $(DEMO_MODEL) $(DEMO_RUN) \
 		--epochs 2 --learning_rate 2e-3
-	$(BIN)/python trainer/train_midtrain.py --data_config config/data/demo.yaml --use_prepared --prepared_dir $(DEMO)/data \
+	$(DEMO_PY) trainer/train_midtrain.py --data_config config/data/demo.yaml --use_prepared --prepared_dir $(DEMO)/data \
 		--from_weight pretrain $(DEMO_RUN) --epochs 2 --learning_rate 1e-3
-	$(BIN)/python eval_llm.py --save_dir $(DEMO) --weight pretrain --weight midtrain \
+	$(DEMO_PY) eval_llm.py --save_dir $(DEMO) --weight pretrain --weight midtrain \
 		--val_path $(DEMO)/data/demo_val.jsonl $(DEMO_EVAL) --output $(DEMO)/eval/demo.json
 	@echo
 	@echo "== make demo: done =="
