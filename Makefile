@@ -33,7 +33,7 @@ test: lint
 # The whole pipeline on the real sample shipped in dataset/demo/ (TinyStories, MBPP, MMLU; see its
 # SOURCES.md): prepare -> tokenizer -> pretrain -> midtrain -> side-by-side evaluation on the MBPP test
 # split and MMLU test questions it never trains on. Offline. Under out/demo/. 3.5 min (200 CPU-seconds) on
-# our 2-core machine while other jobs ran on it..
+# our 2-core machine while other jobs ran on it.
 # One torch thread (DEMO_THREADS=2 for two): at this size (1M parameters, 4 rows of 256 tokens a step) a
 # second thread did not speed up a step on our 2-core machine, and when the machine was busy the whole
 # demo took 4x the wall time and 6x the CPU time with two.
