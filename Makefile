@@ -1,4 +1,4 @@
-# miniGPT: `make demo` runs the whole pipeline on the shipped smoke sample; `make test` runs the suite.
+# miniGPT: `make demo` runs the whole pipeline on the real sample in dataset/demo/; `make test` runs the suite.
 # Both create .venv on first use. TORCH picks the torch build: torch==2.13.0 is a CPU wheel on a
 # CPU-only machine of ours, and PyPI's default (CUDA) build on a Linux GPU machine; for another CUDA
 # version: make install TORCH="torch --index-url https://download.pytorch.org/whl/cu126"

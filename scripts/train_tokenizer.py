@@ -1,6 +1,6 @@
 """Train the byte-level BPE tokenizer on one or more JSONL files (rows with a "text" field).
 
-    python scripts/train_tokenizer.py --data_path dataset/demo/smoke_stories.jsonl --vocab_size 6400
+    python scripts/train_tokenizer.py --data_path dataset/demo/tinystories.jsonl --vocab_size 6400
 
 The result loads with ``transformers.AutoTokenizer.from_pretrained(output_dir)``.
 """

@@ -369,7 +369,7 @@ def test_unreachable_hub_dataset_says_how_to_go_local(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_demo_config_end_to_end(tmp_path, cache_dir):
-    """What `make demo` runs, on the shipped smoke sample."""
+    """What `make demo` runs, on the real sample in dataset/demo/."""
     proc = _run_script(
         "--config", str(REPO_ROOT / "config" / "data" / "demo.yaml"), "--output_dir", str(tmp_path),
         "--cache_dir", cache_dir, "--num_proc", "2",

@@ -294,7 +294,7 @@ def mbpp_prompt(text: str, tests: list[str]) -> str:
 def mbpp_problems(rows: list[dict], where: str) -> list[CodeProblem]:
     """MBPP rows (text, code, test_list); a full 974-task file is cut to the test split (11-510)."""
     ids = {row.get("task_id") for row in rows}
-    if set(MBPP_TEST_IDS) <= ids:
+    if set(MBPP_TEST_IDS) < ids:  # more than the test split: cut to it (a file of just the test split stays)
         n_all = len(rows)
         rows = [row for row in rows if row.get("task_id") in MBPP_TEST_IDS]
         log.info(
