@@ -23,7 +23,8 @@ Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_c
 A Hub dataset that cannot be reached is skipped with one line; --no_hub never tries.
 
 Precision: --dtype float32 by default. bf16 scoring flips near-tie MMLU answers of small models
-(most of their questions are near ties), so it no longer agrees with a float32 harness run.
+(55 of 14,042 on a fresh 4.6M model; scripts/bench_mmlu_harness.py), so it no longer gives the
+harness's answers; in float32 all 14,042 agree.
 
 Output: a table on the terminal (a delta column for two models), and --output FILE.json (default
 out/eval/<names>.json) with FILE.md and FILE.png beside it.
