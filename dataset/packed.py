@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.io import atomic_dir, file_sha256, iter_jsonl, iter_staged_docs
-from dataset.tokenizer import encode_texts, tokenizer_sha256
+from dataset.tokenizer import doc_start, encode_texts, pad_id, tokenizer_sha256
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def build_packed(paths: Sequence[str | Path], tok, seq_len: int, cache_dir: str 
 def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
     vocab = len(tok)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
-    head, eos = ([tok.bos_token_id] if tok.bos_token_id is not None else []), tok.eos_token_id
+    head, eos = doc_start(tok), tok.eos_token_id
     names: dict[str, int] = {}
     source_tokens: list[int] = []
     segments: list[dict] = []  # {"name", "start", "end"} per stage, in file order
@@ -295,7 +295,7 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
         "tokenizer_sha256": tokenizer_sha256(tok),
         "seq_len": seq_len,
         "dtype": np.dtype(dtype).name,
-        "pad_id": tok.pad_token_id,
+        "pad_id": pad_id(tok),
         "num_docs": n_docs,
         "num_tokens": n_tokens,
         "sources": list(names),

@@ -93,19 +93,66 @@ def check_special_tokens(tok, where: str):
     - every document ends with EOS, so an EOS token is required (Qwen's and SmolLM2's is
       ``<|endoftext|>``; ours ``<|eos|>``);
     - a document starts with BOS only when the tokenizer has one (ours, SmolLM2, Llama 3 do;
-      Qwen has none, so its documents are ``doc EOS``);
-    - a tokenizer without a pad token pads with EOS's id: padded positions are never targets
-      (their target is -100), so the pad id never enters the loss.
-    Returns ``tok`` (its pad token set when it had none); UserError without EOS.
+      Qwen has none, so its documents are ``doc EOS``): :func:`doc_start`;
+    - a tokenizer without a pad token pads with EOS's id (:func:`pad_id`): padded positions are
+      never targets (their target is -100), so the pad id never enters the loss. The tokenizer
+      itself is left as it came, so an export writes it unchanged.
+    Returns ``tok``; UserError without EOS.
     """
     if tok.eos_token_id is None:
         raise UserError(
             f"{where}: tokenizer has no eos token (it ends every document); retrain it with "
             "scripts/train_tokenizer.py or set eos_token in its tokenizer_config.json"
         )
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
     return tok
+
+
+def doc_start(tok) -> list[int]:
+    """What every packed document (and every sequence eval_llm scores for loss) starts with:
+    ``[BOS]`` when the tokenizer has a BOS token, else nothing (:func:`check_special_tokens`)."""
+    return [tok.bos_token_id] if tok.bos_token_id is not None else []
+
+
+def pad_id(tok) -> int:
+    """The id rows are padded with: the pad token's, else EOS's (never a target)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def is_own(tok) -> bool:
+    """A tokenizer trained by scripts/train_tokenizer.py (its BOS is ``<|bos|>``)."""
+    return tok.bos_token == BOS
+
+
+def default_prefix(tok) -> list[int]:
+    """The ids ``tok(text)`` puts before the text's own tokens (its default special tokens): what
+    transformers users and lm-evaluation-harness (>= 0.4.9.2) prepend to a prompt."""
+    probe = "The answer"
+    plain = encode_texts(tok, [probe])[0]
+    ids = list(tok(probe)["input_ids"])
+    for s in range(len(ids) - len(plain) + 1):
+        if ids[s : s + len(plain)] == plain:
+            return ids[:s]
+    return []
+
+
+def exported_prefix(tok) -> list[int]:
+    """What the tokenizer scripts/export_hf.py writes for ``tok`` puts before a text: BOS for our
+    own tokenizer (:func:`add_bos_by_default`), the tokenizer's own default for any other."""
+    return doc_start(tok) if is_own(tok) else default_prefix(tok)
+
+
+def add_bos_by_default(tok) -> None:
+    """Make ``tok(text)`` prepend BOS, as Llama's tokenizer does (our models are trained on
+    ``BOS doc EOS``). Done by scripts/export_hf.py for our own tokenizer only: an imported model's
+    tokenizer is exported as it came."""
+    from tokenizers import processors
+
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_token_id)]
+    )
+    if hasattr(type(tok), "add_bos_token"):  # transformers >= 5 records it in tokenizer_config.json
+        tok.add_bos_token = True
 
 
 def encode_texts(tok, texts: Sequence[str]) -> list[list[int]]:
