@@ -39,8 +39,7 @@ from pathlib import Path
 import torch
 
 from model.errors import UserError
-from trainer import runtime
-from trainer.checkpoint import resolve_weight
+from trainer import runtime, weights
 from trainer.cli import run, setup_logging
 from trainer.evaluation.data import Hub, MCQuestion, load_mmlu, spread
 from trainer.evaluation.mmlu import mmlu_loglikelihoods, mmlu_predictions
@@ -187,7 +186,7 @@ def main() -> None:
     dtypes = [
         runtime.resolve_dtype(d.strip(), torch.device("cpu")) for d in args.dtypes.split(",") if d.strip()
     ]
-    path = resolve_weight(args.weight, args.save_dir, None)
+    path = weights.resolve(args.weight, args.save_dir, None, flag="--weight").label
     if not Path(args.mmlu_dir).is_dir():
         raise UserError(f"--mmlu_dir {args.mmlu_dir}: not a folder (MMLU test.jsonl and dev.jsonl)")
     # the harness reads the dev split even 0-shot (its fewshot_split)

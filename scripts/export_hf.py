@@ -1,4 +1,5 @@
-"""Export a checkpoint as a transformers Llama folder (safetensors + config + tokenizer, no remote code).
+"""Export a checkpoint as a transformers folder of its own architecture (safetensors + config +
+tokenizer, no remote code).
 
     python scripts/export_hf.py --weight midtrain_512 --output_dir out/hf/midtrain_512
 
@@ -6,13 +7,17 @@ Then, anywhere with transformers installed:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("out/hf/midtrain_512")
-    tok = AutoTokenizer.from_pretrained("out/hf/midtrain_512")   # adds <|bos|> like training did
+    tok = AutoTokenizer.from_pretrained("out/hf/midtrain_512")
 
-The weights map 1:1 onto LlamaForCausalLM (model/hf.py), so the logits equal ours. config.json's
-max_position_embeddings is the context the model was trained with, so lm-evaluation-harness and
-other tools truncate prompts where eval_llm.py does. The folder
-is written to a temporary sibling and renamed into place; an existing export is replaced, any
-other non-empty folder is left alone.
+Our own models are written as LlamaForCausalLM, whose tokenizer then adds <|bos|> like training
+did; a model mid-trained from a transformers folder is written as the class and config it came
+with (a Qwen3 in, a Qwen3 out: biases, head_dim, q/k norm, RoPE scaling, tie flag) and its own
+tokenizer unchanged (no BOS added where it had none). The weights map 1:1 (model/hf.py), so the
+logits equal ours. config.json's max_position_embeddings is the context eval_llm.py scores the
+model with (trainer.evaluation.models.trained_context), so lm-evaluation-harness and other tools
+truncate prompts where eval_llm.py does. --weight takes what the trainers' --from_weight takes
+(trainer/weights.py). The folder is written to a temporary sibling and renamed into place; an
+existing export is replaced, any other non-empty folder is left alone.
 """
 
 from __future__ import annotations
@@ -25,28 +30,15 @@ from pathlib import Path
 import torch
 
 from dataset.io import atomic_dir
+from dataset.tokenizer import add_bos_by_default, is_own
 from model.errors import UserError
 from model.hf import EXPORT_META, to_hf
-from trainer import runtime
-from trainer.checkpoint import load_model, resolve_weight
+from trainer import runtime, weights
 from trainer.cli import add_save_dir_flag, run, setup_logging
 from trainer.evaluation.models import trained_context
 from trainer.paths import repo_path
 
 log = logging.getLogger("export_hf")
-
-
-def add_bos(tok) -> None:
-    """Make the tokenizer prepend BOS when special tokens are added (``tok(text)``), as Llama's does:
-    our model was trained on ``BOS doc EOS``."""
-    from tokenizers import processors
-
-    bos = tok.bos_token
-    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_token_id)]
-    )
-    if hasattr(type(tok), "add_bos_token"):  # transformers >= 5 records it in tokenizer_config.json
-        tok.add_bos_token = True
 
 
 def check_output_dir(out: Path) -> None:
@@ -58,29 +50,30 @@ def check_output_dir(out: Path) -> None:
         )
 
 
-def export(weight_path: Path, out: Path, dtype: torch.dtype) -> dict:
+def export(source: weights.Source, out: Path, dtype: torch.dtype) -> dict:
     """Write ``out``; returns the facts written to minigpt.json beside the transformers files.
 
     config.json's ``max_position_embeddings`` and the tokenizer's ``model_max_length`` are the
-    context the model was trained with (trainer.evaluation.models.trained_context), not the size
-    of its RoPE table: lm-evaluation-harness and other tools take their context from there
+    context eval_llm.py scores the model with (trainer.evaluation.models.trained_context: the
+    trained sequence length for our models, the source's own value for imported ones), not the
+    size of our RoPE table: lm-evaluation-harness and other tools take their context from there
     (``n_positions`` / ``max_position_embeddings`` / ``n_ctx``, then ``model_max_length``), so their
     defaults truncate prompts where eval_llm does. RoPE itself does not read it (default and
     llama3 rope; the model's own value stays in minigpt.json's ``model_config``).
     """
-    model, tok, ckpt = load_model(weight_path)
-    meta = ckpt["meta"]
+    got = weights.load(source)
+    model, tok, meta = got.model, got.tokenizer, got.meta
     context = trained_context(meta, model.config.max_position_embeddings)
     hf = to_hf(model).to(dtype)
     hf.config.max_position_embeddings = context
-    if tok.bos_token is not None:
-        add_bos(tok)
+    if is_own(tok):
+        add_bos_by_default(tok)  # an imported model's tokenizer is written as it came
     tok.model_max_length = context
     hf.generation_config.bos_token_id = tok.bos_token_id
     hf.generation_config.eos_token_id = tok.eos_token_id
-    hf.generation_config.pad_token_id = tok.pad_token_id
+    hf.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     info = {
-        "source_checkpoint": str(weight_path.resolve()),
+        "source_checkpoint": str(got.path.resolve()),
         "stage": meta.get("stage"),
         "step": meta.get("step"),
         "tokens_seen": meta.get("tokens_seen"),
@@ -99,7 +92,10 @@ def export(weight_path: Path, out: Path, dtype: torch.dtype) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--weight", required=True, help="a prefix (midtrain), a stem (midtrain_512) or a .pth path"
+        "--weight",
+        required=True,
+        help="what --from_weight takes: a prefix (midtrain), a stem (midtrain_512), a .pth path, "
+        "a transformers folder or a Hub id org/name[@revision] (order: trainer/weights.py)",
     )
     add_save_dir_flag(p, help="where --weight names are looked up (default: out/)")
     p.add_argument(
@@ -111,11 +107,12 @@ def main() -> None:
     )
     args = p.parse_args()
     setup_logging()
-    path = resolve_weight(args.weight, args.save_dir, args.hidden_size)
-    out = Path(args.output_dir) if args.output_dir else repo_path("out", "hf", path.stem)
+    source = weights.resolve(args.weight, args.save_dir, args.hidden_size, flag="--weight")
+    name = source.path.stem if source.kind == "checkpoint" else Path(source.label.split("@")[0]).name
+    out = Path(args.output_dir) if args.output_dir else repo_path("out", "hf", name)
     check_output_dir(out)
-    info = export(path, out, runtime.resolve_dtype(args.dtype, torch.device("cpu")))
-    log.info(f"Exported {path} ({info['stage']}, step {info['step']}) to {out}")
+    info = export(source, out, runtime.resolve_dtype(args.dtype, torch.device("cpu")))
+    log.info(f"Exported {source.label} ({info['stage']}, step {info['step']}) to {out}")
     log.info(
         f'Load it with AutoModelForCausalLM.from_pretrained("{out}") and AutoTokenizer.from_pretrained("{out}")'
     )

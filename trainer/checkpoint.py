@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -253,45 +252,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------- finding a checkpoint
-
-_STEM = re.compile(r"^(?P<prefix>.+)_(?P<hidden>\d+)$")
-
-
-def resolve_weight(name: str, save_dir: str | Path, hidden_size: int | None = None, suffix: str = "") -> Path:
-    """Turn a --from_weight / --weight value into a file.
-
-    ``name`` is a path to a .pth, a stem like ``pretrain_512``, or a prefix like ``pretrain``:
-    ``{save_dir}/{prefix}_{hidden_size}{suffix}.pth``, or, with hidden_size unknown, the only
-    ``{prefix}_*{suffix}.pth`` there. Raises UserError listing what exists otherwise.
-    """
-    save_dir = Path(save_dir)
-    p = Path(name)
-    if p.suffix == ".pth":
-        if p.is_file():
-            return p
-        raise UserError(f"{p}: checkpoint not found")
-    if hidden_size is not None:
-        cand = save_dir / f"{name}_{hidden_size}{suffix}.pth"
-        if cand.is_file():
-            return cand
-    exact = save_dir / f"{name}{suffix}.pth"
-    if _STEM.match(name) and exact.is_file():
-        return exact
-    if hidden_size is None:
-        matches = sorted(
-            f
-            for f in save_dir.glob(f"{name}_*{suffix}.pth")
-            if (m := _STEM.match(f.name[: -len(f"{suffix}.pth")])) and m["prefix"] == name
-        )
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise UserError(
-                f"several checkpoints match '{name}' in {save_dir}: {', '.join(f.name for f in matches)}; "
-                "pass --hidden_size or the file path"
-            )
-    looked = save_dir / (f"{name}_{hidden_size}{suffix}.pth" if hidden_size else f"{name}_*{suffix}.pth")
-    raise UserError(f"no checkpoint '{name}' (looked for {looked}); {available(save_dir, suffix)}")
 
 
 def available(save_dir: str | Path, suffix: str = "") -> str:

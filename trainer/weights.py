@@ -122,6 +122,17 @@ def hub_folder(source: Source) -> Path:
         ) from None
 
 
+def imported_source(meta: dict | None) -> dict | None:
+    """The meta of the transformers model a checkpoint descends from (its own meta for a model just
+    loaded from a folder, else the nearest ``parent`` with ``source: transformers``); None for a
+    model this project pretrained."""
+    while meta:
+        if meta.get("source") == "transformers":
+            return meta
+        meta = meta.get("parent")
+    return None
+
+
 @dataclass
 class Loaded:
     """A model and its tokenizer, from any :class:`Source`."""

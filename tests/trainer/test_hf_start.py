@@ -187,3 +187,69 @@ def test_unsupported_architectures_are_refused_in_one_line(mixture, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     line = bad(*midtrain(cfg, data, tmp_path / "o", "--from_weight", str(folder)))
     assert "LlamaForCausalLM" in line and "Qwen3ForCausalLM" in line
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_export_round_trips_and_eval_scores_the_folder_natively(family, mixture, tmp_path):
+    """Load a folder, mid-train with an LR so small the weights cannot move, export: the same class,
+    config and tokenizer, the original logits within 1e-4 (fp32) and the same greedy generation.
+    eval_llm --weight <folder> (our scorer, after the parity proof) gives the numbers transformers'
+    own forward gives on the export (--hf_path), and the same as the mid-trained checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from model.hf import PARITY_TEXT
+
+    cfg, data = mixture
+    folder = build(tmp_path, family)
+    out, export = tmp_path / "out", tmp_path / "export"
+    run = ["--from_weight", str(folder), "--batch_size", "4", "--max_seq_len", "64", "--max_steps", "2"]
+    run_script(*midtrain(cfg, data, out, *run, "--learning_rate", "1e-30", "--save_weight", "still"))
+    run_script("scripts/export_hf.py", "--weight", str(out / "still_64.pth"), "--output_dir", str(export))
+
+    src = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    dst = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
+    assert type(dst) is type(src)
+    for key in ("tie_word_embeddings", "attention_bias", "max_position_embeddings", "vocab_size"):
+        assert getattr(dst.config, key, None) == getattr(src.config, key, None), key
+
+    def head_dim(c):  # Qwen2's is implied by hidden / heads; ours writes it out
+        return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+    assert head_dim(dst.config) == head_dim(src.config)
+    assert dst.config.rope_parameters == src.config.rope_parameters
+    src_tok, dst_tok = AutoTokenizer.from_pretrained(str(folder)), AutoTokenizer.from_pretrained(str(export))
+    assert dst_tok(PARITY_TEXT)["input_ids"] == src_tok(PARITY_TEXT)["input_ids"]  # no BOS added
+    assert (dst_tok.bos_token, dst_tok.eos_token, dst_tok.pad_token) == (
+        src_tok.bos_token,
+        src_tok.eos_token,
+        src_tok.pad_token,
+    )
+    ids = torch.tensor([src_tok(PARITY_TEXT)["input_ids"]])
+    with torch.no_grad():
+        assert (src(ids).logits - dst(ids).logits).abs().max().item() <= 1e-4
+    prompt = ids[:, :12]
+    kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False, eos_token_id=None)
+    assert torch.equal(src.generate(prompt, **kw), dst.generate(prompt, **kw))
+
+    val = tmp_path / "val.jsonl"
+    texts = shared_file("tinystories", "validation_first1000.jsonl").read_text().splitlines()[:4]
+    val.write_text(
+        "".join(json.dumps({"text": json.loads(t)["text"], "source": "stories"}) + "\n" for t in texts)
+    )
+    report = tmp_path / "r.json"
+    proc = run_script(
+        "eval_llm.py", "--save_dir", str(out), "--weight", str(folder), "--weight", "still",
+        "--hf_path", str(export), "--val_path", str(val), "--mmlu_path", str(shared_file("mmlu", "test.jsonl")),
+        "--shots", "0", "--limit", "16", "--no_code", "--no_samples", "--no_hub", "--dtype", "float32",
+        "--output", str(report),
+    )  # fmt: skip
+    assert "parity vs transformers: max abs logit diff" in proc.stdout + proc.stderr
+    r = json.loads(report.read_text())
+    native, still, hf = (r["results"][k] for k in (folder.name, "still_64", f"hf:{export.name}"))
+    assert [m["context"] for m in r["models"]] == [256, 256, 256]  # the source's context, kept
+    for other in (still, hf):
+        assert other["lm"]["stories"]["tokens"] == native["lm"]["stories"]["tokens"]
+        assert other["lm"]["stories"]["loss"] == pytest.approx(native["lm"]["stories"]["loss"], abs=1e-4)
+        a, b = native["mmlu"]["0-shot"], other["mmlu"]["0-shot"]
+        assert a["pred_counts"] == b["pred_counts"] and a["acc"] == b["acc"]
+        assert a["letter_mass"] == pytest.approx(b["letter_mass"], rel=1e-3)

@@ -15,11 +15,12 @@ task of tasks/mmlu/default, its ``_encode_pair`` and ``HFLM._loglikelihood_token
 - score: the sum of the continuation tokens' log-softmax; the prediction is the argmax, a tie
   going to the first letter.
 
-``start`` is what the tokenizer puts in front of a text by default (BOS for our models and
-their exports, nothing for Qwen), as the harness encodes with the tokenizer's own default. The
-scorer only saves work around this: the subject header and examples run once into a KV cache
-(:class:`~trainer.evaluation.models.MiniGPTEval`), letters that share ``context +
-continuation[:-1]`` share one row, and the last layer and LM head run only where a logit is read.
+``start`` is what the tokenizer puts in front of a text by default (``EvalModel.prompt_start``:
+BOS for our models and their exports and for Llama 3, nothing for Qwen), as the harness
+encodes with the tokenizer's own default. The scorer only saves work around this: the subject
+header and examples run once into a KV cache (:class:`~trainer.evaluation.models.MiniGPTEval`),
+letters that share ``context + continuation[:-1]`` share one row, and the last layer and LM head
+run only where a logit is read.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class _Item:
 def _mmlu_items(em: EvalModel, questions: list[MCQuestion], shots_of) -> list[_Item]:
     """The harness's inputs for every question, split into a prefix shared by a subject's
     questions (header and examples; nothing is shared by a truncated prompt) and their own rows."""
-    start = list(em.start())
+    start = list(em.prompt_start())
     prompts = [mmlu_prompt(q, shots_of(q)) for q in questions]
     contexts = [start + ids for ids in em.encode(prompts)]
     conts_all = letter_continuations(em, prompts, [q.subject for q in questions])

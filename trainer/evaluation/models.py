@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from dataset.tokenizer import encode_texts
+from dataset.tokenizer import default_prefix, doc_start, encode_texts, exported_prefix, pad_id
 from model.errors import UserError
 from model.hf import EXPORT_META
 from model.model import KVCache, MiniGPTForCausalLM
-from trainer import runtime
-from trainer.checkpoint import load_model, resolve_weight
+from trainer import runtime, weights
 from trainer.config import DEFAULT_SEQ_LEN
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class EvalModel:
         self.device, self.dtype, self.info = torch.device(device), dtype, info
         self.bos_id = tokenizer.bos_token_id
         self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_id or 0)
+        self.pad_id = pad_id(tokenizer)
 
     def autocast(self):
         return runtime.autocast(self.device, self.dtype)
@@ -51,8 +50,14 @@ class EvalModel:
         return encode_texts(self.tokenizer, texts)
 
     def start(self) -> list[int]:
-        """What every scored sequence starts with: BOS, as in training (``BOS doc EOS``)."""
-        return [self.bos_id] if self.bos_id is not None else []
+        """What every sequence scored for loss starts with: what training started each document
+        with (BOS when the tokenizer has one, dataset.tokenizer.doc_start)."""
+        return doc_start(self.tokenizer)
+
+    def prompt_start(self) -> list[int]:
+        """What a prompt (MMLU, samples) starts with: what lm-evaluation-harness puts there for this
+        model, i.e. what ``tokenizer(text)`` adds by default (dataset.tokenizer.default_prefix)."""
+        return default_prefix(self.tokenizer)
 
     def _hidden_at(
         self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
@@ -89,7 +94,7 @@ class EvalModel:
     @torch.no_grad()
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         """Greedy continuation of ``prompt`` (up to EOS), decoded."""
-        ids = self.start() + self.encode([prompt])[0]
+        ids = self.prompt_start() + self.encode([prompt])[0]
         # prompt + continuation within the scoring context; the prompt keeps at least half of it
         ids = ids[-max(self.max_len - max_new_tokens, self.max_len // 2) :]
         with self.autocast():
@@ -109,13 +114,17 @@ class MiniGPTEval(EvalModel):
         self.model = model.to(self.device).eval()
         if self.dtype != torch.float32:
             # Autocast would cast these weights to the same values on every forward pass; doing it
-            # once saves that copy. Embedding, norms and RoPE stay fp32, so the residual stream and
-            # the results are exactly those of autocast (the tied LM head is cast where used).
-            for layer in self.model.model.layers:
-                layer.self_attn.to(self.dtype)
-                layer.mlp.to(self.dtype)
+            # once saves that copy with bit-identical results (the tied LM head is cast where used).
+            self.model.cast_layer_matmuls_(self.dtype)
+        self._prompt_start = exported_prefix(self.tokenizer)
         self._prefix_key: tuple[int, ...] | None = None
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def prompt_start(self) -> list[int]:
+        """What the tokenizer of this checkpoint's export (scripts/export_hf.py) puts before a
+        prompt: BOS for our own tokenizer, an imported model's own default otherwise, so eval_llm
+        scores the checkpoint as lm-evaluation-harness scores its export."""
+        return list(self._prompt_start)
 
     def _cache_dtype(self) -> torch.dtype:
         return torch.float32 if self.dtype == torch.float32 else self.dtype
@@ -162,13 +171,10 @@ class HFEval(EvalModel):
     def __init__(self, model, *args, **kw):
         super().__init__(*args, **kw)
         self.model = model.to(self.device).eval()
-        self._start = default_prefix(self.tokenizer)
+        self._prompt_start = default_prefix(self.tokenizer)
 
-    def start(self) -> list[int]:
-        """What the folder's tokenizer puts before a text by default (``tokenizer(text)``): BOS for
-        our exports and Llama 3, nothing for Qwen; lm-evaluation-harness (>= 0.4.9.2) encodes the
-        same way."""
-        return list(self._start)
+    def prompt_start(self) -> list[int]:
+        return list(self._prompt_start)
 
     def _hidden_at(
         self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
@@ -204,21 +210,18 @@ class ModelSpec:
 
 
 def trained_context(meta: dict, max_positions: int) -> int:
-    """The context a checkpoint is scored with: the sequence length it was trained with (its meta
-    ``max_seq_len``, else the trainers' default), at most the model's positions.
-    scripts/export_hf.py writes it as the export's ``max_position_embeddings``."""
+    """The context a checkpoint is scored with, which scripts/export_hf.py writes as the export's
+    ``max_position_embeddings`` (where lm-evaluation-harness reads it):
+
+    - a model this project pretrained: the sequence length it was trained with (its meta
+      ``max_seq_len``, else the trainers' default), at most its positions;
+    - a model imported from transformers, and everything mid-trained from it: the source's
+      ``max_position_embeddings`` (the context it was pretrained for; mid-training on shorter rows
+      does not shrink it), so the original and the mid-trained model are scored alike.
+    """
+    if weights.imported_source(meta) is not None:
+        return max_positions
     return min(int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), max_positions)
-
-
-def default_prefix(tok) -> list[int]:
-    """The token ids ``tok(text)`` puts before the text's own tokens (its default special tokens)."""
-    probe = "The answer"
-    plain = encode_texts(tok, [probe])[0]
-    ids = list(tok(probe)["input_ids"])
-    for s in range(len(ids) - len(plain) + 1):
-        if ids[s : s + len(plain)] == plain:
-            return ids[:s]
-    return []
 
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
@@ -248,24 +251,36 @@ def load_eval_model(
     dtype: torch.dtype,
     max_len: int | None,
 ) -> EvalModel:
-    """Rebuild a model and its tokenizer from a checkpoint (or a transformers folder) alone."""
-    if spec.kind == "weight":
-        path = resolve_weight(spec.value, save_dir, hidden_size)
-        model, tok, ckpt = load_model(path)
-        cfg, meta = model.config, ckpt["meta"]
-        context = max_len or trained_context(meta, cfg.max_position_embeddings)
-        info = {
-            "params": model.num_params(),
-            "architecture": f"{cfg.hidden_size}x{cfg.num_hidden_layers}, {cfg.num_attention_heads} heads "
-            f"({cfg.num_key_value_heads} kv), vocab {cfg.vocab_size}",
-            "stage": meta.get("stage"),
-            "step": meta.get("step"),
-            "tokens_seen": meta.get("tokens_seen"),
-            "finished": meta.get("finished"),
-            "parent": (meta.get("parent") or {}).get("path"),
-        }
-        return MiniGPTEval(model, path.stem, str(path), tok, context, device, dtype, info)
-    return load_hf_dir(spec.value, device, dtype, max_len)
+    """Rebuild a model and its tokenizer from a checkpoint alone. ``--weight`` takes what
+    ``--from_weight`` takes (trainer.weights: a checkpoint, a transformers folder or a Hub id;
+    a folder is converted, proven by the parity check and scored natively); ``--hf_path`` runs
+    transformers' own forward on a folder."""
+    if spec.kind == "hf":
+        return load_hf_dir(spec.value, device, dtype, max_len)
+    source = weights.resolve(spec.value, save_dir, hidden_size, flag="--weight")
+    got = weights.load(source)
+    model, meta, cfg = got.model, got.meta, got.model.config
+    context = max_len or trained_context(meta, cfg.max_position_embeddings)
+    shape = (
+        f"{cfg.hidden_size}x{cfg.num_hidden_layers}, {cfg.num_attention_heads} heads "
+        f"({cfg.num_key_value_heads} kv), vocab {cfg.vocab_size}"
+    )
+    imported = weights.imported_source(meta)
+    info = {
+        "params": model.num_params(),
+        "architecture": f"{cfg.architecture} {shape}" if imported else shape,
+        "stage": meta.get("stage"),
+        "step": meta.get("step"),
+        "tokens_seen": meta.get("tokens_seen"),
+        "finished": meta.get("finished"),
+        "parent": (meta.get("parent") or {}).get("path"),
+    }
+    if source.kind == "checkpoint":
+        label = got.path.stem
+    else:
+        label = source.label if source.kind == "hub" else got.path.name
+        info["parity_max_abs_diff"] = meta["parity_max_abs_diff"]
+    return MiniGPTEval(model, label, str(got.path), got.tokenizer, context, device, dtype, info)
 
 
 def load_hf_dir(path: str, device: str, dtype: torch.dtype, max_len: int | None) -> HFEval:

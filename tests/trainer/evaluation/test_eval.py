@@ -360,7 +360,7 @@ def test_bad_inputs_give_one_line(pretrained, tmp_path, capsys):
     d = tmp_path
     base = ["--save_dir", str(pretrained), "--no_hub", "--no_samples"]
     err = fails(capsys, [*base, "--weight", "nosuch"])
-    assert "no checkpoint 'nosuch'" in err and "pretrain_64.pth" in err
+    assert "--weight nosuch: no checkpoint" in err and "pretrain_64.pth" in err
     (d / "corrupt_64.pth").write_bytes(b"PK\x03\x04 not really a zip")
     assert "not a readable checkpoint" in fails(capsys, ["--save_dir", str(d), "--weight", "corrupt"])
     torch.save({"state_dict": {"w": torch.zeros(2)}}, d / "foreign_64.pth")

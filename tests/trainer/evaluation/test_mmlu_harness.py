@@ -27,6 +27,7 @@ from trainer.checkpoint import atomic_torch_save, weights_state
 from trainer.evaluation.data import MCQuestion, parse_mmlu_rows
 from trainer.evaluation.mmlu import letter_continuations, mmlu_eval, mmlu_loglikelihoods, mmlu_prompt
 from trainer.evaluation.models import EvalModel, MiniGPTEval, ModelSpec, load_eval_model
+from trainer.weights import Source
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,7 +101,7 @@ def export_checkpoint(tmp, tok, cfg: ModelConfig, seed: int = 0):
     path = tmp / f"m_{cfg.hidden_size}.pth"
     atomic_torch_save(weights_state(model, tok, {"stage": "test", "max_seq_len": CONTEXT, "step": 0}), path)
     export = load_script("scripts/export_hf.py", "export_hf")
-    export.export(path, tmp / "hf", torch.float32)
+    export.export(Source("checkpoint", path), tmp / "hf", torch.float32)
     return path, tmp / "hf"
 
 
@@ -247,7 +248,8 @@ def test_minigpt_eval_starts_with_bos_like_the_exported_tokenizer(exported, toke
     path, folder = exported
     ours = load_eval_model(ModelSpec("weight", str(path)), "", None, "cpu", torch.float32, None)
     theirs = load_eval_model(ModelSpec("hf", str(folder)), "", None, "cpu", torch.float32, None)
-    assert isinstance(ours, MiniGPTEval) and ours.start() == theirs.start() == [ours.bos_id]
+    assert isinstance(ours, MiniGPTEval) and ours.prompt_start() == theirs.prompt_start() == [ours.bos_id]
+    assert ours.start() == theirs.start() == [ours.bos_id]
 
 
 def test_bench_script_compares_per_question(exported, tmp_path):
