@@ -281,11 +281,6 @@ def to_hf(model: MiniGPTForCausalLM):
     return hf.float().eval()
 
 
-def to_llama(model: MiniGPTForCausalLM):
-    """Former name of :func:`to_hf` (it now returns the model's own architecture, Llama for ours)."""
-    return to_hf(model)
-
-
 # --------------------------------------------------------------------------- parity proof
 
 

@@ -26,7 +26,6 @@ from model.hf import (
     parity,
     read_hf_config,
     to_hf,
-    to_llama,
 )
 from model.model import MiniGPTForCausalLM
 
@@ -433,13 +432,13 @@ def test_export_round_trip_keeps_the_family(folders, prompt_ids, tmp_path, name)
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
 
 
-def test_to_llama_keeps_working_for_our_own_model():
+def test_our_own_model_exports_as_llama():
     torch.manual_seed(0)
     cfg = ModelConfig(
         vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
     )
     model = MiniGPTForCausalLM(cfg).eval()
-    hf = to_llama(model)
+    hf = to_hf(model)
     assert type(hf).__name__ == "LlamaForCausalLM"
     x = torch.randint(0, 256, (2, 40))
     with torch.no_grad():

@@ -3,7 +3,7 @@ import torch
 
 from model import KVCache, MiniGPTForCausalLM, ModelConfig
 from model.errors import UserError
-from model.hf import to_llama
+from model.hf import to_hf
 
 
 def small_config(**kw) -> ModelConfig:
@@ -82,7 +82,7 @@ def test_logits_match_transformers_llama(cfg):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    hf = to_llama(model)
+    hf = to_hf(model)
     x = torch.randint(0, cfg.vocab_size, (2, 100))
     with torch.no_grad():
         ours, theirs = model(x), hf(x).logits
