@@ -10,6 +10,11 @@ the same run. The precision is eval_llm.py's: float32 unless --dtype says otherw
 near-tie answers; scripts/bench_mmlu_harness.py counts them). The weights are freshly
 initialized: scoring costs the same whatever they are (the prompts, their tokens and the forward
 passes do not depend on them), so no training is needed to measure it.
+
+--imported also exports the checkpoint to a transformers folder (scripts/export_hf.py) and scores
+it in the same eval_llm.py run twice more: as ``--weight <folder>`` (a model imported from
+transformers: converted, proven by the parity check, scored by our scorer) and as ``--hf_path
+<folder>`` (transformers' own forward), so the three rates of one shape compare in one run.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=None, help="eval_llm.py --batch_size")
     p.add_argument("--dtype", default=None, help="eval_llm.py --dtype")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--imported", action="store_true", help="also score the model as a transformers folder (see above)"
+    )
     args = p.parse_args()
     mmlu = Path(args.mmlu_dir)
     if not (mmlu / "test.jsonl").is_file():
@@ -74,6 +82,13 @@ def main() -> None:
             flush=True,
         )
         report = tmp / "eval.json"
+        folder = tmp / "hf_bench"
+        if args.imported:
+            subprocess.run(
+                [sys.executable, str(REPO_ROOT / "scripts" / "export_hf.py"), "--weight", str(tmp / f"bench_{args.hidden_size}.pth"), "--output_dir", str(folder)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         cmd = [
             sys.executable,
             str(REPO_ROOT / "eval_llm.py"),
@@ -92,28 +107,34 @@ def main() -> None:
             "--output",
             str(report),
         ]
+        if args.imported:
+            cmd += ["--weight", str(folder), "--hf_path", str(folder)]
         for flag in ("limit", "batch_size", "dtype", "device"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag}", str(getattr(args, flag))]
         print("$ " + " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         written = json.loads(report.read_text())
-        results = next(iter(written["results"].values()))["mmlu"]
+        results = {label: r["mmlu"] for label, r in written["results"].items()}
     # forward FLOPs per scored token: 2N + the attention term (flops_per_token / 3, PaLM convention,
     # at the mean row length) less the LM head, which runs at one position per question
     head = 2 * cfg.vocab_size * cfg.hidden_size
     print(f"\nscored in {written['dtype']}")
     print(
-        f"{'setting':<8} {'questions':>9} {'seconds':>8} {'q/s':>6} {'tokens':>10} {'padding':>8} {'of peak':>8}"
+        f"{'model':<14} {'setting':<8} {'questions':>9} {'seconds':>8} {'q/s':>6} {'vs first':>8} "
+        f"{'tokens':>10} {'padding':>8} {'of peak':>8}"
     )
-    for setting, r in results.items():
-        mean_len = r["tokens"] / r["n"]
-        fwd = cfg.flops_per_token(round(mean_len)) / 3 - head
-        util = r["tokens"] * fwd / r["seconds"] / peak
-        print(
-            f"{setting:<8} {r['n']:>9,} {r['seconds']:>8.1f} {r['questions_per_s']:>6.1f} {r['tokens']:>10,} "
-            f"{r['padding']:>8.1%} {util:>8.1%}"
-        )
+    first = next(iter(results.values()))
+    for label, per_setting in results.items():
+        for setting, r in per_setting.items():
+            mean_len = r["tokens"] / r["n"]
+            fwd = cfg.flops_per_token(round(mean_len)) / 3 - head
+            util = r["tokens"] * fwd / r["seconds"] / peak
+            ratio = r["questions_per_s"] / first[setting]["questions_per_s"]
+            print(
+                f"{label[:14]:<14} {setting:<8} {r['n']:>9,} {r['seconds']:>8.1f} {r['questions_per_s']:>6.1f} "
+                f"{ratio:>8.2f} {r['tokens']:>10,} {r['padding']:>8.1%} {util:>8.1%}"
+            )
 
 
 if __name__ == "__main__":
