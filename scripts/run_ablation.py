@@ -51,6 +51,11 @@ class Study:
         for d in (self.data, self.weights, self.logs, out / "configs"):
             d.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = {}
+        self.reused: dict[str, int] = {}  # per phase: finished runs of an earlier invocation, not rerun
+
+    def reuse(self, phase: str, name: str) -> None:
+        log.info(f"  {name}: already done")
+        self.reused[phase] = self.reused.get(phase, 0) + 1
 
     def run(self, name: str, script: str, args: list[str], threads: int | None = None) -> None:
         """Run one of the project's scripts; its output goes to logs/<name>.log."""
@@ -225,7 +230,7 @@ def main() -> None:
 
     def do_pretrain() -> None:
         if finished(study, "pretrain", hidden):
-            log.info("  pretrain: already done")
+            study.reuse("pretrain", "pretrain")
             return
         study.run(
             "pretrain",
@@ -251,7 +256,7 @@ def main() -> None:
         key = run_key(v, seed)
         mix = mixtures[f"replay{round(v.replay * 100):02d}"]
         if finished(study, key, hidden, mix):
-            log.info(f"  {key}: already done")
+            study.reuse("midtrain", key)
             return
         margs = study.scaled({**cfg.midtrain_args, **v.args})
         until = max(1, math.ceil(0.05 * int(margs.get("max_steps", 0) or 1)))
@@ -314,7 +319,9 @@ def main() -> None:
 
     study.phase("eval", do_eval)
     study.timings["total"] = time.perf_counter() - t_start
-    paths = write_report(cfg, study.out, study.weights, hidden, runs, eval_json, study.timings, args.scale)
+    paths = write_report(
+        cfg, study.out, study.weights, hidden, runs, eval_json, study.timings, args.scale, study.reused
+    )
     log.info(f"Report: {paths['md']}")
     log.info(f"Numbers: {paths['json']}")
     log.info(f"Plots: {', '.join(str(p) for p in paths['png'])}")

@@ -238,13 +238,24 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
     lines.append(acc_row("pretrained", pre.get("mmlu")))
     lines += [acc_row(v["label"], v.get("mmlu")) for v in variants.values()]
     tps = [r["tokens_per_sec"] for r in results["runs"].values()]
+    reused = results.get("reused_runs", {})
+
+    def cost(phase: str, seconds: float) -> str:
+        n = reused.get(phase, 0)
+        return f"{seconds / 60:.1f} min" + (
+            f" (+ {n} run{'s' * (n > 1)} reused from an earlier invocation)" if n else ""
+        )
+
     lines += [
         "",
         "## Cost",
         "",
+        "Wall time of the invocation that wrote this report"
+        + (": runs it found finished were not rerun, and their time is not counted." if reused else "."),
+        "",
         "| phase | wall time |",
         "|---|---|",
-        *[f"| {k} | {v / 60:.1f} min |" for k, v in timings.items()],
+        *[f"| {k} | {cost(k, v)} |" for k, v in timings.items()],
         "",
         f"Pretraining: {pre['steps']} steps at a median {pre['tokens_per_sec'] or 0:,.0f} tokens/s. "
         f"Mid-training runs: median {statistics.median(tps) if tps else 0:,.0f} tokens/s each (runs share the CPU).",
@@ -268,9 +279,14 @@ def write_report(
     eval_json: Path,
     timings: dict,
     scale: float,
+    reused: dict | None = None,
 ) -> dict:
+    """``timings``: seconds per phase of this invocation; ``reused``: per phase, how many finished
+    runs of an earlier invocation it took instead of rerunning them (their time is not in
+    ``timings``)."""
     results = collect(cfg, weights, hidden, runs, eval_json)
     results["timings_s"] = timings
+    results["reused_runs"] = dict(reused or {})
     results["scale"] = scale
     pngs = _plots(results, out, cfg.replay_source)
     md = out / "report.md"

@@ -132,8 +132,13 @@ def test_tiny_study_end_to_end(tmp_path):
         assert steps[:2] == [0, 1] and steps[-1] == r["steps"]
     md = (out / "report.md").read_text()
     assert "Early forgetting spike" in md and "MMLU-format accuracy" in md and "Wilson" in md
+    assert "reused" not in md  # everything ran in this invocation
     for png in ("heldout_loss.png", "final_deltas.png", "early_spike.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run reuses every finished step
     again = study()
     assert "already done" in again.stdout + again.stderr
+    # and its report says so instead of a near-zero training cost
+    assert json.loads((out / "results.json").read_text())["reused_runs"] == {"pretrain": 1, "midtrain": 4}
+    md = (out / "report.md").read_text()
+    assert "(+ 4 runs reused from an earlier invocation)" in md and "(+ 1 run reused" in md
