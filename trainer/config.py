@@ -20,34 +20,31 @@ from trainer.runtime import DTYPES
 DEFAULT_SEQ_LEN = 512
 ARCH_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
-# Flags a resumed run may change: where files go, how often it logs, evaluates and saves, how it
-# runs. Every other flag defines the run and is restored from the resume state (see
-# restore_run_args); --epochs / --max_steps may change to lengthen or shorten the run.
-MAY_CHANGE_ON_RESUME = frozenset(
+# A resumed run takes every flag it is not given from the resume state (restore_run_args), except
+# these: where the resume state was found, and what applies to one invocation only.
+NOT_RESTORED = frozenset({"save_dir", "checkpoint_dir", "from_resume", "stop_after", "device"})
+# Flags a resumed run may be given with a new value: where files go, how often it logs, evaluates
+# and saves, how it runs. Every other flag defines the run (the validation sample included:
+# --val_path and --eval_batches, so start and end are compared on the same rows) and a value that
+# contradicts it is refused; --epochs / --max_steps may change to lengthen or shorten the run.
+MAY_CHANGE_ON_RESUME = NOT_RESTORED | frozenset(
     {
-        "save_dir",
-        "checkpoint_dir",
         "cache_dir",
         "prepared_dir",
         "use_prepared",
         "tokenizer_path",
-        "from_resume",
-        "stop_after",
         "log_interval",
         "save_interval",
         "eval_interval",
-        "eval_batches",
         "early_eval_steps",
         "early_eval_interval",
         "use_wandb",
         "wandb_project",
         "wandb_run_name",
         "num_workers",
-        "device",
         "use_compile",
         "activation_checkpointing",
         "peak_tflops",
-        "val_path",
     }
 )
 RUN_LENGTH = frozenset({"epochs", "max_steps"})
@@ -378,22 +375,28 @@ def parse_flags(
 def restore_run_args(
     args: argparse.Namespace, given: set[str], saved: dict, world_size: int, where: object
 ) -> tuple[argparse.Namespace, list[str]]:
-    """A resumed run is the same run: its values come from the resume state (``saved``, the run's
-    effective flag values), except the flags in MAY_CHANGE_ON_RESUME and a new --epochs or
-    --max_steps (the run length may change; the engine states how the LR schedule follows).
-    A given flag that contradicts the run is a UserError naming the flag, both values and what to
-    do. The global batch (batch x accumulation x world size) is kept: without --batch_size, the
-    per-process batch is recomputed for a new world size. Returns (args, lines to log).
+    """A resumed run is the same run: every flag not given comes from the resume state (``saved``,
+    the run's effective flag values), except NOT_RESTORED (where the state was found, one-off
+    flags). A given flag may differ from the run only if it is in MAY_CHANGE_ON_RESUME (logged)
+    or is --epochs / --max_steps (the run length may change; the engine states how the LR
+    schedule follows); any other contradiction is a UserError naming the flag, both values and
+    what to do. The global batch (batch x accumulation x world size) is kept: without
+    --batch_size, the per-process batch is recomputed for a new world size. Returns (args,
+    lines to log).
     """
     out, notes = argparse.Namespace(**vars(args)), []
     for key, old in saved.items():
-        if not hasattr(out, key) or key in MAY_CHANGE_ON_RESUME or key in ("batch_size", "world_size"):
+        if not hasattr(out, key) or key in NOT_RESTORED or key in ("batch_size", "world_size"):
             continue
         now = getattr(out, key)
         if key not in given:
             if now != old:
                 setattr(out, key, old)
-        elif now != old and key not in RUN_LENGTH:
+        elif now == old:
+            continue
+        elif key in MAY_CHANGE_ON_RESUME:
+            notes.append(f"--{key} {now} (the run had {old})")
+        elif key not in RUN_LENGTH:
             raise UserError(
                 f"--{key} {now} contradicts the run being resumed ({where}: {key}={old}); a resumed run "
                 f"is the same run: drop --{key}, or start a new run with another --save_weight"

@@ -319,10 +319,13 @@ def test_a_resumed_run_keeps_its_own_settings(prepared, pretrained, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run_script(*_paths(cfg, data, pretrained, full), *run_flags)
     run_script(*_paths(cfg, data, pretrained, part), *run_flags, "--stop_after", "5")
-    proc = run_script(*_paths(cfg, data, pretrained, part), "--from_resume", "1")  # nothing else
+    proc = run_script(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--save_interval", "1000")
+    assert "--save_interval 1000 (the run had" in proc.stdout  # a flag that may change, said
     a = [(r["step"], r["loss"], r["lr"]) for r in records(pretrained, full, "train")]
     b = [(r["step"], r["loss"], r["lr"]) for r in records(pretrained, part, "train")]
     assert a == b and len(a) == 12
+    # the validation sample too: start and end are compared on the same rows (not the default 20 batches)
+    assert records(pretrained, full, "eval") == records(pretrained, part, "eval") != []
     from trainer.schedule import get_midtrain_lr
 
     assert b[5][2] == pytest.approx(get_midtrain_lr(5, 12, 3e-3, 0.25)) == pytest.approx(2.6046e-3, rel=1e-4)
@@ -333,6 +336,8 @@ def test_a_resumed_run_keeps_its_own_settings(prepared, pretrained, tmp_path):
     assert "--learning_rate 0.001 contradicts the run being resumed" in line and "learning_rate=0.003" in line
     line = bad(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--batch_size", "8")
     assert "--batch_size 8" in line or "global_batch_rows" in line
+    line = bad(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--eval_batches", "5")
+    assert "--eval_batches 5 contradicts the run being resumed" in line
 
 
 def test_the_design_notes_resume_command_extends_the_run(prepared, pretrained, tmp_path):
@@ -345,7 +350,12 @@ def test_the_design_notes_resume_command_extends_the_run(prepared, pretrained, t
     first += ["--warmup_ratio", "0.05", "--max_seq_len", "128", "--eval_interval", "0", "--eval_batches", "2"]
     proc = run_script(*_paths(cfg, data, pretrained, out), *first)
     steps = int(proc.stdout.split(" steps/epoch")[0].rsplit("| ", 1)[1])
-    proc = run_script(*_paths(cfg, data, pretrained, out), "--from_resume", "1", "--epochs", "2")
+    # the note's command as written: no --use_prepared / --prepared_dir, which the run restores
+    paths = _paths(cfg, data, pretrained, out)
+    at = paths.index("--use_prepared")
+    del paths[at : at + 3]
+    proc = run_script(*paths, "--from_resume", "1", "--epochs", "2")
+    assert "Preparing" not in proc.stdout + proc.stderr  # the prepared files, not a new preparation
     assert f"Run length changed from {steps} to {2 * steps} steps at step {steps}" in proc.stdout
     assert "continues at the LR it ended with (2.00e-04)" in proc.stdout
     train = records(pretrained, out, "train")
