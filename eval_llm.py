@@ -5,9 +5,13 @@
     python eval_llm.py --weight midtrain_512 --mmlu_path ../shared/data/mmlu --limit 500
     python eval_llm.py --weight midtrain_512 --hf_path out/hf/midtrain_512 --val_path FILE.jsonl
 
-Models: --weight NAME (a prefix like midtrain, a stem like midtrain_512, or a .pth path; looked up in
---save_dir) and --hf_path DIR (a transformers folder, e.g. from scripts/export_hf.py), repeatable,
-in command-line order. Each is rebuilt from its own files alone.
+Models, repeatable, in command-line order, each rebuilt from its own files alone:
+  --weight V    what the trainers' --from_weight takes (trainer/weights.py): a .pth path, a
+                transformers folder (Llama / Qwen2 / Qwen3: converted, proven by the parity check,
+                scored by our scorer), a checkpoint stem (midtrain_512) or prefix (midtrain) in
+                --save_dir, or a Hub id org/name[@revision] (not with --no_hub)
+  --hf_path DIR a transformers folder scored through transformers' own forward (any decoder-only
+                architecture; slower)
 
 Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_code / --no_samples):
   language modelling  loss, perplexity, bits per byte per `source` of a val split: --val_path FILE.jsonl
@@ -20,7 +24,8 @@ Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_c
   code                loss of the HumanEval / MBPP canonical solutions given their prompts, plus greedy
                       HumanEval generations; from the Hub, or --humaneval_path / --mbpp_path files
   samples             greedy generations for fixed story / code / instruction / question prompts
-A Hub dataset that cannot be reached is skipped with one line; --no_hub never tries.
+A Hub dataset that cannot be reached is skipped with one line; --no_hub never tries, and refuses a
+--weight that could only be a Hub model.
 
 Precision: --dtype float32 by default. bf16 scoring flips near-tie MMLU answers of small models
 (55 of 14,042 on a fresh 4.6M model; scripts/bench_mmlu_harness.py), so it no longer gives the
@@ -78,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=_AddModel,
         dest="models",
         metavar="NAME",
-        help="a checkpoint in --save_dir, or a .pth path (repeatable)",
+        help="a .pth path, a transformers folder, a checkpoint name in --save_dir or a Hub id org/name[@rev] (repeatable)",
     )
     g.add_argument(
         "--hf_path",
@@ -133,7 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no_samples", action="store_true")
     g = p.add_argument_group("runtime")
     g.add_argument(
-        "--no_hub", action="store_true", help="never download: metrics without local data are skipped"
+        "--no_hub",
+        action="store_true",
+        help="never download: metrics without local data are skipped, a Hub --weight is refused",
     )
     g.add_argument(
         "--limit",
@@ -145,7 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max_len",
         type=int,
         default=None,
-        help="context for scoring (default: the checkpoint's training length, else 512)",
+        help="context for scoring (default: the checkpoint's training length, else 512; for a model "
+        "imported from transformers and its mid-trained checkpoints, its max_position_embeddings)",
     )
     add_runtime_flags(g, batch_size=16, batch_help="sequences per forward pass", dtype="float32")
     g.add_argument(
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     device = runtime.resolve_device(args.device)
     dtype = runtime.resolve_dtype(args.dtype, device)
     models = [
-        load_eval_model(s, args.save_dir, args.hidden_size, device, dtype, args.max_len) for s in args.models
+        load_eval_model(s, args.save_dir, args.hidden_size, device, dtype, args.max_len, hub=not args.no_hub)
+        for s in args.models
     ]
     unique_labels(models)
     data = load_data(args)

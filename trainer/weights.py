@@ -4,13 +4,15 @@ loading it: a miniGPT checkpoint, a local transformers folder, or a Hugging Face
 Resolution order for a value V (the same in every script):
 
 1. V is an existing file: a miniGPT checkpoint (``.pth``).
-2. V is an existing folder: a transformers model folder (config.json + safetensors + tokenizer).
+2. V is an existing folder with a config.json: a transformers model folder (config.json +
+   safetensors + tokenizer).
 3. V names a checkpoint: a stem (``pretrain_512``) or a prefix (``pretrain``, the only
    ``pretrain_<hidden>.pth``, or ``pretrain_<--hidden_size>.pth``) in the folder V names
    (``out/runs/pretrain``: out/runs/; ``/abs/dir/pre``: /abs/dir/) or, for a bare name, in
    ``--save_dir``.
 4. V looks like a Hub id, ``org/name`` or ``org/name@revision``, and no local folder ``org``
-   exists: downloaded with huggingface_hub into the usual Hugging Face cache.
+   exists: downloaded with huggingface_hub into the usual Hugging Face cache (unless the
+   script's --no_hub / offline setting forbids it).
 
 Anything else is a UserError naming what was looked for and what exists.
 """
@@ -52,20 +54,20 @@ class Source:
 
 
 def resolve(
-    value: str, save_dir: str | Path, hidden_size: int | None = None, flag: str = "--from_weight"
+    value: str,
+    save_dir: str | Path,
+    hidden_size: int | None = None,
+    flag: str = "--from_weight",
+    hub: bool = True,
 ) -> Source:
-    """Turn a --from_weight / --weight value into a :class:`Source` (order: module docstring)."""
+    """Turn a --from_weight / --weight value into a :class:`Source` (order: module docstring).
+    ``hub`` False: a value that could only be a Hub id is a UserError, never a download."""
     p = Path(value).expanduser()
     if p.is_file():
         if p.suffix != ".pth":
             raise UserError(f"{flag} {value}: a file that is not a miniGPT checkpoint (.pth)")
         return Source("checkpoint", p.resolve())
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise UserError(
-                f"{flag} {value}: a folder without config.json: neither a transformers model folder "
-                "(save_pretrained output) nor a checkpoint file; give a .pth file or such a folder"
-            )
+    if p.is_dir() and (p / "config.json").is_file():
         return Source("hf", p.resolve())
     if p.suffix == ".pth":
         raise UserError(f"{flag} {value}: checkpoint not found")
@@ -73,9 +75,19 @@ def resolve(
     found = find_checkpoint(folder, p.name, hidden_size)
     if found is not None:
         return Source("checkpoint", found.resolve())
-    hub = _HUB_ID.match(value)
-    if hub and not p.parent.is_dir():
-        return Source("hub", repo_id=hub["repo"], revision=hub["revision"])
+    if p.is_dir():
+        raise UserError(
+            f"{flag} {value}: a folder without config.json (not a transformers model folder) and no "
+            f"checkpoint of that name in {folder}; give a .pth file, a checkpoint name or a model folder"
+        )
+    match = _HUB_ID.match(value)
+    if match and not p.parent.is_dir():
+        if not hub:
+            raise UserError(
+                f"{flag} {value}: no local folder or checkpoint of that name, and the Hub is off "
+                "(--no_hub); give a local folder or checkpoint"
+            )
+        return Source("hub", repo_id=match["repo"], revision=match["revision"])
     looked = folder / (f"{p.name}_{hidden_size}.pth" if hidden_size else f"{p.name}_*.pth")
     raise UserError(f"{flag} {value}: no checkpoint (looked for {looked}); {available(folder)}")
 
@@ -106,7 +118,7 @@ def find_checkpoint(folder: str | Path, name: str, hidden_size: int | None, suff
     return matches[0] if matches else None
 
 
-def hub_folder(source: Source) -> Path:
+def hub_folder(source: Source, flag: str = "--from_weight") -> Path:
     """The local folder of a Hub model: downloaded (config, safetensors, tokenizer files) into the
     Hugging Face cache, or found there. Unreachable Hub: one line saying how to go local."""
     from huggingface_hub import snapshot_download
@@ -116,9 +128,9 @@ def hub_folder(source: Source) -> Path:
     except Exception as e:  # noqa: BLE001 - no network, unknown repo, gated model, ...
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"cannot get {source.label} from the Hugging Face Hub ({type(e).__name__}: {first}); on a machine "
-            f"with access run `huggingface-cli download {source.repo_id} --local-dir DIR` and pass that "
-            "folder: --from_weight DIR"
+            f"{flag} {source.label}: no local folder or checkpoint of that name, and cannot get it from the "
+            f"Hugging Face Hub ({type(e).__name__}: {first}); on a machine with access run "
+            f"`huggingface-cli download {source.repo_id} --local-dir DIR` and pass that folder: {flag} DIR"
         ) from None
 
 
@@ -143,7 +155,7 @@ class Loaded:
     path: Path  # the .pth file or the model folder
 
 
-def load(source: Source) -> Loaded:
+def load(source: Source, flag: str = "--from_weight") -> Loaded:
     """Load a resolved source. A transformers folder (or Hub model) becomes our model with the
     folder's own tokenizer, and is proven at once: its logits must equal transformers' own
     forward on a fixed prompt (fp32) within B = 1e-4 x max(1, max |logit|), logged as
@@ -152,7 +164,7 @@ def load(source: Source) -> Loaded:
     if source.kind == "checkpoint":
         model, tok, ckpt = load_model(source.path)
         return Loaded(model, tok, {**ckpt["meta"], "path": str(source.path)}, source.path)
-    folder = source.path if source.kind == "hf" else hub_folder(source)
+    folder = source.path if source.kind == "hf" else hub_folder(source, flag)
     model = load_hf_folder(folder)
     tok = load_tokenizer(folder)
     if len(tok) > model.config.vocab_size:

@@ -174,7 +174,8 @@ def test_a_hub_id_without_the_hub_says_how_to_go_local(mixture, tmp_path):
     (Planted mismatches are caught by the parity proof: tests/model/test_hf.py.)"""
     cfg, data = mixture
     line = bad(*midtrain(cfg, data, tmp_path / "o", "--from_weight", "org-that-does-not-exist/model@main"))
-    assert "cannot get org-that-does-not-exist/model@main from the Hugging Face Hub" in line
+    assert "--from_weight org-that-does-not-exist/model@main: no local folder or checkpoint" in line
+    assert "cannot get it from the Hugging Face Hub" in line
     assert "huggingface-cli download org-that-does-not-exist/model --local-dir DIR" in line
     assert "--from_weight DIR" in line
 

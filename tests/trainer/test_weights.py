@@ -65,3 +65,21 @@ def test_what_cannot_be_used_is_one_line_naming_what_was_tried(runs, tmp_path):
         resolve(str(tmp_path / "notes.txt"), "unused")
     with pytest.raises(UserError, match="checkpoint not found"):
         resolve(str(d / "gone.pth"), "unused")
+
+
+def test_a_folder_without_config_does_not_hide_a_checkpoint_name(runs, tmp_path):
+    """`--weight pretrain` run from a folder that happens to hold a `pretrain/` folder: the
+    checkpoint in --save_dir is still found."""
+    d, _ = runs
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        (tmp_path / "pre").mkdir()
+        assert resolve("pre", d) == Source("checkpoint", d / "pre_64.pth")
+    finally:
+        os.chdir(cwd)
+
+
+def test_without_the_hub_a_hub_id_is_refused_not_downloaded(runs):
+    with pytest.raises(UserError, match=r"--weight org/model: no local folder or checkpoint .*--no_hub"):
+        resolve("org/model", "unused", flag="--weight", hub=False)

@@ -250,6 +250,7 @@ def load_eval_model(
     device: str,
     dtype: torch.dtype,
     max_len: int | None,
+    hub: bool = True,
 ) -> EvalModel:
     """Rebuild a model and its tokenizer from a checkpoint alone. ``--weight`` takes what
     ``--from_weight`` takes (trainer.weights: a checkpoint, a transformers folder or a Hub id;
@@ -257,8 +258,8 @@ def load_eval_model(
     transformers' own forward on a folder."""
     if spec.kind == "hf":
         return load_hf_dir(spec.value, device, dtype, max_len)
-    source = weights.resolve(spec.value, save_dir, hidden_size, flag="--weight")
-    got = weights.load(source)
+    source = weights.resolve(spec.value, save_dir, hidden_size, flag="--weight", hub=hub)
+    got = weights.load(source, flag="--weight")
     model, meta, cfg = got.model, got.meta, got.model.config
     context = max_len or trained_context(meta, cfg.max_position_embeddings)
     shape = (
