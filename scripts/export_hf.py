@@ -61,14 +61,14 @@ def export(source: weights.Source, out: Path, dtype: torch.dtype) -> dict:
     defaults truncate prompts where eval_llm does. RoPE itself does not read it (default and
     llama3 rope; the model's own value stays in minigpt.json's ``model_config``).
     """
-    got = weights.load(source)
+    got = weights.load(source, flag="--weight")
     model, tok, meta = got.model, got.tokenizer, got.meta
     context = trained_context(meta, model.config.max_position_embeddings)
     hf = to_hf(model).to(dtype)
     hf.config.max_position_embeddings = context
-    if is_own(tok):
-        add_bos_by_default(tok)  # an imported model's tokenizer is written as it came
-    tok.model_max_length = context
+    if is_own(tok):  # an imported model's tokenizer is written as it came
+        add_bos_by_default(tok)
+        tok.model_max_length = context
     hf.generation_config.bos_token_id = tok.bos_token_id
     hf.generation_config.eos_token_id = tok.eos_token_id
     hf.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -101,9 +101,13 @@ def main() -> None:
     p.add_argument(
         "--hidden_size", type=int, default=None, help="pick NAME_<hidden_size>.pth when several sizes exist"
     )
-    p.add_argument("--output_dir", default=None, help="default: out/hf/<weight stem>")
     p.add_argument(
-        "--dtype", default="float32", help="stored weight dtype: float32 (default) | bfloat16 | float16"
+        "--output_dir", default=None, help="default: out/hf/<checkpoint stem, or the folder / Hub repo name>"
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="stored weight dtype: float32 (default) | bfloat16 (half the size; what most Hub models ship) | float16",
     )
     args = p.parse_args()
     setup_logging()
@@ -112,7 +116,8 @@ def main() -> None:
     out = Path(args.output_dir) if args.output_dir else repo_path("out", "hf", name)
     check_output_dir(out)
     info = export(source, out, runtime.resolve_dtype(args.dtype, torch.device("cpu")))
-    log.info(f"Exported {source.label} ({info['stage']}, step {info['step']}) to {out}")
+    what = f"{info['stage']}, step {info['step']}" if info["step"] is not None else info["stage"]
+    log.info(f"Exported {source.label} ({what}) to {out}")
     log.info(
         f'Load it with AutoModelForCausalLM.from_pretrained("{out}") and AutoTokenizer.from_pretrained("{out}")'
     )
