@@ -292,6 +292,19 @@ def file_sha256(path: str | Path) -> str:
 # --------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, then put it back at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Run ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
@@ -303,6 +316,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode open() would give, not mkstemp's private 0600
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -336,6 +350,7 @@ def atomic_dir(dst: str | Path, replace: bool = True) -> Iterator[Path]:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # the mode mkdir would give, not mkdtemp's private 0700
         yield tmp
         if replace:
             replace_dir(tmp, dst)
