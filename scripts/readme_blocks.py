@@ -31,16 +31,37 @@ def _default(action: argparse.Action) -> str:
     return "`" + (text.replace(root, ".", 1) if text.startswith(root) else text) + "`"
 
 
-def _groups(parser: argparse.ArgumentParser, skip: set[str]) -> list[tuple[str, list[str]]]:
+def _flag(a: argparse.Action) -> str | None:
+    return max(a.option_strings, key=len) if a.option_strings else None
+
+
+def _help(a: argparse.Action) -> str:
+    return (a.help or "").replace("|", "\\|").replace("\n", " ")
+
+
+def _groups(
+    parser: argparse.ArgumentParser, skip: set[str], other: argparse.ArgumentParser | None = None
+) -> list[tuple[str, list[str]]]:
+    """Table rows per argument group; with ``other`` (train_midtrain's parser) each row also says
+    where that script differs: a flag it lacks, another default, another meaning."""
+    theirs = {_flag(a): a for a in other._actions} if other is not None else {}
     groups = []
     for group in parser._action_groups:
         rows = []
         for a in group._group_actions:
-            flag = max(a.option_strings, key=len) if a.option_strings else None
+            flag = _flag(a)
             if flag is None or flag in skip or flag == "--help":
                 continue
-            text = (a.help or "").replace("|", "\\|").replace("\n", " ")
-            rows.append(f"| `{flag}` | {_default(a)} | {text} |")
+            default, text = _default(a), _help(a)
+            b = theirs.get(flag)
+            if other is not None and b is None:
+                text += " *(train_pretrain.py only)*"
+            elif b is not None:
+                if _default(b) != default:
+                    default += f" (midtrain: {_default(b)})"
+                if _help(b) != text:
+                    text += f" — *train_midtrain.py:* {_help(b)}"
+            rows.append(f"| `{flag}` | {default} | {text} |")
         if rows:
             groups.append((group.title, rows))
     return groups
@@ -51,11 +72,11 @@ def flags_markdown() -> str:
     names = [{max(a.option_strings, key=len) for a in p._actions if a.option_strings} for p in (pre, mid)]
     out = [
         "",
-        "Flags of both trainers (train_pretrain.py's defaults; train_midtrain.py's differ where said):",
+        "Flags of the trainers (train_pretrain.py's; where train_midtrain.py differs, the row says so):",
         "",
     ]
     table = ["| flag | default | meaning |", "|---|---|---|"]
-    for title, rows in _groups(pre, set()):
+    for title, rows in _groups(pre, set(), other=mid):
         out += [f"**{title}**", "", *table, *rows, ""]
     for title, rows in _groups(mid, names[0] & names[1]):
         out += [f"**train_midtrain.py only: {title}**", "", *table, *rows, ""]
