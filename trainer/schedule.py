@@ -155,11 +155,17 @@ def pretrain_schedule(lr: float, warmup_ratio: float) -> Schedule:
     return Schedule(partial(get_pretrain_lr, lr=lr, warmup_ratio=warmup_ratio), describe)
 
 
+def _start(lr: float, warmup: int) -> str:
+    """The banner's opening of a mid-training schedule: from lr/10 up, or at lr when W rounds to 0."""
+    return f"{lr / 10:.2e} → {lr:.2e} (warmup)" if warmup else f"{lr:.2e} (no warmup step at this length)"
+
+
 def rewarm_schedule(lr: float, warmup_ratio: float) -> Schedule:
     def describe(total: int) -> list[str]:
+        w = warmup_steps_for(total, warmup_ratio)
         return [
-            f"Mid-training with LR re-warmup: {warmup_steps_for(total, warmup_ratio)} warmup steps out of {total} total steps",
-            f"LR schedule: {lr / 10:.2e} → {lr:.2e} (warmup) → {lr / 10:.2e} (decay)",
+            f"Mid-training with LR re-warmup: {w} warmup steps out of {total} total steps",
+            f"LR schedule: {_start(lr, w)} → {lr / 10:.2e} (decay)",
         ]
 
     return Schedule(partial(get_midtrain_lr, lr=lr, warmup_ratio=warmup_ratio), describe)
@@ -175,7 +181,7 @@ def wsd_schedule(
         on = f" ({decay_on})" if decay_on else ""
         return [
             f"Mid-training with warmup-stable-decay: {w} warmup, {total - w - d} stable, {d} decay steps{on} out of {total}",
-            f"LR schedule: {lr / 10:.2e} → {lr:.2e} (warmup) → {lr:.2e} (stable) → {lr / 10:.2e} (decay)",
+            f"LR schedule: {_start(lr, w)} → {lr:.2e} (stable) → {lr / 10:.2e} (decay)",
         ]
 
     return Schedule(

@@ -2,7 +2,15 @@ import math
 
 import pytest
 
-from trainer.schedule import get_anneal_lr, get_midtrain_lr, get_pretrain_lr, get_wsd_lr, warmup_steps_for
+from trainer.schedule import (
+    get_anneal_lr,
+    get_midtrain_lr,
+    get_pretrain_lr,
+    get_wsd_lr,
+    rewarm_schedule,
+    warmup_steps_for,
+    wsd_schedule,
+)
 
 LR = 2e-4
 
@@ -106,3 +114,13 @@ def test_stretched_schedule_is_continuous_and_ends_at_the_end_value():
         assert f(new - 1, new) == pytest.approx(LR / 10)
     finished = stretched(lambda s, n: get_midtrain_lr(s, n, LR, 0.05), old, old, new)
     assert all(finished(s, new) == pytest.approx(LR / 10) for s in range(old, new))
+
+
+@pytest.mark.parametrize("make", [rewarm_schedule, lambda lr, w: wsd_schedule(lr, w, 0.2)])
+def test_the_banner_says_the_lr_the_run_starts_at(make):
+    """8 steps at warmup ratio 0.05: W rounds to 0, the run starts at the peak, and the banner
+    says so instead of promising a warmup from lr/10."""
+    sched = make(2e-4, 0.05)
+    assert sched.lr_at(0, 8) == pytest.approx(2e-4)
+    assert "2.00e-04 (no warmup step at this length)" in sched.describe(8)[1]
+    assert "2.00e-05 → 2.00e-04 (warmup)" in make(2e-4, 0.25).describe(8)[1]
