@@ -512,5 +512,9 @@ class Trainer:
 
 
 def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus | None, stage: Stage) -> dict:
-    """Train ``start.model`` on ``train`` and return a summary dict (also stored in the checkpoint)."""
-    return Trainer(session, start, train, val, stage).fit()
+    """Train ``start.model`` on ``train`` and return a summary dict (also stored in the checkpoint).
+    Returns on every rank together (a barrier), so no rank shuts the process group down while
+    another is still in the last collective."""
+    summary = Trainer(session, start, train, val, stage).fit()
+    runtime.barrier()
+    return summary

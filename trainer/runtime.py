@@ -8,6 +8,7 @@ The one helper for each: :func:`init_distributed` / :func:`cleanup` and the redu
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 
@@ -91,7 +92,13 @@ def init_distributed(device_flag: str | None) -> tuple[DistInfo, torch.device]:
 
 
 def cleanup() -> None:
+    """Destroy the process group (torch.distributed's documented shutdown), after freeing what may
+    still hold collective work: a DDP reducer or FSDP state caught in a reference cycle would
+    otherwise be freed during interpreter shutdown, where gloo's worker threads abort the process
+    ("terminate called without an active exception"). The trainers call it in ``finally``; on
+    the normal path :func:`trainer.engine.fit` has already waited for every rank."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
