@@ -3,7 +3,9 @@
 Model state (mixed precision with fp32 master weights, AdamW; Rajbhandari et al. 2020, "ZeRO",
 section 3.1): per parameter 4 bytes of weight, 4 of gradient and 8 of AdamW moments, 16 bytes.
 DDP holds all of it in every process; FSDP holds 1/world of it, plus the full weights and
-gradients of the layer being computed (all-gathered fp32 here: trainer/parallel.py).
+gradients (8 bytes per parameter, all-gathered fp32 here: trainer/parallel.py) of the layer
+being computed and of the root module's own parameters (embedding and an untied LM head), which
+FSDP2 keeps gathered from the forward pass to the backward.
 
 Activations of one decoder layer for a micro-batch of b rows of s tokens, 16-bit, without
 recomputation (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
@@ -37,7 +39,7 @@ class Estimate:
     """Bytes per process."""
 
     state: float  # weights, gradients, optimizer (the process's share)
-    layer: float  # FSDP: one layer's full weights and gradients while it computes (0 for DDP)
+    layer: float  # FSDP: full weights and gradients of one layer and of the root (0 for DDP)
     activations: float
     logits: float
 
@@ -61,8 +63,9 @@ def estimate(
     h, a, s, b, layers = cfg.hidden_size, cfg.num_attention_heads, seq_len, micro_batch, cfg.num_hidden_layers
     shards = world_size if strategy == "fsdp" else 1
     state = STATE_BYTES_PER_PARAM * n / shards
-    per_layer = (n - cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)) / max(layers, 1)
-    layer = 8 * per_layer if strategy == "fsdp" and shards > 1 else 0.0
+    root = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
+    per_layer = (n - root) / max(layers, 1)
+    layer = 8 * (per_layer + root) if strategy == "fsdp" and shards > 1 else 0.0
     one_layer = s * b * h * (34 + (0 if fused_attention else 5 * a * s / h))
     activations = (layers * 4 * s * b * h + one_layer) if checkpointing else layers * one_layer
     logits = 2 * 4 * s * b * cfg.vocab_size
@@ -132,7 +135,9 @@ TABLE_CARDS = (24, 40, 80)
 
 def fits_table(micro_batch: int = 1, seq_len: int = 2048) -> str:
     """The README's markdown table: per-GPU memory of each model under each strategy, and the
-    cards (GB) it fits on, from :func:`estimate` (fused attention, as on a GPU)."""
+    cards it fits on, from :func:`estimate` (fused attention, as on a GPU). A "24 / 40 / 80 GB"
+    card holds that many GiB (24,576 / 40,960 / 81,920 MiB), so totals (GiB) compare with it
+    directly; the CUDA context and allocator slack (~1 GiB) come on top."""
     lines = [
         f"| model | params | strategy | model state | activations + logits (batch {micro_batch} x {seq_len}) "
         f"| total per GPU | fits on {' / '.join(f'{c} GB' for c in TABLE_CARDS)} |",
@@ -142,7 +147,7 @@ def fits_table(micro_batch: int = 1, seq_len: int = 2048) -> str:
         for strategy, world, ac in TABLE_SETTINGS:
             e = estimate(cfg, strategy=strategy, world_size=world, micro_batch=micro_batch, seq_len=seq_len,
                          checkpointing=ac)  # fmt: skip
-            fits = " / ".join("yes" if e.total <= c * 1e9 else "no" for c in TABLE_CARDS)
+            fits = " / ".join("yes" if e.total <= c * GiB else "no" for c in TABLE_CARDS)
             label = ("DDP" if strategy == "ddp" else f"FSDP x{world}") + (" + AC" if ac else "")
             lines.append(
                 f"| {name} | {cfg.num_params() / 1e9:.2f}B | {label} | {(e.state + e.layer) / GiB:.1f} GiB "
