@@ -88,6 +88,11 @@ def make_schedule(args, cfg: TrainConfig, start: Start, train, world_size: int) 
 
 def main() -> None:
     args, given = parse_flags(midtrain_parser(__doc__))
+    if "decay_ratio" in given and args.lr_schedule != "wsd" and not args.from_resume:
+        raise UserError(
+            f"--decay_ratio sets the decay of --lr_schedule wsd; with --lr_schedule {args.lr_schedule} it "
+            "would be ignored: drop it or add --lr_schedule wsd"
+        )
     if not args.from_weight and not args.from_resume:  # fail before any work
         cfg = TrainConfig.from_args(args)
         raise UserError(

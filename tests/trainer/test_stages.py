@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import run_script, shared_file
+from tests.helpers import bad, run_script, shared_file
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +132,6 @@ def test_a_capped_run_says_which_stages_it_will_not_reach(staged, pretrained, tm
     cfg, data = staged
     proc = run_script(*midtrain(cfg, data, pretrained, tmp_path / "cap", "--max_steps", "3"))
     assert "ends the run in stage 'main': stage(s) 'anneal' will not be reached" in proc.stdout
-    from tests.helpers import bad
-
     line = bad(
         *midtrain(
             cfg,
@@ -149,3 +147,11 @@ def test_a_capped_run_says_which_stages_it_will_not_reach(staged, pretrained, tm
         )
     )
     assert "--decay_ratio stage: --max_steps 3 ends the run before its last stage 'anneal'" in line
+
+
+def test_a_decay_ratio_without_wsd_is_refused_not_ignored(tmp_path):
+    line = bad(
+        "trainer/train_midtrain.py", "--data_config", str(tmp_path / "any.yaml"), "--from_weight", "x",
+        "--lr_schedule", "rewarm", "--decay_ratio", "stage",
+    )  # fmt: skip
+    assert "--decay_ratio sets the decay of --lr_schedule wsd" in line and "rewarm" in line
