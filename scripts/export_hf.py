@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from dataset.io import atomic_dir
-from dataset.tokenizer import add_bos_by_default, is_own
+from dataset.tokenizer import add_bos_by_default, is_own, pad_id
 from model.errors import UserError
 from model.hf import EXPORT_META, to_hf
 from trainer import runtime, weights
@@ -71,7 +71,7 @@ def export(source: weights.Source, out: Path, dtype: torch.dtype) -> dict:
         tok.model_max_length = context
     hf.generation_config.bos_token_id = tok.bos_token_id
     hf.generation_config.eos_token_id = tok.eos_token_id
-    hf.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    hf.generation_config.pad_token_id = pad_id(tok)
     info = {
         "source_checkpoint": str(got.path.resolve()),
         "stage": meta.get("stage"),

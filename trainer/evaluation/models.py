@@ -41,6 +41,7 @@ class EvalModel:
         self.bos_id = tokenizer.bos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = pad_id(tokenizer)
+        self._prompt_start = default_prefix(tokenizer)
 
     def autocast(self):
         return runtime.autocast(self.device, self.dtype)
@@ -56,8 +57,9 @@ class EvalModel:
 
     def prompt_start(self) -> list[int]:
         """What a prompt (MMLU, samples) starts with: what lm-evaluation-harness puts there for this
-        model, i.e. what ``tokenizer(text)`` adds by default (dataset.tokenizer.default_prefix)."""
-        return default_prefix(self.tokenizer)
+        model, i.e. what ``tokenizer(text)`` adds by default (dataset.tokenizer.default_prefix);
+        for our checkpoints, what the tokenizer of their export adds (MiniGPTEval)."""
+        return list(self._prompt_start)
 
     def _hidden_at(
         self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
@@ -116,15 +118,11 @@ class MiniGPTEval(EvalModel):
             # Autocast would cast these weights to the same values on every forward pass; doing it
             # once saves that copy with bit-identical results (the tied LM head is cast where used).
             self.model.cast_layer_matmuls_(self.dtype)
+        # BOS for our own tokenizer, an imported model's own default otherwise: eval_llm scores the
+        # checkpoint as lm-evaluation-harness scores its export (scripts/export_hf.py)
         self._prompt_start = exported_prefix(self.tokenizer)
         self._prefix_key: tuple[int, ...] | None = None
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def prompt_start(self) -> list[int]:
-        """What the tokenizer of this checkpoint's export (scripts/export_hf.py) puts before a
-        prompt: BOS for our own tokenizer, an imported model's own default otherwise, so eval_llm
-        scores the checkpoint as lm-evaluation-harness scores its export."""
-        return list(self._prompt_start)
 
     def _cache_dtype(self) -> torch.dtype:
         return torch.float32 if self.dtype == torch.float32 else self.dtype
@@ -171,10 +169,6 @@ class HFEval(EvalModel):
     def __init__(self, model, *args, **kw):
         super().__init__(*args, **kw)
         self.model = model.to(self.device).eval()
-        self._prompt_start = default_prefix(self.tokenizer)
-
-    def prompt_start(self) -> list[int]:
-        return list(self._prompt_start)
 
     def _hidden_at(
         self, ids: torch.Tensor, prefix: tuple[int, ...], bi: torch.Tensor, pi: torch.Tensor
