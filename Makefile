@@ -71,15 +71,15 @@ ablation: install
 	$(BIN)/python scripts/run_ablation.py --config $(ABLATION)
 
 bench: install
-	$(BIN)/python scripts/bench_train.py
-	$(BIN)/python scripts/bench_eval.py
+	$(BIN)/python scripts/dev/bench_train.py
+	$(BIN)/python scripts/dev/bench_eval.py
 
-# GPU readiness (scripts/gpu_check.py): every GPU path end to end on the shipped demo sample, in
+# GPU readiness (scripts/dev/gpu_check.py): every GPU path end to end on the shipped demo sample, in
 # minutes on one GPU. It runs on the GPU machine's own python3 (torch + CUDA, transformers): no
 # venv, no install, no network. On a machine without a GPU it says so and exits 2.
 PYTHON_GPU ?= python3
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(PYTHON_GPU) scripts/gpu_check.py
+	PYTHONPATH=$(CURDIR) $(PYTHON_GPU) scripts/dev/gpu_check.py
 
 clean:
 	rm -rf $(DEMO) out/cache

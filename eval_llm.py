@@ -28,7 +28,7 @@ A Hub dataset that cannot be reached is skipped with one line; --no_hub never tr
 --weight that could only be a Hub model.
 
 Precision: --dtype float32 by default. bf16 scoring flips near-tie MMLU answers of small models
-(55 of 14,042 on a fresh 4.6M model; scripts/bench_mmlu_harness.py), so it no longer gives the
+(55 of 14,042 on a fresh 4.6M model; scripts/dev/bench_mmlu_harness.py), so it no longer gives the
 harness's answers; in float32 all 14,042 agree.
 
 Output: a table on the terminal (a delta column for two models), and --output FILE.json (default

@@ -133,7 +133,7 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         if self.n_kv != self.n_heads:
             # Expanding K/V explicitly is faster on CPU than SDPA's enable_gqa path (measured in
-            # scripts/bench_train.py) and works on every torch >= 2.4.
+            # scripts/dev/bench_train.py) and works on every torch >= 2.4.
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)

@@ -6,9 +6,9 @@ from tests.helpers import load_script
 
 
 def test_the_readme_blocks_are_generated_from_the_code():
-    blocks = load_script("scripts/readme_blocks.py", "readme_blocks")
+    blocks = load_script("scripts/dev/readme_blocks.py", "readme_blocks")
     readme = (blocks.REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    assert blocks.updated_readme(readme) == readme, "run: python scripts/readme_blocks.py"
+    assert blocks.updated_readme(readme) == readme, "run: python scripts/dev/readme_blocks.py"
     from trainer.config import midtrain_parser, pretrain_parser
 
     for parser in (pretrain_parser(), midtrain_parser()):

@@ -1,4 +1,4 @@
-"""dataset/demo/: the real sample `make demo` trains on is what scripts/make_demo_sample.py cuts
+"""dataset/demo/: the real sample `make demo` trains on is what scripts/dev/make_demo_sample.py cuts
 from ../shared/data, well formed, licensed file by file, and never trains on what the demo scores."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ EVAL_FILES = ("mbpp_test.jsonl", "mmlu_test.jsonl")
 
 @pytest.fixture(scope="module")
 def sample():
-    return load_script("scripts/make_demo_sample.py", "make_demo_sample")
+    return load_script("scripts/dev/make_demo_sample.py", "make_demo_sample")
 
 
 def _rows(name: str) -> list[dict]:
@@ -38,7 +38,9 @@ def test_committed_sample_is_what_the_script_cuts(sample):
     files = sample.build(SHARED_DATA)
     assert sorted(files) == sorted(p.name for p in DEMO.iterdir())
     for name, blob in files.items():
-        assert (DEMO / name).read_bytes() == blob, f"{name} is stale: run python scripts/make_demo_sample.py"
+        assert (DEMO / name).read_bytes() == blob, (
+            f"{name} is stale: run python scripts/dev/make_demo_sample.py"
+        )
 
 
 def test_a_changed_input_is_refused_by_name(sample, tmp_path):
@@ -54,7 +56,7 @@ def test_a_changed_input_is_refused_by_name(sample, tmp_path):
     with pytest.raises(UserError, match=r"mbpp\.jsonl: not found; give --shared_dir"):
         sample.build(tmp_path)
     out = tmp_path / "out"
-    line = bad("scripts/make_demo_sample.py", "--shared_dir", str(tmp_path), "--out_dir", str(out))
+    line = bad("scripts/dev/make_demo_sample.py", "--shared_dir", str(tmp_path), "--out_dir", str(out))
     assert line.startswith("error: ") and "mbpp.jsonl: not found" in line and not out.exists()
 
 

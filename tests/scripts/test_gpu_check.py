@@ -10,7 +10,7 @@ from tests.helpers import REPO, run_script
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_without_a_gpu_it_says_so():
-    proc = run_script("scripts/gpu_check.py", env={"PYTHONPATH": str(REPO)}, check=False)
+    proc = run_script("scripts/dev/gpu_check.py", env={"PYTHONPATH": str(REPO)}, check=False)
     assert proc.returncode == 2 and "no CUDA GPU on this machine" in proc.stdout
     assert "Traceback" not in proc.stderr
 
@@ -18,7 +18,12 @@ def test_without_a_gpu_it_says_so():
 @pytest.mark.slow
 def test_every_step_runs_in_smoke_mode(tmp_path):
     proc = run_script(
-        "scripts/gpu_check.py", "--smoke", "--out", str(tmp_path), env={"PYTHONPATH": str(REPO)}, timeout=1200
+        "scripts/dev/gpu_check.py",
+        "--smoke",
+        "--out",
+        str(tmp_path),
+        env={"PYTHONPATH": str(REPO)},
+        timeout=1200,
     )
     table = proc.stdout.split("step          result")[1]
     for step in (

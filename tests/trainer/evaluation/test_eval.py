@@ -350,7 +350,7 @@ def fails(capsys, argv) -> str:
 
 
 def test_scoring_is_float32_unless_asked():
-    """bf16 flips near-tie MMLU answers of small models (scripts/bench_mmlu_harness.py counts them),
+    """bf16 flips near-tie MMLU answers of small models (scripts/dev/bench_mmlu_harness.py counts them),
     so eval_llm scores in fp32 unless --dtype says otherwise."""
     assert eval_llm.parse_args(["--weight", "x"]).dtype == "float32"
     assert eval_llm.parse_args(["--weight", "x", "--dtype", "bfloat16"]).dtype == "bfloat16"

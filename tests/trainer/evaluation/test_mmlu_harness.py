@@ -253,14 +253,14 @@ def test_minigpt_eval_starts_with_bos_like_the_exported_tokenizer(exported, toke
 
 
 def test_bench_script_compares_per_question(exported, tmp_path):
-    """scripts/bench_mmlu_harness.py without the harness: our checkpoint and its export through
+    """scripts/dev/bench_mmlu_harness.py without the harness: our checkpoint and its export through
     transformers give the same answer on every question (fp32), and the report says so."""
     from tests.helpers import run_script
 
     path, _ = exported
     out = tmp_path / "bench.json"
     proc = run_script(
-        "scripts/bench_mmlu_harness.py",
+        "scripts/dev/bench_mmlu_harness.py",
         "--weight",
         str(path),
         "--limit",

@@ -1,6 +1,6 @@
 """Training cost of open-model shapes: tokens/s, MFU and peak memory, random weights, no data.
 
-    python scripts/bench_model_sizes.py [--shapes smollm2-135m,smollm2-360m] [--seq_len 256]
+    python scripts/dev/bench_model_sizes.py [--shapes smollm2-135m,smollm2-360m] [--seq_len 256]
 
 For each shape (the architecture of a published checkpoint, built with random weights through
 ``ModelConfig``) it runs the training step the engine runs (fp32 master weights, AdamW with the

@@ -1,6 +1,6 @@
 """Memory per process: DDP vs FSDP at 2 ranks (torchrun, gloo on CPU), the same model and data.
 
-    python scripts/bench_memory.py [--hidden_size 512 --num_hidden_layers 8]
+    python scripts/dev/bench_memory.py [--hidden_size 512 --num_hidden_layers 8]
 
 Runs the real trainer/train_pretrain.py a few steps under each strategy (and FSDP with
 activation checkpointing) and reports, per rank: the parameters and AdamW state the rank holds

@@ -1,6 +1,6 @@
 """Training throughput benchmark: the real trainer/train_pretrain.py on real TinyStories text.
 
-    python scripts/bench_train.py [--data_path ../shared/data/tinystories/train_v1_first2MiB.jsonl]
+    python scripts/dev/bench_train.py [--data_path ../shared/data/tinystories/train_v1_first2MiB.jsonl]
 
 Builds the default 512x8 model (26M parameters) at sequence length 512 and runs a fixed number
 of optimizer steps in each mode (fp32, bf16 autocast, bf16 autocast + torch.compile). It reads

@@ -1,6 +1,6 @@
 """MMLU agreement with lm-evaluation-harness: eval_llm's per-question answers vs the harness's.
 
-    python scripts/bench_mmlu_harness.py --weight out/midtrain_256.pth [--shots 0] [--limit N]
+    python scripts/dev/bench_mmlu_harness.py --weight out/midtrain_256.pth [--shots 0] [--limit N]
         [--subjects a,b] [--dtypes float32,bfloat16] [--harness_json FILE] [--output FILE.json]
 
 The checkpoint is exported with scripts/export_hf.py (a real process) and scored four ways on

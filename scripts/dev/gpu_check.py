@@ -1,7 +1,7 @@
 """GPU readiness: every GPU path of the pipeline end to end on real text, on one GPU, in minutes.
 
-    make gpu-check                        # = python3 scripts/gpu_check.py (no install, no network)
-    python3 scripts/gpu_check.py --smoke  # the same steps on the CPU at toy sizes (the test suite)
+    make gpu-check                        # = python3 scripts/dev/gpu_check.py (no install, no network)
+    python3 scripts/dev/gpu_check.py --smoke  # the same steps on the CPU at toy sizes (the test suite)
 
 Needs only what a GPU machine's python3 usually has (torch with CUDA, transformers, tokenizers,
 numpy, pyyaml, tqdm): no `datasets`, no `wandb`, no network. The data is the real sample shipped
@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "dataset" / "demo"
 SIZES = {  # name: (hidden, layers, heads, kv heads)
     "125M": (768, 12, 12, 4),
@@ -106,7 +106,7 @@ def main() -> int:
         import trainer  # noqa: F401 - the checkout's packages (make gpu-check sets PYTHONPATH=.)
     except ImportError:
         print(
-            "gpu-check: run it from the repository root as `make gpu-check` (or PYTHONPATH=. python3 scripts/gpu_check.py)"
+            "gpu-check: run it from the repository root as `make gpu-check` (or PYTHONPATH=. python3 scripts/dev/gpu_check.py)"
         )
         return 2
     if not args.smoke and not torch.cuda.is_available():

@@ -1,7 +1,7 @@
 """Cut the real demo sample in dataset/demo/ out of the public rows in ../shared/data.
 
-    python scripts/make_demo_sample.py            # rewrite dataset/demo/ from ../shared/data
-    python scripts/make_demo_sample.py --check    # exit 1 if the committed files differ
+    python scripts/dev/make_demo_sample.py            # rewrite dataset/demo/ from ../shared/data
+    python scripts/dev/make_demo_sample.py --check    # exit 1 if the committed files differ
 
 `make demo` trains on these files; nothing in them is generated or edited by hand. Every
 choice is a fixed rule (a prefix, a task_id range, the first rows of each subject), so the
@@ -240,10 +240,10 @@ def sources_md(files: dict[str, bytes]) -> str:
         "# dataset/demo: a small real sample for `make demo`",
         "",
         "Real rows from public datasets, cut out of `../shared/data` (its SOURCES.md tells how each",
-        "file there was obtained) by `scripts/make_demo_sample.py`, which writes this file too:",
+        "file there was obtained) by `scripts/dev/make_demo_sample.py`, which writes this file too:",
         "",
-        "    python scripts/make_demo_sample.py           # rewrite dataset/demo/",
-        "    python scripts/make_demo_sample.py --check   # exit 1 if these files differ from its output",
+        "    python scripts/dev/make_demo_sample.py           # rewrite dataset/demo/",
+        "    python scripts/dev/make_demo_sample.py --check   # exit 1 if these files differ from its output",
         "",
         "Nothing here is generated or edited by hand. `config/data/pretrain/demo.yaml` pretrains on the",
         "stories; `config/data/demo.yaml` mid-trains on stories (replay), MBPP (code) and MMLU",
@@ -306,7 +306,7 @@ def main() -> None:
             if not (out / name).is_file() or (out / name).read_bytes() != blob
         ]
         if stale:
-            print(f"stale: {', '.join(stale)}; run python scripts/make_demo_sample.py", file=sys.stderr)
+            print(f"stale: {', '.join(stale)}; run python scripts/dev/make_demo_sample.py", file=sys.stderr)
             sys.exit(1)
         print(f"{out}: up to date ({len(files)} files)")
         return

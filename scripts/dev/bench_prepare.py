@@ -1,9 +1,9 @@
 """Benchmark prepare_dataset: time and peak memory of a 100k-sample mixture from local files,
 mixed by rows and by tokens.
 
-    python scripts/bench_prepare.py                      # 100k samples, inputs at 1x and 4x, both modes
-    python scripts/bench_prepare.py --scales 1 --repeats 3   # the rows-vs-tokens comparison alone
-    python scripts/bench_prepare.py --total 20000 --scales 1 --modes tokens --num_proc 1
+    python scripts/dev/bench_prepare.py                      # 100k samples, inputs at 1x and 4x, both modes
+    python scripts/dev/bench_prepare.py --scales 1 --repeats 3   # the rows-vs-tokens comparison alone
+    python scripts/dev/bench_prepare.py --total 20000 --scales 1 --modes tokens --num_proc 1
 
 Inputs are built in a temporary folder by replicating real rows from ../shared/data
 (TinyStories, Code Alpaca, MMLU auxiliary_train; each copy gets a unique tag so exact

@@ -1,13 +1,13 @@
 """MMLU scoring benchmark: eval_llm.py on the 14,042 real MMLU test questions.
 
-    python scripts/bench_eval.py [--mmlu_dir ../shared/data/mmlu] [--shots 0,5] [--limit N]
+    python scripts/dev/bench_eval.py [--mmlu_dir ../shared/data/mmlu] [--shots 0,5] [--limit N]
 
 Builds a checkpoint of the default 512x8 model (26M parameters; vocabulary 6400 from a byte-level
 BPE trained on TinyStories) through the same code the trainers save with, then runs the real
 eval_llm.py on it and reports, per shot setting, the time, questions/s, tokens run through the
 model, the padding share and the forward FLOP rate as a share of a bf16 matmul peak measured in
 the same run. The precision is eval_llm.py's: float32 unless --dtype says otherwise (bf16 flips
-near-tie answers; scripts/bench_mmlu_harness.py counts them). The weights are freshly
+near-tie answers; scripts/dev/bench_mmlu_harness.py counts them). The weights are freshly
 initialized: scoring costs the same whatever they are (the prompts, their tokens and the forward
 passes do not depend on them), so no training is needed to measure it.
 
