@@ -74,13 +74,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """A preallocated key/value cache for generation: one (B, kv_heads, max_len, head_dim) pair per layer."""
+    """A preallocated key/value cache for generation: one (B, kv_heads, max_len, head_dim) pair per layer.
+
+    ``docs`` (B, max_len) long holds the document id of every cached position once a forward pass
+    gave ``doc_ids`` (None until then): later queries attend only to cached keys of their own
+    document, e.g. a left-padded prompt batch whose padding is a document of its own.
+    """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
         shape = (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
         self.pos = 0  # tokens already stored
+        self.docs: torch.Tensor | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
@@ -110,15 +116,29 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
 
     def forward(
-        self, x, cos, sin, cache: KVCache | None = None, at: torch.Tensor | None = None
+        self,
+        x,
+        cos,
+        sin,
+        cache: KVCache | None = None,
+        at: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, hidden) -> (B, T, hidden); with ``at`` (B, Q) positions in this chunk, the
-        output (B, Q, hidden) at those positions only (keys and values still cover every position)."""
+        output (B, Q, hidden) at those positions only (keys and values still cover every position).
+
+        ``cos``/``sin``: (T, head_dim) for positions shared by every row, or (B, 1, T, head_dim)
+        per row. ``mask``: a boolean (B, 1, T or Q, keys) attention mask (True: may attend) that
+        replaces the causal rule (built once per forward by :func:`document_mask`)."""
         b, t, _ = x.shape
         xq, qcos, qsin = x, cos, sin
         if at is not None:
-            xq = x[torch.arange(b, device=x.device)[:, None], at]
-            qcos, qsin = cos[at][:, None], sin[at][:, None]
+            rows = torch.arange(b, device=x.device)[:, None]
+            xq = x[rows, at]
+            if cos.dim() == 2:
+                qcos, qsin = cos[at][:, None], sin[at][:, None]
+            else:
+                qcos, qsin = cos[rows, 0, at][:, None], sin[rows, 0, at][:, None]
         q = self.q_proj(xq).view(b, xq.shape[1], self.n_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
         if self.q_norm is not None:
@@ -137,8 +157,10 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        mask, causal = None, past == 0 and t > 1 and at is None
-        if at is not None:  # each selected query sees the prefix and the positions up to its own
+        causal = mask is None and past == 0 and t > 1 and at is None
+        if mask is not None:
+            pass
+        elif at is not None:  # each selected query sees the prefix and the positions up to its own
             mask = (torch.arange(k.shape[2], device=x.device)[None, None, :] <= (past + at)[:, :, None])[
                 :, None
             ]
@@ -173,9 +195,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None, at: torch.Tensor | None = None):
+    def forward(self, x, cos, sin, cache=None, at: torch.Tensor | None = None, mask=None):
         """x (B, T, hidden) -> (B, T, hidden), or (B, Q, hidden) at positions ``at`` (B, Q) only."""
-        a = self.self_attn(self.input_layernorm(x), cos, sin, cache, at)
+        a = self.self_attn(self.input_layernorm(x), cos, sin, cache, at, mask)
         if at is not None:
             x = x[torch.arange(x.shape[0], device=x.device)[:, None], at]
         x = x + self.drop(a)
@@ -235,15 +257,23 @@ class MiniGPTForCausalLM(nn.Module):
                 if isinstance(m, nn.Linear):
                     m.to(dtype)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits of shape (B, T, vocab) for input_ids of shape (B, T)."""
-        return self.lm_head(self.forward_hidden(input_ids, cache))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of shape (B, T, vocab) for input_ids of shape (B, T) (see :meth:`forward_hidden`)."""
+        return self.lm_head(self.forward_hidden(input_ids, cache, positions=positions, doc_ids=doc_ids))
 
     def forward_hidden(
         self,
         input_ids: torch.Tensor,
         cache: KVCache | None = None,
         at: tuple[torch.Tensor, torch.Tensor] | None = None,
+        positions: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (after the last norm, before the LM head).
 
@@ -251,25 +281,50 @@ class MiniGPTForCausalLM(nn.Module):
         tensors: shape (N, hidden), the states at those (row, position) pairs only; the last
         layer then runs its queries, attention output and MLP there alone (scoring reads a
         logit at one position per row: 1/layers less work, and the LM head runs N times, not B x T).
+
+        Several documents in one row (document attention): ``doc_ids`` (B, T) long gives each
+        token's document, and a token attends only to earlier tokens (cached ones included) of the
+        same document (block-causal, :func:`document_mask`); ``positions`` (B, T) long gives each
+        token's RoPE position (restarting at 0 where a document starts). Without them every row is
+        one causal sequence whose positions continue from the cache. Raises ValueError for a
+        position beyond max_position_embeddings.
         """
         t = input_ids.shape[1]
         start = cache.pos if cache is not None else 0
-        if start + t > self.config.max_position_embeddings:
+        end = start + t if positions is None else int(positions.max()) + 1 if positions.numel() else 0
+        if end > self.config.max_position_embeddings:
             raise ValueError(
-                f"sequence of {start + t} tokens exceeds max_position_embeddings "
-                f"{self.config.max_position_embeddings}"
+                f"sequence of {end} tokens exceeds max_position_embeddings {self.config.max_position_embeddings}"
             )
-        cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
+        if positions is None:
+            cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
+        else:
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+        mask = last_mask = None
+        if doc_ids is not None:
+            keys = doc_ids
+            if cache is not None:
+                if cache.docs is None:
+                    cache.docs = torch.full(
+                        (input_ids.shape[0], cache.k[0].shape[2]), -1, dtype=torch.long, device=doc_ids.device
+                    )
+                cache.docs[:, start : start + t] = doc_ids
+                keys = cache.docs[:, : start + t]
+            mask = last_mask = document_mask(doc_ids, keys, start)
+        elif cache is not None and cache.docs is not None:
+            raise ValueError("this cache holds document ids: pass doc_ids for the new tokens too")
         x = self.model.drop(self.model.embed_tokens(input_ids))
         layers = self.model.layers
         if at is None:
             for layer in layers:
-                x = layer(x, cos, sin, cache)
+                x = layer(x, cos, sin, cache, None, mask)
         else:
-            for layer in layers[:-1]:
-                x = layer(x, cos, sin, cache)
             rows, slots, padded = _side_by_side(*at, x.shape[0])
-            x = layers[-1](x, cos, sin, cache, padded)[rows, slots]
+            if mask is not None:  # the last layer's queries: the selected positions only
+                last_mask = mask[torch.arange(x.shape[0], device=x.device)[:, None], 0, padded][:, None]
+            for layer in layers[:-1]:
+                x = layer(x, cos, sin, cache, None, mask)
+            x = layers[-1](x, cos, sin, cache, padded, last_mask)[rows, slots]
         if cache is not None:
             cache.pos += t
         return self.model.norm(x)
@@ -308,6 +363,21 @@ class MiniGPTForCausalLM(nn.Module):
                 break
             logits = self(nxt[:, None], cache)[:, -1, :]
         return out
+
+
+def document_mask(q_docs: torch.Tensor, k_docs: torch.Tensor, past: int = 0) -> torch.Tensor:
+    """The block-causal attention mask of rows holding several documents: (B, 1, T, S) bool, True
+    where query i may attend to key j, i.e. key j is at or before query i and of the same document.
+
+    ``q_docs`` (B, T): the document id of each new token (queries at positions past..past+T-1 of
+    the row); ``k_docs`` (B, S): the document id of every key (cached and new: S = past + T).
+    Built once per forward and shared by every layer (document masking: Zhao et al. 2024,
+    arXiv 2402.13991; torchtitan's block-causal mask).
+    """
+    q_idx = torch.arange(q_docs.shape[1], device=q_docs.device) + past
+    k_idx = torch.arange(k_docs.shape[1], device=k_docs.device)
+    causal = k_idx[None, :] <= q_idx[:, None]
+    return ((q_docs[:, :, None] == k_docs[:, None, :]) & causal)[:, None]
 
 
 def _side_by_side(rows: torch.Tensor, pos: torch.Tensor, b: int) -> tuple[torch.Tensor, ...]:
