@@ -21,8 +21,8 @@ from model.errors import UserError
 EMPTY = -1  # row index of a micro-batch slot with no row: the dataset returns a row with no targets
 
 
-class StepSampler(torch.utils.data.Sampler):
-    """Micro-batches of row indices for this rank, from a given global step on.
+class StepPlan:
+    """Which rows every optimizer step trains, for the whole run: built once per run.
 
     ``segments``: the number of rows (one segment) or a list of row ranges, consecutive from 0.
     Epoch e visits segment k's rows in the order ``default_rng(seed + e).permutation`` (one
@@ -31,7 +31,7 @@ class StepSampler(torch.utils.data.Sampler):
     ``(m * world + r) * batch`` of them, so N ranks see exactly the rows one process with an
     N-times larger batch would. A slice with no row left (a short last step) yields ``[EMPTY]``,
     so every rank runs the same number of forward passes. A run that resumes at step k reads
-    the same rows it would have read without stopping.
+    the same rows it would have read without stopping (:meth:`sampler` from step k).
     """
 
     def __init__(
@@ -42,14 +42,11 @@ class StepSampler(torch.utils.data.Sampler):
         world_size: int,
         rank: int,
         seed: int,
-        total_steps: int,
-        start_step: int = 0,
     ):
         self.segments = [range(segments)] if isinstance(segments, int) else list(segments)
         self.num_rows = sum(len(s) for s in self.segments)
         self.batch, self.accum = batch_size, accumulation_steps
         self.world, self.rank, self.seed = world_size, rank, seed
-        self.total_steps, self.start_step = total_steps, start_step
         self.global_batch = batch_size * accumulation_steps * world_size
         if self.num_rows == 0:
             raise UserError("the training data has no rows; add data")
@@ -57,9 +54,6 @@ class StepSampler(torch.utils.data.Sampler):
         self.segment_steps = [math.ceil(len(s) / self.global_batch) for s in self.segments]
         self.segment_start = np.cumsum([0, *self.segment_steps[:-1]]).tolist()
         self.steps_per_epoch = sum(self.segment_steps)
-
-    def __len__(self) -> int:
-        return (self.total_steps - self.start_step) * self.accum
 
     def locate(self, step: int) -> tuple[int, int, int]:
         """(epoch, segment, step within the segment) of a global optimizer step (0-based)."""
@@ -80,11 +74,30 @@ class StepSampler(torch.utils.data.Sampler):
             cache["key"], cache["perm"] = (epoch, k), seg.start + rng.permutation(len(seg))
         return cache["perm"][j * self.global_batch : (j + 1) * self.global_batch]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def micro_batches(self, start_step: int, total_steps: int) -> Iterator[list[int]]:
+        """This rank's micro-batches (row indices) of steps ``start_step .. total_steps - 1``,
+        ``accumulation_steps`` per step."""
         cache: dict = {}
-        for step in range(self.start_step, self.total_steps):
+        for step in range(start_step, total_steps):
             rows = self.step_rows(step, cache)
             for m in range(self.accum):
                 off = (m * self.world + self.rank) * self.batch
                 mine = rows[off : off + self.batch].tolist()
                 yield mine or [EMPTY]
+
+    def sampler(self, start_step: int, total_steps: int) -> StepSampler:
+        """The DataLoader batch sampler of :meth:`micro_batches`."""
+        return StepSampler(self, start_step, total_steps)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """A :class:`StepPlan` from ``start_step`` to ``total_steps`` as a DataLoader batch sampler."""
+
+    def __init__(self, plan: StepPlan, start_step: int, total_steps: int):
+        self.plan, self.start_step, self.total_steps = plan, start_step, total_steps
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.plan.accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.plan.micro_batches(self.start_step, self.total_steps)

@@ -14,6 +14,7 @@ from model.errors import UserError
 from trainer.cli import add_runtime_flags, add_save_dir_flag
 from trainer.paths import repo_path
 from trainer.runtime import DTYPES
+from trainer.schedule import SCHEDULE_HELP, SCHEDULES, parse_decay_ratio
 
 # Tokens per packed training row for a new model, and the context a checkpoint that does not
 # record its training length is scored with.
@@ -66,6 +67,8 @@ class TrainConfig:
     accumulation_steps: int
     learning_rate: float
     warmup_ratio: float
+    lr_schedule: str
+    decay_ratio: str
     weight_decay: float
     grad_clip: float
     dtype: str
@@ -118,6 +121,7 @@ class TrainConfig:
             raise UserError(f"--dtype {self.dtype!r}: unknown dtype; use one of {', '.join(DTYPES)}")
         if self.from_resume not in (0, 1):
             raise UserError(f"--from_resume takes 0 or 1, got {self.from_resume}")
+        parse_decay_ratio(self.decay_ratio)
 
     @property
     def global_batch_rows(self) -> int:
@@ -126,13 +130,19 @@ class TrainConfig:
 
 
 def engine_parser(
-    description: str, *, save_weight: str, learning_rate: float, warmup_ratio: float, wandb_project: str
+    description: str,
+    *,
+    save_weight: str,
+    learning_rate: float,
+    warmup_ratio: float,
+    lr_schedule: str,
+    wandb_project: str,
 ) -> argparse.ArgumentParser:
     """The flags every stage shares (MiniMind-compatible names), with the stage's defaults."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     _output_flags(p.add_argument_group("outputs"), save_weight)
     _model_flags(p.add_argument_group("model"))
-    _optimisation_flags(p.add_argument_group("optimisation"), learning_rate, warmup_ratio)
+    _optimisation_flags(p.add_argument_group("optimisation"), learning_rate, warmup_ratio, lr_schedule)
     _runtime_flags(p.add_argument_group("runtime"))
     _logging_flags(p.add_argument_group("logging"), wandb_project)
     return p
@@ -187,7 +197,7 @@ def _model_flags(g) -> None:
     )
 
 
-def _optimisation_flags(g, learning_rate: float, warmup_ratio: float) -> None:
+def _optimisation_flags(g, learning_rate: float, warmup_ratio: float, lr_schedule: str) -> None:
     g.add_argument(
         "--epochs", type=int, default=1, help="passes over the training data (every row once each)"
     )
@@ -214,6 +224,17 @@ def _optimisation_flags(g, learning_rate: float, warmup_ratio: float) -> None:
         type=float,
         default=warmup_ratio,
         help=f"fraction of steps spent warming up (default {warmup_ratio:g})",
+    )
+    g.add_argument(
+        "--lr_schedule",
+        default=lr_schedule,
+        choices=tuple(SCHEDULES),
+        help=SCHEDULE_HELP,
+    )
+    g.add_argument(
+        "--decay_ratio",
+        default="0.2",
+        help="wsd: fraction of steps in the final decay, or 'stage': decay over exactly the last stage of a staged mixture",
     )
     g.add_argument(
         "--weight_decay", type=float, default=0.1, help="AdamW decoupled weight decay (matrices only)"
@@ -292,6 +313,7 @@ def pretrain_parser(description: str = "Pretrain a miniGPT model") -> argparse.A
         save_weight="pretrain",
         learning_rate=5e-4,
         warmup_ratio=0.01,
+        lr_schedule="cosine",
         wandb_project="miniGPT-Pretrain",
     )
     g = p.add_argument_group("data")
@@ -308,12 +330,13 @@ def pretrain_parser(description: str = "Pretrain a miniGPT model") -> argparse.A
 
 
 def midtrain_parser(description: str = "Mid-train a miniGPT checkpoint") -> argparse.ArgumentParser:
-    """train_midtrain.py's flags: the engine's plus the mixture, the schedule and the optimizer start."""
+    """train_midtrain.py's flags: the engine's plus the mixture and the optimizer start."""
     p = engine_parser(
         description,
         save_weight="midtrain",
         learning_rate=2e-4,
         warmup_ratio=0.05,
+        lr_schedule="rewarm",
         wandb_project="miniGPT-MidTrain",
     )
     g = p.add_argument_group("mid-training")
@@ -331,21 +354,10 @@ def midtrain_parser(description: str = "Mid-train a miniGPT checkpoint") -> argp
         help="where prepared files are (default: dataset/)",
     )
     g.add_argument(
-        "--lr_schedule",
-        default="rewarm",
-        choices=("rewarm", "wsd", "anneal"),
-        help="rewarm: LR/10 -> LR -> LR/10 cosine; wsd: warmup, constant, linear decay; anneal: pretrain's final LR -> 0",
-    )
-    g.add_argument(
         "--val_path",
         action="append",
         default=None,
         help="validation JSONL ({text, source} rows) instead of the mixture's val split, e.g. one held-out set shared by several runs; repeat for several files",
-    )
-    g.add_argument(
-        "--decay_ratio",
-        default="0.2",
-        help="wsd: fraction of steps in the final decay, or 'stage': decay over exactly the last stage of a staged mixture",
     )
     g.add_argument(
         "--optimizer_state",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset, sample_rows
-from dataset.sampler import StepSampler
+from dataset.sampler import StepPlan
 from dataset.tokenizer import tokenizer_sha256, tokenizer_to_dict
 from model.errors import UserError
 from trainer import checkpoint as ckpt
@@ -76,6 +76,7 @@ class Stage:
 
     name: str  # "pretrain", "midtrain": stored in the checkpoint meta
     schedule: Schedule  # the LR at each step, and its banner
+    plan: StepPlan  # the rows of every step (:func:`step_plan`), built once per run
     args: dict = field(default_factory=dict)  # the run's effective flag values, restored on resume
     identity: dict = field(default_factory=dict)  # what makes a resume checkpoint belong to this run
     meta: dict = field(default_factory=dict)  # extra facts stored in the checkpoint (data config, ...)
@@ -83,6 +84,12 @@ class Stage:
     target_shares: dict[str | None, dict[str, float]] | None = None
     target_unit: str = "rows"  # what the shares count: "rows" (mix_by rows) or "tokens"
     optimizer_state: dict | None = None  # start from this AdamW state (e.g. carried over from pretrain)
+
+
+def step_plan(cfg: TrainConfig, train: PackedCorpus) -> StepPlan:
+    """The rows of every optimizer step of a run on ``train`` for this process (dataset.sampler)."""
+    rank, world = runtime.env_rank_world()
+    return StepPlan(train.segment_rows(), cfg.batch_size, cfg.accumulation_steps, world, rank, cfg.seed)
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -107,15 +114,7 @@ class Trainer:
         self.tok_dict = tokenizer_to_dict(self.tok)  # stored in every checkpoint: made once
         self.model.train()
         # the order of rows: every row once per epoch, stage after stage (dataset.sampler)
-        self.plan = StepSampler(
-            train.segment_rows(),
-            cfg.batch_size,
-            cfg.accumulation_steps,
-            info.world_size,
-            info.rank,
-            cfg.seed,
-            1,
-        )
+        self.plan = stage.plan
         self.steps_per_epoch = self.plan.steps_per_epoch
         self.staged = len(train.segment_names) > 1 or train.segment_names[0] is not None
         self.total = cfg.epochs * self.steps_per_epoch
@@ -248,19 +247,10 @@ class Trainer:
 
     def _micro_batches(self) -> Iterator[list[tuple[torch.Tensor, ...]]]:
         """The rest of the run, one list of ``accumulation_steps`` micro-batches per optimizer step."""
-        cfg, info = self.cfg, self.info
+        cfg = self.cfg
         loader = torch.utils.data.DataLoader(
             PackedDataset(self.train_data),
-            batch_sampler=StepSampler(
-                self.train_data.segment_rows(),
-                cfg.batch_size,
-                cfg.accumulation_steps,
-                info.world_size,
-                info.rank,
-                cfg.seed,
-                self.total,
-                start_step=self.step,
-            ),
+            batch_sampler=self.plan.sampler(self.step, self.total),
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
@@ -360,7 +350,13 @@ class Trainer:
             self.val_rows, described = sample_rows(self.val_data, self.cfg.batch_size * self.cfg.eval_batches)
             log.info(f"Validation sample: {described}")
         losses = val_loss_per_source(
-            self.model, self.val_data, self.session, self.cfg.batch_size, self.val_rows
+            self.model,
+            self.val_data,
+            self.val_rows,
+            self.cfg.batch_size,
+            self.device,
+            self.session.dtype,
+            self.info,
         )
         self.parallel.after_eval()
         self.history.append({"step": self.step, **losses})

@@ -5,15 +5,21 @@ every run length >= 1 and every warmup ratio in [0, 1]: the warmup is capped so 
 step after the peak remains (W <= total - 2), and a 1-step run takes its single step at the end
 value. ``final_lr`` in a checkpoint is therefore the end value of a finished run.
 Each schedule also has a :class:`Schedule` (its LR function plus the banner lines that describe
-it once the run length is known), built by :func:`pretrain_schedule` / :func:`midtrain_schedule`.
+it once the run length is known). :data:`SCHEDULES` is the one table of them, by the name
+``--lr_schedule`` takes in both stages (pretrain's default ``cosine``, midtrain's ``rewarm``);
+:func:`build_schedule` builds one by name and :func:`run_schedule` the one a run asks for. A new
+schedule is one function here, one entry in the table, and its test.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+
+from dataset.sampler import StepPlan
+from model.errors import UserError
 
 
 def _cosine(frac: float, hi: float, lo: float) -> float:
@@ -180,7 +186,7 @@ def wsd_schedule(
         w, d = wsd_phases(total, warmup_ratio, decay_ratio, decay_steps)
         on = f" ({decay_on})" if decay_on else ""
         return [
-            f"Mid-training with warmup-stable-decay: {w} warmup, {total - w - d} stable, {d} decay steps{on} out of {total}",
+            f"Warmup-stable-decay: {w} warmup, {total - w - d} stable, {d} decay steps{on} out of {total}",
             f"LR schedule: {_start(lr, w)} → {lr:.2e} (stable) → {lr / 10:.2e} (decay)",
         ]
 
@@ -199,3 +205,95 @@ def anneal_schedule(start_lr: float) -> Schedule:
         ]
 
     return Schedule(partial(get_anneal_lr, start_lr=start_lr), describe)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class ScheduleArgs:
+    """What the schedules of :data:`SCHEDULES` are built from (each reads what it needs)."""
+
+    lr: float  # the peak LR (--learning_rate)
+    warmup_ratio: float
+    decay_ratio: float = 0.2  # wsd: fraction of the steps in the final decay
+    decay_steps: int | None = None  # wsd: exactly this many decay steps (--decay_ratio stage)
+    decay_on: str = ""  # wsd: what the decay steps are, for the banner ("the last stage 'x'")
+    start_lr: float | None = None  # anneal: the LR the --from_weight run ended with
+
+
+def _anneal(a: ScheduleArgs) -> Schedule:
+    if not a.start_lr:
+        raise UserError(
+            "--lr_schedule anneal: the --from_weight checkpoint does not record the LR its run ended with"
+        )
+    return anneal_schedule(a.start_lr)
+
+
+SCHEDULES: dict[str, Callable[[ScheduleArgs], Schedule]] = {
+    "cosine": lambda a: pretrain_schedule(a.lr, a.warmup_ratio),
+    "rewarm": lambda a: rewarm_schedule(a.lr, a.warmup_ratio),
+    "wsd": lambda a: wsd_schedule(a.lr, a.warmup_ratio, a.decay_ratio, a.decay_steps, a.decay_on),
+    "anneal": _anneal,
+}
+SCHEDULE_HELP = (
+    "cosine: warmup from LR/W, cosine to LR/10; rewarm: LR/10 -> LR, cosine to LR/10; wsd: warmup, "
+    "constant, linear decay to LR/10 (--decay_ratio); anneal: the --from_weight run's final LR -> 0"
+)
+
+
+def build_schedule(name: str, args: ScheduleArgs) -> Schedule:
+    """The schedule ``name`` of :data:`SCHEDULES`; UserError for an unknown name."""
+    if name not in SCHEDULES:
+        raise UserError(f"--lr_schedule {name!r}: unknown schedule; use one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](args)
+
+
+def parse_decay_ratio(value: str) -> float | str:
+    """--decay_ratio: a fraction in (0, 1], or "stage"; UserError otherwise."""
+    if value == "stage":
+        return value
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not 0 < ratio <= 1:
+        raise UserError(f"--decay_ratio must be in (0, 1] or 'stage', got {value}")
+    return ratio
+
+
+def run_schedule(
+    cfg,
+    plan: StepPlan,
+    segment_names: Sequence[str | None],
+    parent: dict | None,
+) -> Schedule:
+    """The schedule a run asks for (``cfg``: a trainer.config.TrainConfig): --lr_schedule with
+    --learning_rate, --warmup_ratio and --decay_ratio; ``--decay_ratio stage`` decays over exactly
+    the last stage's steps of ``plan`` (UserError without stages, or when --max_steps ends the run
+    before it); anneal starts from the ``final_lr`` of ``parent`` (the --from_weight meta)."""
+    ratio = parse_decay_ratio(cfg.decay_ratio)
+    a = ScheduleArgs(
+        cfg.learning_rate,
+        cfg.warmup_ratio,
+        start_lr=(parent or {}).get("final_lr"),
+        decay_ratio=0.0 if ratio == "stage" else float(ratio),
+    )
+    if cfg.lr_schedule == "wsd" and ratio == "stage":
+        names = list(segment_names)
+        if len(names) < 2 or names[-1] is None:
+            raise UserError("--decay_ratio stage needs a mixture with stages: (see config/README.md)")
+        full = cfg.epochs * plan.steps_per_epoch
+        if cfg.max_steps is not None and cfg.max_steps < full:
+            raise UserError(
+                f"--decay_ratio stage: --max_steps {cfg.max_steps} ends the run before its last stage {names[-1]!r} "
+                f"(the full run is {full} steps); drop --max_steps or give --decay_ratio a fraction"
+            )
+        a = ScheduleArgs(
+            cfg.learning_rate,
+            cfg.warmup_ratio,
+            decay_ratio=0.0,
+            decay_steps=plan.segment_steps[-1],
+            decay_on=f"the last stage {names[-1]!r}",
+        )
+    return build_schedule(cfg.lr_schedule, a)

@@ -78,6 +78,11 @@ def start_run(
     """
     rank, world = runtime.env_rank_world()
     setup_logging(rank)
+    if "decay_ratio" in given and args.lr_schedule != "wsd" and not args.from_resume:
+        raise UserError(
+            f"--decay_ratio sets the decay of --lr_schedule wsd; with --lr_schedule {args.lr_schedule} it "
+            "would be ignored: drop it or add --lr_schedule wsd"
+        )
     cfg = TrainConfig.from_args(args)
     torch.manual_seed(cfg.seed)
     start = load_start(cfg, require_weight)

@@ -2,8 +2,9 @@
 
     python trainer/train_pretrain.py --data_path dataset/pretrain_default_train.jsonl --epochs 1
 
-Weights go to out/pretrain_{hidden_size}.pth, resume state to checkpoints/. Schedule: a short
-linear warmup, then cosine decay to LR/10. Also runs under torchrun (DDP).
+Weights go to out/pretrain_{hidden_size}.pth, resume state to checkpoints/. Schedule (--lr_schedule):
+a short linear warmup, then cosine decay to LR/10 by default, or warmup-stable-decay (wsd). Also
+runs under torchrun (DDP, FSDP2).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataset.packed import build_packed, cache_key, check_data_files
 from trainer import engine, runtime
 from trainer.cli import run
 from trainer.config import parse_flags, pretrain_parser
-from trainer.schedule import pretrain_schedule
+from trainer.schedule import run_schedule
 from trainer.start import start_run
 
 
@@ -26,9 +27,11 @@ def main() -> None:
         seq_len = cfg.max_seq_len
         train = build_packed(data_paths, start.tokenizer, seq_len, cfg.cache_dir)
         val = build_packed(val_paths, start.tokenizer, seq_len, cfg.cache_dir) if val_paths else None
+        plan = engine.step_plan(cfg, train)
         stage = engine.Stage(
             name="pretrain",
-            schedule=pretrain_schedule(cfg.learning_rate, cfg.warmup_ratio),
+            schedule=run_schedule(cfg, plan, train.segment_names, start.parent),
+            plan=plan,
             args={**vars(args), "world_size": session.dist.world_size},
             identity={"data": cache_key(data_paths, start.tokenizer, seq_len)},
             meta={"data_path": [str(x) for x in data_paths]},

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from dataset.packed import IGNORE_INDEX, build_packed
-from dataset.sampler import EMPTY, StepSampler
+from dataset.sampler import EMPTY, StepPlan
 from model.errors import UserError
 from tests.helpers import shared_file
 
@@ -72,14 +72,14 @@ def test_cache_is_keyed_by_content_tokenizer_and_length(tmp_path, tok):
 
 def test_sampler_is_deterministic_and_splits_ranks_like_one_big_batch():
     one = list(
-        StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200)
+        StepPlan(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3).sampler(0, 200)
     )
     again = list(
-        StepSampler(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3, total_steps=200)
+        StepPlan(1000, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=3).sampler(0, 200)
     )
     assert one == again
-    r0 = list(StepSampler(1000, 4, 2, world_size=2, rank=0, seed=3, total_steps=200))
-    r1 = list(StepSampler(1000, 4, 2, world_size=2, rank=1, seed=3, total_steps=200))
+    r0 = list(StepPlan(1000, 4, 2, world_size=2, rank=0, seed=3).sampler(0, 200))
+    r1 = list(StepPlan(1000, 4, 2, world_size=2, rank=1, seed=3).sampler(0, 200))
     real = lambda b: [i for i in b if i != EMPTY]  # noqa: E731
     assert all(real(a + b) == real(c) for a, b, c in zip(r0, r1, one, strict=True))
     # an epoch visits each row exactly once (1000 = 62 full steps of 16 + one short step of 8);
@@ -89,20 +89,20 @@ def test_sampler_is_deterministic_and_splits_ranks_like_one_big_batch():
     assert sorted(epoch0) == list(range(1000))
     assert one[: spe * 2] != one[spe * 2 : spe * 4]
     # resuming at step k yields exactly the tail
-    tail = list(StepSampler(1000, 8, 2, 1, 0, seed=3, total_steps=200, start_step=77))
+    tail = list(StepPlan(1000, 8, 2, 1, 0, seed=3).sampler(77, 200))
     assert tail == one[77 * 2 :]
 
 
 def test_no_row_is_dropped_and_a_short_step_keeps_every_rank_busy():
     """Field case 8: 317 rows, batch 64: 5 steps, the last with 61 rows; every rank runs the same
     number of micro-batches (an empty slot is one EMPTY row with no targets)."""
-    s = StepSampler(317, batch_size=64, accumulation_steps=1, world_size=1, rank=0, seed=0, total_steps=5)
+    s = StepPlan(317, batch_size=64, accumulation_steps=1, world_size=1, rank=0, seed=0)
     assert s.steps_per_epoch == 5
-    batches = list(s)
+    batches = list(s.sampler(0, 5))
     assert sorted(i for b in batches for i in b) == list(range(317))
     assert [len(b) for b in batches] == [64, 64, 64, 64, 61]
     # 4 ranks x batch 16 x 2 micro-steps = 128 rows a step: the short third step has 61 rows
-    ranks = [list(StepSampler(317, 16, 2, 4, r, seed=0, total_steps=3)) for r in range(4)]
+    ranks = [list(StepPlan(317, 16, 2, 4, r, seed=0).sampler(0, 3)) for r in range(4)]
     assert all(len(r) == 6 for r in ranks)
     rows = [i for r in ranks for b in r for i in b if i != EMPTY]
     assert sorted(rows) == list(range(317))
@@ -111,7 +111,7 @@ def test_no_row_is_dropped_and_a_short_step_keeps_every_rank_busy():
 
 def test_segments_are_trained_in_order_and_never_mixed_in_a_step():
     segs = [range(0, 50), range(50, 130), range(130, 135)]
-    s = StepSampler(segs, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=1, total_steps=14)
+    s = StepPlan(segs, batch_size=8, accumulation_steps=2, world_size=1, rank=0, seed=1)
     assert s.segment_steps == [4, 5, 1] and s.steps_per_epoch == 10
     steps = [s.step_rows(k) for k in range(14)]
     for k, rows in enumerate(steps):

@@ -2,7 +2,11 @@ import math
 
 import pytest
 
+from model.errors import UserError
 from trainer.schedule import (
+    SCHEDULES,
+    ScheduleArgs,
+    build_schedule,
     get_anneal_lr,
     get_midtrain_lr,
     get_pretrain_lr,
@@ -72,20 +76,36 @@ def test_tiny_runs_stay_finite(total):
 
 
 RATIOS = [0.0, 0.01, 0.05, 0.1, 0.25, 1 / 3, 0.5, 0.75, 0.99, 1.0]
-SCHEDULES = {
-    "pretrain": (lambda s, n, r: get_pretrain_lr(s, n, LR, r), LR / 10),
-    "rewarm": (lambda s, n, r: get_midtrain_lr(s, n, LR, r), LR / 10),
-    "wsd": (lambda s, n, r: get_wsd_lr(s, n, LR, r, 0.2), LR / 10),
-    "wsd_long_decay": (lambda s, n, r: get_wsd_lr(s, n, LR, r, 1.0), LR / 10),
-    "anneal": (lambda s, n, r: get_anneal_lr(s, n, LR), 0.0),
+# every schedule of the table, built through it, with the end value it must reach: a schedule
+# added to SCHEDULES without an entry here fails test_the_table_is_covered
+END = {"cosine": LR / 10, "rewarm": LR / 10, "wsd": LR / 10, "anneal": 0.0}
+CASES = {
+    **{name: ({}, end) for name, end in END.items()},
+    "wsd_long_decay": ({"decay_ratio": 1.0}, LR / 10),
+    "wsd_fixed_decay": ({"decay_steps": 7}, LR / 10),
 }
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
+def _lr(name: str, extra: dict):
+    base = name.split("_")[0]
+
+    def fn(step: int, total: int, ratio: float) -> float:
+        args = ScheduleArgs(LR, ratio, start_lr=LR, **extra)
+        return build_schedule(base, args).lr_at(step, total)
+
+    return fn
+
+
+def test_the_table_is_covered():
+    assert set(END) == set(SCHEDULES)
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_every_schedule_ends_at_its_end_value(name):
     """Field case 3: for every length 1..200 and warmup ratio in [0, 1] the last step runs at the
     stated end value, and the peak (when there is room for one) is LR."""
-    fn, end = SCHEDULES[name]
+    extra, end = CASES[name]
+    fn = _lr(name, extra)
     for total in range(1, 201):
         for ratio in RATIOS:
             lrs = [fn(s, total, ratio) for s in range(total)]
@@ -124,3 +144,17 @@ def test_the_banner_says_the_lr_the_run_starts_at(make):
     assert sched.lr_at(0, 8) == pytest.approx(2e-4)
     assert "2.00e-04 (no warmup step at this length)" in sched.describe(8)[1]
     assert "2.00e-05 → 2.00e-04 (warmup)" in make(2e-4, 0.25).describe(8)[1]
+
+
+def test_the_table_builds_what_each_function_computes():
+    """build_schedule by name gives exactly the LR functions it names (the stage scripts use it)."""
+    a = ScheduleArgs(LR, 0.1, decay_ratio=0.3, start_lr=3e-5)
+    for step in (0, 5, 37, 99):
+        assert build_schedule("cosine", a).lr_at(step, 100) == get_pretrain_lr(step, 100, LR, 0.1)
+        assert build_schedule("rewarm", a).lr_at(step, 100) == get_midtrain_lr(step, 100, LR, 0.1)
+        assert build_schedule("wsd", a).lr_at(step, 100) == get_wsd_lr(step, 100, LR, 0.1, 0.3)
+        assert build_schedule("anneal", a).lr_at(step, 100) == get_anneal_lr(step, 100, 3e-5)
+    with pytest.raises(UserError, match="does not record the LR"):
+        build_schedule("anneal", ScheduleArgs(LR, 0.1))
+    with pytest.raises(UserError, match="unknown schedule"):
+        build_schedule("linear", a)
