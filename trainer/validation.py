@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset
 from dataset.sampler import EMPTY
 from trainer import runtime
-
-if TYPE_CHECKING:
-    from trainer.engine import Session
 
 
 def token_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -25,9 +20,16 @@ def token_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def val_loss_per_source(
-    model, corpus: PackedCorpus, session: Session, batch_size: int, rows
+    model,
+    corpus: PackedCorpus,
+    rows,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    dist: runtime.DistInfo,
 ) -> dict[str, float]:
-    """Mean validation loss per source on ``rows`` of ``corpus`` (from :func:`sample_rows`), and
+    """Mean validation loss per source on ``rows`` of ``corpus`` (from :func:`sample_rows`) with the
+    model on ``device`` under autocast to ``dtype``, and
     overall: "all" weighs each source's mean loss by its share of the corpus's target tokens, so a
     stratified sample estimates the whole set's loss (with every row it is exactly the mean over
     all targets).
@@ -42,14 +44,14 @@ def val_loss_per_source(
     n_src = len(corpus.source_names)
     sums = torch.zeros(n_src + 1, dtype=torch.float64)
     counts = torch.zeros(n_src + 1, dtype=torch.float64)
-    world, rank = session.dist.world_size, session.dist.rank
+    world, rank = dist.world_size, dist.rank
     per_rank = -(-len(rows) // world)
     mine = list(rows[rank::world]) + [EMPTY] * (per_rank - len(rows[rank::world]))
     ds = PackedDataset(corpus)
     for i in range(0, len(mine), batch_size):
         x, y, s = (torch.stack(t) for t in zip(*(ds[int(j)] for j in mine[i : i + batch_size]), strict=True))
-        with session.autocast():
-            losses = token_losses(model, x.to(session.device), y.to(session.device)).cpu().double()
+        with runtime.autocast(device, dtype):
+            losses = token_losses(model, x.to(device), y.to(device)).cpu().double()
         s = s.clamp(min=-1) + 1  # pad positions (-1) go to bin 0 with zero loss
         sums += torch.bincount(s.flatten(), weights=losses.flatten(), minlength=n_src + 1)
         counts += torch.bincount(s.flatten(), minlength=n_src + 1).double()

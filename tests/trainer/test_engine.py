@@ -126,7 +126,6 @@ def test_a_capped_evaluation_covers_every_source_with_a_fixed_spread_sample(fiel
 
 def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer, tmp_path):
     from dataset.packed import sample_rows
-    from trainer.engine import Session
     from trainer.runtime import DistInfo
     from trainer.validation import val_loss_per_source
 
@@ -141,7 +140,7 @@ def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer,
         )
     )
     corpus = build_packed([field_case("val_interleaved.jsonl")], field_tokenizer, SEQ, tmp_path)
-    session = Session(cfg=None, dist=DistInfo(), device=torch.device("cpu"), dtype=torch.float32)
+    cpu = (torch.device("cpu"), torch.float32, DistInfo())
     x, y, s = (
         torch.stack([torch.from_numpy(a) for a in t])
         for t in zip(*map(corpus.row, range(corpus.num_rows)), strict=True)
@@ -151,12 +150,12 @@ def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer,
             model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         )
     s = s.flatten()
-    full = val_loss_per_source(model, corpus, session, 7, sample_rows(corpus, 0)[0])
+    full = val_loss_per_source(model, corpus, sample_rows(corpus, 0)[0], 7, *cpu)
     assert full["all"] == pytest.approx(float(nll[s >= 0].mean()), rel=1e-6)
     for k, name in enumerate(corpus.source_names):
         assert full[name] == pytest.approx(float(nll[s == k].mean()), rel=1e-6)
     rows = sample_rows(corpus, 12)[0]
-    capped = val_loss_per_source(model, corpus, session, 5, rows)
+    capped = val_loss_per_source(model, corpus, rows, 5, *cpu)
     keep = torch.zeros(corpus.num_rows, dtype=torch.bool)
     keep[torch.from_numpy(rows)] = True
     s_rows = s.view(corpus.num_rows, -1)[keep].flatten()
