@@ -1,7 +1,10 @@
 """Row filters for mixture sources: length, a 0-1 quality score, a 0-1 code ratio.
 
-Every filter is a pure function of one text, so it runs unchanged in worker processes
-and gives the same verdict every time.
+:data:`FILTERS` is the one table of them: each filter's name, its parameters (allowed and
+required) and its test, read both by the mixture config's validation
+(:mod:`dataset.mixture_config`) and by :func:`apply_filters` / :class:`TextFilter`, which run
+them. A new filter is one function and one table entry. Every filter is a pure function of one
+text, so it runs unchanged in worker processes and gives the same verdict every time.
 
 ``quality_score`` follows the Gopher rules (Rae et al. 2021, appendix A.1.1), made soft
 so they combine into one number: the product of five factors in [0, 1].
@@ -21,7 +24,7 @@ language        max over: share of tokens among ~150 common      >= 16% or >= 0.
                 of 8 stop words, which code rarely has)
 ==============  ===============================================  =====================
 
-Measured on real rows from ../shared/data (tests/test_filters.py): 99% of TinyStories
+Measured on real rows from ../shared/data (tests/dataset/test_filters.py): 99% of TinyStories
 stories score 1.0 (the lowest, 0.28, repeats one paragraph twelve times); 99% of Code
 Alpaca rows (Alpaca-rendered) score >= 0.79; MBPP Python alone has median 1.0, 5th
 percentile 0.57; MMLU auxiliary_train questions score >= 0.39 (short ones lack common
@@ -37,10 +40,9 @@ is an assignment (``x = ...``, ``x += ...``) or calls a function (``name(...)``)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
-
-FILTERS = ("length", "quality", "code_quality")
 
 # Punctuation stripped from a token's ends before asking whether it is a word.
 _EDGE_PUNCT = "\"'()[]{}“”‘’.,!?;:*-_"
@@ -67,12 +69,6 @@ _CODE_START = re.compile(rf"\s*(?:#include|#!|//|/\*|\*/|@\w|</?\w+[\s>]|(?:{_CO
 _ASSIGNMENT = re.compile(r"\s*[A-Za-z_][\w.\[\]'\"]*\s*(?:[-+*/%|&^]|//|\*\*)?=(?!=)\s*\S")
 _CALL = re.compile(r"(?<!\w)[A-Za-z_]\w*\([^()]*\)")
 _CODE_SYMBOLS = "{}[]()<>=;_#*/+%&|\\^~$@"
-
-
-def filter_by_length(text: str, min_len: int = 0, max_len: int | None = None) -> bool:
-    """True when ``min_len <= len(text) <= max_len`` (characters; ``None`` = no upper bound)."""
-    n = len(text)
-    return n >= min_len and (max_len is None or n <= max_len)
 
 
 def _ramp(x: float, zero: float, full: float) -> float:
@@ -125,11 +121,6 @@ def quality_score(text: str, code_ratio: float | None = None) -> float:
     return round(score, 6)
 
 
-def filter_by_quality(text: str, threshold: float) -> bool:
-    """True when ``quality_score(text) >= threshold``."""
-    return quality_score(text) >= threshold
-
-
 def _is_code_line(line: str) -> bool:
     if line[0] == "\t" or line.startswith("  "):
         return True
@@ -157,9 +148,63 @@ def calculate_code_ratio(text: str) -> float:
     return round(0.75 * code_lines / len(lines) + 0.25 * min(1.0, density / 0.15), 6)
 
 
-def filter_by_code_quality(text: str, threshold: float) -> bool:
-    """True when ``calculate_code_ratio(text) >= threshold``."""
-    return calculate_code_ratio(text) >= threshold
+class _Text:
+    """A text and what the filters measure of it, each computed at most once."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._code_ratio: float | None = None
+
+    @property
+    def code_ratio(self) -> float:
+        if self._code_ratio is None:
+            self._code_ratio = calculate_code_ratio(self.text)
+        return self._code_ratio
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One filter: its parameters and its test ``passes(text, params) -> bool``.
+
+    ``params`` maps each parameter a config may give to its kind and default: ``("int", lo,
+    default)`` an integer >= lo, ``("fraction", default)`` a number in [0, 1]; a default of
+    ``REQUIRED`` makes the parameter required.
+    """
+
+    params: Mapping[str, tuple]
+    passes: Callable[[_Text, Mapping[str, Any]], bool]
+    doc: str
+
+    @property
+    def required(self) -> frozenset[str]:
+        return frozenset(k for k, kind in self.params.items() if kind[-1] is REQUIRED)
+
+
+REQUIRED = object()  # a FilterSpec parameter default: the config must give it
+
+
+def _length_ok(t: _Text, p: Mapping[str, Any]) -> bool:
+    hi = p.get("max")
+    return (p.get("min") or 0) <= len(t.text) <= (float("inf") if hi is None else hi)
+
+
+FILTERS: dict[str, FilterSpec] = {
+    "length": FilterSpec(
+        {"min": ("int", 0, 0), "max": ("int", 1, None)},
+        _length_ok,
+        "min <= characters <= max (both optional)",
+    ),
+    "quality": FilterSpec(
+        {"threshold": ("fraction", REQUIRED)},
+        lambda t, p: quality_score(t.text, t.code_ratio) >= p["threshold"],
+        "quality_score(text) >= threshold",
+    ),
+    "code_quality": FilterSpec(
+        {"threshold": ("fraction", REQUIRED)},
+        lambda t, p: t.code_ratio >= p["threshold"],
+        "calculate_code_ratio(text) >= threshold",
+    ),
+}
 
 
 class TextFilter:
@@ -168,24 +213,29 @@ class TextFilter:
     ``filters`` looks like ``{"length": {"min": 100, "max": 2000}, "quality": {"threshold": 0.3}}``.
     Calling the object on a text returns the name of the first filter it fails ("empty"
     for blank text), or "" when it passes them all. The code ratio is computed at most
-    once per text and shared by the quality and code_quality filters.
+    once per text and shared by the quality and code_quality filters. ValueError for an
+    unknown filter, a missing required parameter or an unknown one (the mixture config's
+    validation reports the same in one line naming the field).
     """
 
     def __init__(self, filters: Mapping[str, Mapping[str, Any] | None]):
-        self.steps: list[tuple[str, float, float]] = []
+        self.steps: list[tuple[str, FilterSpec, dict[str, Any]]] = []
         for name, params in filters.items():
-            params = dict(params or {})
-            if name == "length":
-                lo, hi = params.get("min", 0) or 0, params.get("max")
-                if hi is not None and lo > hi:
-                    raise ValueError(f"length filter: min {lo} > max {hi}")
-                self.steps.append((name, float(lo), float("inf") if hi is None else float(hi)))
-            elif name in ("quality", "code_quality"):
-                if "threshold" not in params:
-                    raise ValueError(f"{name} filter needs a threshold")
-                self.steps.append((name, float(params["threshold"]), 0.0))
-            else:
+            spec = FILTERS.get(name)
+            if spec is None:
                 raise ValueError(f"unknown filter {name!r} (known: {', '.join(FILTERS)})")
+            params = dict(params or {})
+            if missing := sorted(spec.required - set(params)):
+                raise ValueError(f"{name} filter needs {', '.join(missing)}")
+            if unknown := sorted(set(params) - set(spec.params)):
+                raise ValueError(f"{name} filter: unknown parameter(s) {', '.join(unknown)}")
+            if (
+                name == "length"
+                and params.get("max") is not None
+                and (params.get("min") or 0) > params["max"]
+            ):
+                raise ValueError(f"length filter: min {params.get('min')} > max {params['max']}")
+            self.steps.append((name, spec, params))
 
     @property
     def names(self) -> list[str]:
@@ -194,57 +244,16 @@ class TextFilter:
     def __call__(self, text: str) -> str:
         if not text.strip():
             return "empty"
-        code_ratio = None
-        for name, a, b in self.steps:
-            if name == "length":
-                if not a <= len(text) <= b:
-                    return name
-                continue
-            if code_ratio is None:
-                code_ratio = calculate_code_ratio(text)
-            value = code_ratio if name == "code_quality" else quality_score(text, code_ratio)
-            if value < a:
+        t = _Text(text)
+        for name, spec, params in self.steps:
+            if not spec.passes(t, params):
                 return name
         return ""
 
 
-def _mark_batch(texts: list, filters: dict) -> dict[str, list]:
+def apply_filters(texts: Sequence[str], filters: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """The verdict of ``filters`` (in the order given) on each text: "" keeps it, else the name of
+    the first filter it fails ("empty" for blank text). What prepare_dataset runs on every batch
+    of rows (:mod:`dataset.pool`). ValueError for bad filter settings (see :class:`TextFilter`)."""
     check = TextFilter(filters)
-    return {"_minigpt_drop": [check(t or "") for t in texts]}
-
-
-def apply_filters(
-    dataset: Any,
-    filters: Mapping[str, Mapping[str, Any] | None],
-    text_field: str = "text",
-    num_proc: int | None = None,
-    batch_size: int = 1000,
-) -> tuple[Any, dict[str, int]]:
-    """Filter a ``datasets.Dataset`` on ``text_field``; return ``(kept, dropped_per_filter)``.
-
-    Filters run in the order given and a row counts under the first one it fails (blank
-    rows under ``"empty"``). Runs batched, in ``num_proc`` worker processes.
-    """
-    names = TextFilter(filters).names  # bad settings fail here, before any worker starts
-    if text_field not in dataset.column_names:
-        raise KeyError(f"dataset has no column {text_field!r} (columns: {', '.join(dataset.column_names)})")
-    marked = dataset.map(
-        _mark_batch,
-        batched=True,
-        batch_size=batch_size,
-        input_columns=[text_field],
-        num_proc=num_proc if num_proc and num_proc > 1 else None,
-        fn_kwargs={"filters": {k: dict(v or {}) for k, v in filters.items()}},
-        desc="filter",
-    )
-    dropped = dict.fromkeys(("empty", *names), 0)
-    for reason in marked["_minigpt_drop"]:
-        if reason:
-            dropped[reason] += 1
-    kept = marked.filter(
-        lambda drops: [d == "" for d in drops],
-        batched=True,
-        batch_size=batch_size,
-        input_columns=["_minigpt_drop"],
-    )
-    return kept.remove_columns("_minigpt_drop"), dropped
+    return [check(t) for t in texts]

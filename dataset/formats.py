@@ -1,6 +1,9 @@
 """How a raw dataset row becomes one training text.
 
-Four formats, chosen per source in a mixture config (``format:``):
+:data:`FORMATS` is the one table of formats: each format's name, the option keys a source may
+give with it, the row fields it needs and its renderer, read both by the mixture config's
+validation (:mod:`dataset.mixture_config`) and by :func:`render_row`. A new format is one
+renderer and one table entry. Four formats, chosen per source in a mixture config (``format:``):
 
 - ``text``: the row's ``text_field`` as is.
 - ``alpaca``: instruction / input / output through :data:`ALPACA_TEMPLATE`.
@@ -14,11 +17,9 @@ Rendering is a pure function of the row: the same row always gives the same text
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-FORMATS = ("text", "alpaca", "mmlu", "template")
 
 # The Stanford Alpaca layout without its one-sentence preamble ("Below is an instruction
 # that describes a task..."), which costs ~30 tokens per row and teaches nothing. The
@@ -117,13 +118,7 @@ class FormatSpec:
 
     def required_fields(self) -> list[str]:
         """Columns a dataset must have for this format (before any unwrapping)."""
-        if self.format == "text":
-            return [self.text_field]
-        if self.format == "alpaca":
-            return ["instruction", "output"]
-        if self.format == "mmlu":
-            return ["question", "choices", "answer"]
-        return template_fields(self.template or "")
+        return FORMATS[self.format].fields(self)
 
     def columns(self, available: Sequence[str]) -> list[str]:
         """The columns to read from a dataset with ``available`` columns."""
@@ -147,31 +142,69 @@ def _field(row: Mapping[str, Any], name: str) -> Any:
     return value
 
 
+def _render_text(row: Mapping[str, Any], spec: FormatSpec) -> str:
+    value = _field(row, spec.text_field)
+    if not isinstance(value, str):
+        raise ValueError(f"field '{spec.text_field}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _render_alpaca_row(row: Mapping[str, Any], spec: FormatSpec) -> str:
+    return render_alpaca(
+        str(_field(row, "instruction")), str(row.get("input") or ""), str(_field(row, "output"))
+    )
+
+
+def _render_mmlu_row(row: Mapping[str, Any], spec: FormatSpec) -> str:
+    if "question" not in row and isinstance(row.get("train"), Mapping):
+        row = row["train"]
+    choices = _field(row, "choices")
+    if isinstance(choices, str) or not isinstance(choices, Sequence):
+        raise ValueError(f"field 'choices' must be a list, got {type(choices).__name__}")
+    return render_mmlu(str(_field(row, "question")), choices, _field(row, "answer"))
+
+
+def _render_template(row: Mapping[str, Any], spec: FormatSpec) -> str:
+    assert spec.template is not None
+    for name in template_fields(spec.template):
+        _field(row, name)
+    return spec.template.format_map(row)
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """One format of :data:`FORMATS`: the option keys a source may give with it (``required`` of
+    them must be given), the row fields a row needs, and the renderer."""
+
+    options: frozenset[str]
+    required: frozenset[str]
+    fields: Callable[[FormatSpec], list[str]]
+    render: Callable[[Mapping[str, Any], FormatSpec], str]
+
+
+FORMATS: dict[str, FormatInfo] = {
+    "text": FormatInfo(frozenset({"text_field"}), frozenset(), lambda s: [s.text_field], _render_text),
+    "alpaca": FormatInfo(frozenset(), frozenset(), lambda s: ["instruction", "output"], _render_alpaca_row),
+    "mmlu": FormatInfo(
+        frozenset(), frozenset(), lambda s: ["question", "choices", "answer"], _render_mmlu_row
+    ),
+    "template": FormatInfo(
+        frozenset({"template"}),
+        frozenset({"template"}),
+        lambda s: template_fields(s.template or ""),
+        _render_template,
+    ),
+}
+FORMAT_OPTIONS = frozenset().union(*(f.options for f in FORMATS.values()))  # every format's option keys
+
+
 def render_row(row: Mapping[str, Any], spec: FormatSpec) -> str:
     """Render one row (a column-name -> value mapping) with ``spec``.
 
     Raises MissingFieldError when a field the format needs is absent or null, and
-    ValueError when a value is malformed (e.g. an MMLU answer out of range).
+    ValueError when a value is malformed (e.g. an MMLU answer out of range) or the format unknown.
     """
-    if spec.format == "text":
-        value = _field(row, spec.text_field)
-        if not isinstance(value, str):
-            raise ValueError(f"field '{spec.text_field}' must be a string, got {type(value).__name__}")
-        return value
-    if spec.format == "alpaca":
-        return render_alpaca(
-            str(_field(row, "instruction")), str(row.get("input") or ""), str(_field(row, "output"))
-        )
-    if spec.format == "mmlu":
-        if "question" not in row and isinstance(row.get("train"), Mapping):
-            row = row["train"]
-        choices = _field(row, "choices")
-        if isinstance(choices, str) or not isinstance(choices, Sequence):
-            raise ValueError(f"field 'choices' must be a list, got {type(choices).__name__}")
-        return render_mmlu(str(_field(row, "question")), choices, _field(row, "answer"))
-    if spec.format == "template":
-        assert spec.template is not None
-        for name in template_fields(spec.template):
-            _field(row, name)
-        return spec.template.format_map(row)
-    raise ValueError(f"unknown format {spec.format!r} (known: {', '.join(FORMATS)})")
+    info = FORMATS.get(spec.format)
+    if info is None:
+        raise ValueError(f"unknown format {spec.format!r} (known: {', '.join(FORMATS)})")
+    return info.render(row, spec)

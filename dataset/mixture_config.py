@@ -22,7 +22,8 @@ import yaml
 
 from dataset.blend import allocate
 from dataset.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
-from dataset.formats import FORMATS, FormatSpec, template_fields
+from dataset.filters import FILTERS, TextFilter
+from dataset.formats import FORMAT_OPTIONS, FORMATS, FormatSpec, template_fields
 from model.errors import UserError, check_keys
 
 TOP_KEYS = {
@@ -40,11 +41,10 @@ TOP_KEYS = {
     "decontaminate_ngram",
     "decontaminate_threshold",
 }
-DATA_KEYS = {"dataset", "data_files", "subset", "split", "revision", "format", "text_field", "template"}
+DATA_KEYS = {"dataset", "data_files", "subset", "split", "revision", "format"} | FORMAT_OPTIONS
 SOURCE_KEYS = DATA_KEYS | {"name", "ratio", "max_repeats", "filters"}
 STAGE_KEYS = {"name", "fraction", "ratios"}
 MIX_BY = ("rows", "tokens")
-FILTER_KEYS = {"length": {"min", "max"}, "quality": {"threshold"}, "code_quality": {"threshold"}}
 LOCAL_EXTENSIONS = {
     ".jsonl": "json",
     ".json": "json",
@@ -230,10 +230,13 @@ def _data_ref(obj: dict, where: str, check: _Checker, base: Path, default_split:
     fmt = obj.get("format", "text")
     if fmt not in FORMATS:
         raise check.fail(f"{where}.format", f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    if "text_field" in obj and fmt != "text":
-        raise check.fail(f"{where}.text_field", f"only applies to format text, not {fmt}")
-    if ("template" in obj) != (fmt == "template"):
-        raise check.fail(f"{where}.template", "format template needs template:, and only it takes one")
+    info = FORMATS[fmt]
+    for key in sorted(FORMAT_OPTIONS - info.options):
+        if key in obj:
+            owners = ", ".join(n for n, f in FORMATS.items() if key in f.options)
+            raise check.fail(f"{where}.{key}", f"only applies to format {owners}, not {fmt}")
+    for key in sorted(info.required - set(obj)):
+        raise check.fail(f"{where}.{key}", f"format {fmt} needs {key}:")
     text_field = check.string(obj.get("text_field", "text"), f"{where}.text_field")
     template = None
     if fmt == "template":
@@ -248,23 +251,27 @@ def _data_ref(obj: dict, where: str, check: _Checker, base: Path, default_split:
 
 
 def _filters(obj: Any, where: str, check: _Checker) -> dict[str, dict[str, Any]]:
+    """A source's ``filters:``, checked against the filter table (dataset.filters.FILTERS)."""
     if obj is None:
         return {}
-    check.keys(obj, where, set(FILTER_KEYS))
+    check.keys(obj, where, set(FILTERS))
     out: dict[str, dict[str, Any]] = {}
     for name, params in obj.items():
-        w = f"{where}.{name}"
-        check.keys(params, w, FILTER_KEYS[name], required=() if name == "length" else ("threshold",))
-        if name == "length":
-            lo = check.integer(params.get("min", 0), f"{w}.min", lo=0)
-            hi = params.get("max")
-            if hi is not None:
-                hi = check.integer(hi, f"{w}.max", lo=1)
-                if lo > hi:
-                    raise check.fail(w, f"min {lo} > max {hi}")
-            out[name] = {"min": lo, "max": hi}
-        else:
-            out[name] = {"threshold": check.number(params["threshold"], f"{w}.threshold", 0.0, 1.0)}
+        w, spec = f"{where}.{name}", FILTERS[name]
+        check.keys(params, w, set(spec.params), required=tuple(sorted(spec.required)))
+        values: dict[str, Any] = {}
+        for key, kind in spec.params.items():
+            value = params.get(key, kind[-1])
+            if value is not None and kind[0] == "int":
+                value = check.integer(value, f"{w}.{key}", lo=kind[1])
+            elif value is not None:
+                value = check.number(value, f"{w}.{key}", 0.0, 1.0)
+            values[key] = value
+        try:
+            TextFilter({name: values})
+        except ValueError as e:
+            raise check.fail(w, str(e).removeprefix(f"{name} filter: ")) from None
+        out[name] = values
     return out
 
 

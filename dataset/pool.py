@@ -18,10 +18,9 @@ import numpy as np
 
 from dataset.blend import text_hash
 from dataset.decontam import EvalNgrams, ngram_hashes_batch
-from dataset.filters import TextFilter
+from dataset.filters import apply_filters
 from dataset.formats import FormatSpec, MissingFieldError, render_row
-from dataset.tokenizer import encode_texts
-from model.errors import UserError
+from dataset.tokenizer import count_tokens
 
 # Set in each worker process by _init_worker (and read only there): the evaluation
 # n-grams are ~10 MB and a tokenizer a few MB, so they travel once per worker, not per batch.
@@ -37,22 +36,6 @@ def _init_worker(evalset: EvalNgrams | None, tokenizer: Any = None) -> None:
         # Each worker encodes its own batches; the Rust encoder's own threads would only
         # compete with the other workers for the same cores.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
-def doc_separators(tok: Any) -> int:
-    """Tokens the trainer adds around each document: EOS after it, BOS before it when the
-    tokenizer has one (dataset/packed.py joins documents as ``BOS doc EOS``). A document of n
-    tokens therefore takes ``n + doc_separators(tok)`` tokens of training. UserError without EOS."""
-    if getattr(tok, "eos_token_id", None) is None:
-        raise UserError("the tokenizer has no eos token: the trainer ends every document with one")
-    return 1 + (tok.bos_token_id is not None)
-
-
-def count_tokens(tok: Any, texts: list[str]) -> list[int]:
-    """Tokens each text takes in training: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)``,
-    computed with the batched fast encoder."""
-    extra = doc_separators(tok)
-    return [len(ids) + extra for ids in encode_texts(tok, texts)]
 
 
 def _render_batch(rows: dict[str, list], spec: FormatSpec) -> tuple[list[str | None], list[str]]:
@@ -80,9 +63,9 @@ def process_batch(
     tokens are only filled for kept rows; tokens (:func:`count_tokens`) only with a tokenizer,
     else 0.
     """
-    check = TextFilter(filters)
     texts, errors = _render_batch(rows, spec)
-    verdicts = [f"error: {err}" if err else check(t) for t, err in zip(texts, errors, strict=True)]
+    checked = apply_filters([t or "" for t in texts], filters)
+    verdicts = [f"error: {err}" if err else v for v, err in zip(checked, errors, strict=True)]
     passing = [i for i, v in enumerate(verdicts) if not v]
     if evalset is not None and len(evalset) and passing:
         dirty = evalset.contaminated([texts[i] for i in passing])

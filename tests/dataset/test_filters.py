@@ -1,21 +1,19 @@
-"""Filters on real rows: prose vs code vs garbage, and apply_filters on a datasets.Dataset."""
+"""Filters on real rows: prose vs code vs garbage; the filter table and apply_filters."""
 
 from __future__ import annotations
 
 import base64
 import json
 import random
+from collections import Counter
 
-import datasets
 import pytest
 
 from dataset.filters import (
+    FILTERS,
     TextFilter,
     apply_filters,
     calculate_code_ratio,
-    filter_by_code_quality,
-    filter_by_length,
-    filter_by_quality,
     quality_score,
 )
 from dataset.formats import render_alpaca
@@ -86,15 +84,32 @@ def test_code_ratio_separates_code_from_prose(samples):
     assert calculate_code_ratio("def f(x):\n    return x + 1\n") > 0.9
 
 
-def test_threshold_and_length_helpers():
-    assert (
-        filter_by_length("abcd", 4, 4) and not filter_by_length("abc", 4) and filter_by_length("x" * 10**5, 1)
-    )
-    assert not filter_by_length("abcdef", 0, 5)
-    assert filter_by_quality("The cat sat on the mat and looked at the dog with a smile.", 0.9)
-    assert not filter_by_quality("zq xv " * 50, 0.3)
-    assert filter_by_code_quality("for i in range(3):\n    print(i)", 0.5)
-    assert not filter_by_code_quality("Once upon a time there was a fox.", 0.1)
+def test_each_filter_of_the_table_at_its_threshold():
+    """Every filter of FILTERS at its edges (a filter added to the table without a case fails)."""
+    story = "The cat sat on the mat and looked at the dog with a smile."
+    code = "for i in range(3):\n    print(i)"
+    cases = {
+        "length": [
+            ({"min": 4, "max": 4}, "abcd", ""),
+            ({"min": 4}, "abc", "length"),
+            ({"min": 1}, "x" * 10**5, ""),
+            ({"max": 5}, "abcdef", "length"),
+        ],
+        "quality": [
+            ({"threshold": 0.9}, story, ""),
+            ({"threshold": 0.3}, "zq xv " * 50, "quality"),
+            ({"threshold": quality_score(story)}, story, ""),
+        ],
+        "code_quality": [
+            ({"threshold": 0.5}, code, ""),
+            ({"threshold": 0.1}, "Once upon a time there was a fox.", "code_quality"),
+            ({"threshold": calculate_code_ratio(code)}, code, ""),
+        ],
+    }
+    assert set(cases) == set(FILTERS)
+    for name, rows in cases.items():
+        for params, text, verdict in rows:
+            assert apply_filters([text], {name: params}) == [verdict], (name, params, text)
 
 
 def test_text_filter_order_and_errors():
@@ -107,19 +122,19 @@ def test_text_filter_order_and_errors():
         TextFilter({"length": {"min": 5, "max": 2}})
     with pytest.raises(ValueError, match="unknown filter"):
         TextFilter({"perplexity": {"threshold": 1}})
+    with pytest.raises(ValueError, match="quality filter needs threshold"):
+        TextFilter({"quality": {}})
+    with pytest.raises(ValueError, match="unknown parameter"):
+        TextFilter({"length": {"minimum": 3}})
 
 
-@pytest.mark.parametrize("num_proc", [1, 2])
-def test_apply_filters_on_a_dataset(samples, num_proc, tmp_path):
+def test_apply_filters_on_real_rows(samples):
     texts = samples["stories"][:60] + samples["spam"][:20] + samples["python"][:20] + ["", "tiny"]
-    ds = datasets.Dataset.from_dict({"text": texts, "i": list(range(len(texts)))})
     filters = {
         "length": {"min": 20, "max": 3000},
         "quality": {"threshold": 0.1},
         "code_quality": {"threshold": 0.5},
     }
-    kept, dropped = apply_filters(ds, filters, num_proc=num_proc)
-    assert dropped == {"empty": 1, "length": 1, "quality": 20, "code_quality": 60}
-    assert kept.column_names == ["text", "i"]
-    assert kept["i"] == list(range(80, 100))  # the python rows, in order
-    assert len(kept) + sum(dropped.values()) == len(ds)
+    verdicts = apply_filters(texts, filters)
+    assert Counter(verdicts) == {"": 20, "empty": 1, "length": 1, "quality": 20, "code_quality": 60}
+    assert [i for i, v in enumerate(verdicts) if not v] == list(range(80, 100))  # the python rows
