@@ -1,4 +1,5 @@
-"""A prepared mixture's manifest: the plan record (per source and stage: planned, written, shares,
+"""A prepared mixture's manifest, built, checked and summarised: the manifest itself
+(:func:`build_manifest`), the plan record (per source and stage: planned, written, shares,
 epochs), the checks that stop or warn when something came out smaller than asked, and the
 one-screen summary prepare_dataset prints.
 """
@@ -12,11 +13,14 @@ import numpy as np
 
 from dataset.mixture_config import MixtureConfig
 from dataset.selection import Layout, Picked
+from dataset.tokenizer import doc_separators, tokenizer_sha256
 from model.errors import UserError
 
 log = logging.getLogger("dataset.mixture")
 
 EPOCHS_WARN = 4  # Muennighoff et al. 2023: returns from repeated data fall after ~4 epochs
+MANIFEST_VERSION = 1
+BYTES_PER_TOKEN = 4  # rough English BPE average; exact counts come after tokenization
 
 
 def plan_record(
@@ -157,6 +161,82 @@ def check_plan(config: MixtureConfig, plan: dict[str, Any], records: list[dict[s
                     f"(val_ratio {config.val_ratio:g}: ~{r['selected'] * config.val_ratio:.1f} expected), "
                     "so its validation loss will be missing; raise val_ratio or its share"
                 )
+
+
+def build_manifest(
+    config: MixtureConfig,
+    plan: list[list[int]],
+    picks: list[Picked],
+    layout: dict[str, Layout],
+    tok: Any,
+    tok_ref: str | None,
+    evalset: Any,
+    eval_records: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest of a prepared mixture, without its ``outputs`` and ``versions`` (added when the
+    files are written): each source's record completed with its train/val rows, tokens (exact
+    with a tokenizer, else estimated as UTF-8 bytes / BYTES_PER_TOKEN) and shares, the plan and
+    stage records (:func:`plan_record`), checked against the config (:func:`check_plan`); the
+    layout is described in :mod:`dataset.mixture`'s docstring. UserError from check_plan."""
+    records = [p.record for p in picks]
+    token_key = "est_tokens" if tok is None else "tokens"
+    for i, (p, record) in enumerate(zip(picks, records, strict=True)):
+        record["train"] = sum(len(stage[i]) for stage in layout["train"])
+        record["val"] = sum(len(stage[i]) for stage in layout["val"])
+        if p.tokens is None:
+            record["est_tokens"] = sum(len(t.encode("utf-8")) for t in p.texts) // BYTES_PER_TOKEN
+        else:
+            record["tokens"] = int(p.tokens.sum())
+    all_tokens = sum(r[token_key] for r in records) or 1
+    all_rows = sum(r["selected"] for r in records)
+    for record in records:
+        record["sample_share"] = round(record["selected"] / all_rows, 6)
+        record["token_share"] = round(record[token_key] / all_tokens, 6)
+    plan_entry, stages_record = plan_record(config, plan, picks, layout)
+    check_plan(config, plan_entry, records)
+
+    extended = tok is not None or bool(config.stages)  # rows mode without stages: the manifest as before
+    manifest: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "name": config.name,
+        "config_path": str(config.path),
+        "config_sha256": config.sha256,
+        "seed": config.seed,
+        "total_samples": config.total_samples,
+        "val_ratio": config.val_ratio,
+        "dedup": config.dedup,
+    }
+    if extended:
+        manifest["mix_by"] = config.mix_by
+        manifest["total_tokens"] = config.total_tokens
+    if tok is not None:
+        sha = tokenizer_sha256(tok)
+        manifest["tokenizer"] = {
+            "ref": tok_ref,
+            "sha256": sha,
+            "separators_per_document": doc_separators(tok),
+            "bos": tok.bos_token_id is not None,
+        }
+        manifest["tokenizer_sha256"] = sha
+    manifest["decontamination"] = {
+        "method": "word n-gram overlap: a row goes when the share of its n-grams found in the sets > threshold",
+        "ngram": config.decontaminate_ngram,
+        "threshold": config.decontaminate_threshold,
+        "eval_ngrams": len(evalset) if evalset is not None else 0,
+        "sets": eval_records,
+    }
+    if tok is None:
+        manifest["token_estimate"] = f"utf-8 bytes / {BYTES_PER_TOKEN}"
+    else:
+        manifest["token_count"] = (
+            f"exact: encode_texts + {doc_separators(tok)} separator token(s) per document (EOS, and BOS if any)"
+        )
+    manifest["sources"] = records
+    if extended:
+        manifest["plan"] = plan_entry
+        if config.stages:
+            manifest["stages"] = stages_record
+    return manifest
 
 
 def format_summary(manifest: dict[str, Any]) -> str:

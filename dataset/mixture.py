@@ -27,7 +27,7 @@ rows. Files and manifest are exactly those of the format before ``mix_by`` exist
 Tokens are counted with the tokenizer the model trains with (``tokenizer:`` in the config,
 or the ``tokenizer`` argument / ``prepare_dataset.py --tokenizer_path``, which wins), as the
 trainer sees them: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)`` where the
-separators are EOS plus BOS when the tokenizer has one (:func:`dataset.pool.doc_separators`).
+separators are EOS plus BOS when the tokenizer has one (:func:`dataset.tokenizer.doc_separators`).
 
 ``stages:`` (either mode): ordered stages, each a ``fraction`` of the total with its own
 shares per source. Planned amounts are integers: stage totals ``allocate(total, fractions)``,
@@ -80,7 +80,7 @@ from tqdm import tqdm
 
 from dataset.blend import interleave, interleave_sized, is_val
 from dataset.io import AtomicFiles
-from dataset.manifest import check_plan, format_summary, plan_record
+from dataset.manifest import build_manifest, format_summary
 from dataset.mixture_config import (
     MixtureConfig,
     SourceConfig,
@@ -88,10 +88,10 @@ from dataset.mixture_config import (
     resolve_tokenizer_ref,
     stage_plan,
 )
-from dataset.pool import Runner, doc_separators
+from dataset.pool import Runner
 from dataset.selection import Layout, Picked, build_evalset, select_source
 from dataset.sources import first_line
-from dataset.tokenizer import load_tokenizer, tokenizer_sha256
+from dataset.tokenizer import doc_separators, load_tokenizer, tokenizer_sha256
 from model.errors import UserError
 
 __all__ = [
@@ -106,10 +106,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MANIFEST_VERSION = 1
-BYTES_PER_TOKEN = 4  # rough English BPE average; exact counts come after tokenization
-EPOCHS_WARN = 4  # Muennighoff et al. 2023: returns from repeated data fall after ~4 epochs
 
 
 class PreparedPaths(NamedTuple):
@@ -364,64 +360,8 @@ def prepare_mixture(
             picks.append(select_source(source, [row[i] for row in plan], config, runner, seen, cache_dir))
     layout = _layout(picks, len(plan), config.val_ratio)
 
-    records = [p.record for p in picks]
-    token_key = "est_tokens" if tok is None else "tokens"
-    for i, (p, record) in enumerate(zip(picks, records, strict=True)):
-        record["train"] = sum(len(stage[i]) for stage in layout["train"])
-        record["val"] = sum(len(stage[i]) for stage in layout["val"])
-        if p.tokens is None:
-            record["est_tokens"] = sum(len(t.encode("utf-8")) for t in p.texts) // BYTES_PER_TOKEN
-        else:
-            record["tokens"] = int(p.tokens.sum())
-    all_tokens = sum(r[token_key] for r in records) or 1
-    all_rows = sum(r["selected"] for r in records)
-    for record in records:
-        record["sample_share"] = round(record["selected"] / all_rows, 6)
-        record["token_share"] = round(record[token_key] / all_tokens, 6)
-    plan_entry, stages_record = plan_record(config, plan, picks, layout)
-    check_plan(config, plan_entry, records)
-
-    extended = tok is not None or bool(config.stages)  # rows mode without stages: the manifest as before
-    manifest: dict[str, Any] = {
-        "manifest_version": MANIFEST_VERSION,
-        "name": config.name,
-        "config_path": str(config.path),
-        "config_sha256": config.sha256,
-        "seed": config.seed,
-        "total_samples": config.total_samples,
-        "val_ratio": config.val_ratio,
-        "dedup": config.dedup,
-    }
-    if extended:
-        manifest["mix_by"] = config.mix_by
-        manifest["total_tokens"] = config.total_tokens
-    if tok is not None:
-        sha = tokenizer_sha256(tok)
-        manifest["tokenizer"] = {
-            "ref": tok_ref,
-            "sha256": sha,
-            "separators_per_document": doc_separators(tok),
-            "bos": tok.bos_token_id is not None,
-        }
-        manifest["tokenizer_sha256"] = sha
-    manifest["decontamination"] = {
-        "method": "word n-gram overlap: a row goes when the share of its n-grams found in the sets > threshold",
-        "ngram": config.decontaminate_ngram,
-        "threshold": config.decontaminate_threshold,
-        "eval_ngrams": len(evalset) if evalset is not None else 0,
-        "sets": eval_records,
-    }
-    if tok is None:
-        manifest["token_estimate"] = f"utf-8 bytes / {BYTES_PER_TOKEN}"
-    else:
-        manifest["token_count"] = (
-            f"exact: encode_texts + {doc_separators(tok)} separator token(s) per document (EOS, and BOS if any)"
-        )
-    manifest["sources"] = records
-    if extended:
-        manifest["plan"] = plan_entry
-        if config.stages:
-            manifest["stages"] = stages_record
+    manifest = build_manifest(config, plan, picks, layout, tok, tok_ref, evalset, eval_records)
+    records = manifest["sources"]
     stage_names = [st.name for st in config.stages] if config.stages else None
     writer = AtomicFiles()
     created = not out.exists()

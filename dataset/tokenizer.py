@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from dataset.io import atomic_dir, iter_docs, iter_jsonl, text_field
 from model.errors import UserError
@@ -111,6 +112,22 @@ def doc_start(tok) -> list[int]:
     """What every packed document (and every sequence eval_llm scores for loss) starts with:
     ``[BOS]`` when the tokenizer has a BOS token, else nothing (:func:`check_special_tokens`)."""
     return [tok.bos_token_id] if tok.bos_token_id is not None else []
+
+
+def doc_separators(tok: Any) -> int:
+    """Tokens the trainer adds around each document: EOS after it, BOS before it when the
+    tokenizer has one (dataset/packed.py joins documents as ``BOS doc EOS``). A document of n
+    tokens therefore takes ``n + doc_separators(tok)`` tokens of training. UserError without EOS."""
+    if getattr(tok, "eos_token_id", None) is None:
+        raise UserError("the tokenizer has no eos token: the trainer ends every document with one")
+    return 1 + (tok.bos_token_id is not None)
+
+
+def count_tokens(tok: Any, texts: list[str]) -> list[int]:
+    """Tokens each text takes in training: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)``,
+    computed with the batched fast encoder."""
+    extra = doc_separators(tok)
+    return [len(ids) + extra for ids in encode_texts(tok, texts)]
 
 
 def pad_id(tok) -> int:

@@ -39,8 +39,7 @@ from pathlib import Path
 import yaml
 
 from dataset.formats import FormatSpec, render_row
-from dataset.pool import count_tokens
-from dataset.tokenizer import load_tokenizer, train_tokenizer
+from dataset.tokenizer import count_tokens, load_tokenizer, train_tokenizer
 from trainer.cli import run
 from trainer.paths import REPO_ROOT
 
