@@ -153,6 +153,14 @@ def check_plan(config: MixtureConfig, plan: dict[str, Any], records: list[dict[s
                 f"warning: stage {st['name']!r}: none of its {st['train_rows']} rows fell in validation "
                 f"(val_ratio {config.val_ratio:g}); that stage has no validation rows"
             )
+        for c in st["sources"] if config.val_ratio > 0 else ():
+            if c["train_rows"] > 0 and c["val_rows"] == 0:
+                log.warning(
+                    f"warning: stage {st['name']!r}, source {c['name']!r}: {c['train_rows']} training rows and "
+                    f"0 validation rows (val_ratio {config.val_ratio:g}: "
+                    f"~{(c['train_rows'] + c['val_rows']) * config.val_ratio:.1f} expected), so nothing checks "
+                    "what training on it in that stage does; raise val_ratio or its share in that stage"
+                )
     if config.val_ratio > 0:
         for r in records:
             if r["val"] == 0:

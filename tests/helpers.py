@@ -53,6 +53,11 @@ def field_case(*parts: str) -> Path:
     return _require(SHARED.joinpath("field-cases", *parts))
 
 
+def field_case3(*parts: str) -> Path:
+    """A file under ../shared/field-cases3, the round-3 field reports (same rule as shared_file)."""
+    return _require(SHARED.joinpath("field-cases3", *parts))
+
+
 def run_script(*args: str, env: dict | None = None, timeout: int = 600, check: bool = True):
     """Run a repo script with this interpreter, as a user would; returns the CompletedProcess."""
     proc = subprocess.run(

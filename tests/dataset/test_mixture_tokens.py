@@ -21,7 +21,7 @@ from dataset.io import iter_jsonl
 from dataset.mixture import find_prepared, load_mixture_config, prepare_mixture, prepared_paths
 from dataset.tokenizer import encode_texts, load_tokenizer, tokenizer_sha256, train_tokenizer
 from model.errors import UserError
-from tests.helpers import shared_file
+from tests.helpers import field_case3, shared_file
 
 SHARES = {"replay": 0.3, "code": 0.35, "reasoning": 0.35}
 
@@ -397,3 +397,28 @@ def test_a_stage_left_without_rows_stops_with_numbers(tmp_path, bpe, cache_dir):
     msg = str(e.value)
     assert "stage 'tail' gets no rows: its plan of 1 tokens" in msg and "raise total_tokens" in msg
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_source_without_validation_rows_is_warned_with_its_counts(
+    tmp_path, tokenizer_dir, cache_dir, caplog
+):
+    """Field case 3.3 (field-cases3/mix_stages.yaml): in the last stage a source has training rows and
+    no validation rows. Every such (stage, source) gets one warning line naming both and the counts,
+    and no other pair does."""
+    config = load_mixture_config(field_case3("mix_stages.yaml"))
+    with caplog.at_level(logging.WARNING, logger="dataset.mixture"):
+        prepare_mixture(config, tmp_path / "out", cache_dir=cache_dir, tokenizer=str(tokenizer_dir))
+    paths = prepared_paths(config, tmp_path / "out")
+    train = Counter((r["stage"], r["source"]) for r in _jsonl(paths.train))
+    val = Counter((r["stage"], r["source"]) for r in _jsonl(paths.val))
+    missing = {pair: n for pair, n in train.items() if val[pair] == 0}
+    assert missing, "with this tokenizer the field case has a (stage, source) without validation rows"
+    lines = [
+        r.getMessage() for r in caplog.records if "training rows and 0 validation rows" in r.getMessage()
+    ]
+    assert sorted(lines) == sorted(
+        f"warning: stage {stage!r}, source {source!r}: {n} training rows and 0 validation rows "
+        f"(val_ratio 0.1: ~{n * 0.1:.1f} expected), so nothing checks what training on it in that stage "
+        "does; raise val_ratio or its share in that stage"
+        for (stage, source), n in missing.items()
+    )
