@@ -237,7 +237,7 @@ def build_manifest(
         manifest["token_estimate"] = f"utf-8 bytes / {BYTES_PER_TOKEN}"
     else:
         manifest["token_count"] = (
-            f"exact: encode_texts + {doc_separators(tok)} separator token(s) per document (EOS, and BOS if any)"
+            f"exact: encode_texts + {doc_separators(tok)} separator token(s) per document (EOS, and BOS unless it is EOS)"
         )
     manifest["sources"] = records
     if extended:

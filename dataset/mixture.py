@@ -27,7 +27,8 @@ rows. Files and manifest are exactly those of the format before ``mix_by`` exist
 Tokens are counted with the tokenizer the model trains with (``tokenizer:`` in the config,
 or the ``tokenizer`` argument / ``prepare_dataset.py --tokenizer_path``, which wins), as the
 trainer sees them: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)`` where the
-separators are EOS plus BOS when the tokenizer has one (:func:`dataset.tokenizer.doc_separators`).
+separators are EOS plus BOS when the tokenizer has a BOS that is not its EOS
+(:func:`dataset.tokenizer.doc_separators`).
 
 ``stages:`` (either mode): ordered stages, each a ``fraction`` of the total with its own
 shares per source. Planned amounts are integers: stage totals ``allocate(total, fractions)``,

@@ -2,7 +2,8 @@
 
 Layout of one cache entry (a folder named by the cache key):
   tokens.bin   uint16/uint32 stream: BOS doc EOS BOS doc EOS ... in file order (``doc EOS`` for a
-               tokenizer without BOS, e.g. Qwen's: dataset.tokenizer.check_special_tokens)
+               tokenizer without BOS, e.g. Qwen's: dataset.tokenizer.check_special_tokens; one
+               separator between documents when BOS is EOS, e.g. SmolLM2's: <e> doc <e> doc <e>)
   sources.bin  uint8, the source id of the document each token belongs to
   meta.json    source names, token counts, the key's ingredients
 
@@ -34,12 +35,12 @@ import torch
 from tqdm import tqdm
 
 from dataset.io import atomic_dir, file_sha256, iter_jsonl, iter_staged_docs
-from dataset.tokenizer import doc_start, encode_texts, pad_id, tokenizer_sha256
+from dataset.tokenizer import doc_start, encode_texts, pad_id, shares_separator, tokenizer_sha256
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: segments (stages) in meta.json
+FORMAT_VERSION = 3  # 2: segments (stages) in meta.json; 3: one separator when BOS is EOS
 IGNORE_INDEX = -100
 _BATCH = 1024  # documents per tokenizer call: large enough for the Rust batch encoder to be efficient
 
@@ -246,6 +247,7 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
     vocab = len(tok)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
     head, eos = doc_start(tok), tok.eos_token_id
+    shared = shares_separator(tok)  # the previous document's EOS is this one's BOS
     names: dict[str, int] = {}
     source_tokens: list[int] = []
     segments: list[dict] = []  # {"name", "start", "end"} per stage, in file order
@@ -262,7 +264,8 @@ def _write_packed(paths: list[Path], tok, seq_len: int, out: Path) -> None:
                             "stage; a staged mixture keeps each stage's rows together (prepare_dataset does)"
                         )
                     segments.append({"name": stage, "start": n_tokens, "end": n_tokens})
-                ids = np.array([*head, *doc, eos], dtype=dtype)
+                first = segments[-1]["end"] == segments[-1]["start"]  # a segment's first document
+                ids = np.array([*(head if first or not shared else ()), *doc, eos], dtype=dtype)
                 if src not in names:
                     if len(names) == 255:
                         raise UserError("more than 255 distinct 'source' values; merge some of them")

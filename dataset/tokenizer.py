@@ -114,13 +114,22 @@ def doc_start(tok) -> list[int]:
     return [tok.bos_token_id] if tok.bos_token_id is not None else []
 
 
+def shares_separator(tok: Any) -> bool:
+    """True when the tokenizer's BOS is its EOS (SmolLM2's ``<|endoftext|>``, GPT-2's): then one
+    token separates two documents, the end of one and the start of the next, as such models were
+    trained (two would teach "EOS after EOS")."""
+    return tok.bos_token_id is not None and tok.bos_token_id == tok.eos_token_id
+
+
 def doc_separators(tok: Any) -> int:
-    """Tokens the trainer adds around each document: EOS after it, BOS before it when the
-    tokenizer has one (dataset/packed.py joins documents as ``BOS doc EOS``). A document of n
-    tokens therefore takes ``n + doc_separators(tok)`` tokens of training. UserError without EOS."""
+    """Tokens the trainer adds to each document in the packed stream: EOS after it, and BOS before
+    it when the tokenizer has a BOS of its own (dataset/packed.py joins documents as ``BOS doc EOS
+    BOS doc EOS``; ``doc EOS doc EOS`` without BOS; ``<e> doc <e> doc <e>`` when BOS is EOS
+    (:func:`shares_separator`), where each document adds one). A document of n tokens therefore
+    takes ``n + doc_separators(tok)`` tokens of training. UserError without EOS."""
     if getattr(tok, "eos_token_id", None) is None:
         raise UserError("the tokenizer has no eos token: the trainer ends every document with one")
-    return 1 + (tok.bos_token_id is not None)
+    return 1 + (tok.bos_token_id is not None and not shares_separator(tok))
 
 
 def count_tokens(tok: Any, texts: list[str]) -> list[int]:

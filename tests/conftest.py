@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_MODEL, field_case, run_script, shared_file
+from tests.helpers import TINY_MODEL, field_case, field_case3, run_script, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,15 @@ def field_tokenizer(field_tokenizer_dir):
     from dataset.tokenizer import load_tokenizer
 
     return load_tokenizer(field_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(tmp_path_factory):
+    """A SmolLM2-style tokenizer whose BOS is its EOS (<|endoftext|>), as field-cases3 builds it."""
+    from dataset.tokenizer import load_tokenizer
+
+    out = tmp_path_factory.mktemp("smoltok")
+    run_script(
+        str(field_case3("make_smollm_tok.py")), str(out), env={"MINIGPT_SHARED_DATA": str(shared_file())}
+    )
+    return load_tokenizer(out)

@@ -7,6 +7,7 @@ from transformers import AutoTokenizer
 
 from dataset.packed import IGNORE_INDEX, build_packed
 from dataset.sampler import EMPTY, StepPlan
+from dataset.tokenizer import count_tokens, encode_texts
 from model.errors import UserError
 from tests.helpers import shared_file
 
@@ -145,3 +146,31 @@ def test_token_file_is_compact(tmp_path, tok):
     assert corpus.tokens.dtype == np.uint16
     assert (corpus.folder / "tokens.bin").stat().st_size == 2 * corpus.num_tokens
     assert Counter(corpus.sources.tolist()).keys() <= {0, 1}
+
+
+def test_one_separator_when_bos_is_eos(tmp_path, smollm_tokenizer):
+    """Field case 3.2: SmolLM2's <|endoftext|> is both BOS and EOS and it was trained with one
+    between documents: the stream is <e> d1 <e> d2 <e> ..., never two in a row, and the
+    tokens-mode planner counts each document as n + 1 tokens, as the stream holds it."""
+    tok, e = smollm_tokenizer, smollm_tokenizer.eos_token_id
+    assert tok.bos_token_id == e
+    path, rows = mixed_file(tmp_path, n=40)
+    corpus = build_packed([path], tok, 64, tmp_path / "cache")
+    ids = encode_texts(tok, [r["text"] for r in rows])
+    expected = [e]
+    for doc in ids:
+        expected += [*doc, e]
+    t = np.asarray(corpus.tokens, dtype=np.int64)
+    assert t.tolist() == expected
+    assert int(((t[:-1] == e) & (t[1:] == e)).sum()) == 0
+    assert corpus.num_tokens == 1 + sum(count_tokens(tok, [r["text"] for r in rows]))
+    # stages: each stage's segment starts with its own separator (its first token is never a target)
+    staged = tmp_path / "staged.jsonl"
+    staged.write_text(
+        "".join(json.dumps({**r, "stage": "a" if i < 30 else "b"}) + "\n" for i, r in enumerate(rows))
+    )
+    c2 = build_packed([staged], tok, 64, tmp_path / "cache")
+    t2 = np.asarray(c2.tokens, dtype=np.int64)
+    (a0, a1), (b0, b1) = [(g["start"], g["end"]) for g in c2.meta["segments"]]
+    assert t2[a0] == e and t2[b0] == e and a1 == b0 and t2[b0 - 1] == e and t2[b0 + 1] != e
+    assert len(t2) == len(t) + 1
