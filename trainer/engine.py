@@ -226,8 +226,26 @@ class Trainer:
                 f"--stop_after {cfg.stop_after}: stopping after step {self.stop_at} of {self.total} (as if preempted)"
             )
         log.info(f"Peak for MFU: {self.peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
-        for line in self.stage.schedule.describe(self.total):
+        for line in self._schedule_banner():
             log.info(line)
+
+    def _schedule_banner(self) -> list[str]:
+        """What the LR will do: the schedule's banner for a new run; for a resumed run, what it
+        does from the step it resumes at (a changed run length was already said by _restore)."""
+        r = self.start_.resume
+        if r is None:
+            return self.stage.schedule.describe(self.total)
+        if r.total_steps != self.total:
+            return []
+        step, total = self.step, self.total
+        line = (
+            f"LR schedule, resumed at step {step} of {total}: {self.lr_at(step, total):.2e} at step {step + 1} "
+            f"-> {self.lr_at(total - 1, total):.2e} at step {total}"
+        )
+        if self.schedule_changes:
+            at = ", ".join(str(c["at"]) for c in self.schedule_changes)
+            return [f"{line} (the run's schedule, its length changed at step(s) {at})"]
+        return [f"{line}, the rest of the run's: " + "; ".join(self.stage.schedule.describe(total))]
 
     def _open_logs(self) -> None:
         cfg, stage = self.cfg, self.stage

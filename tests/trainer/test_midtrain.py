@@ -330,6 +330,12 @@ def test_a_resumed_run_keeps_its_own_settings(prepared, pretrained, tmp_path):
 
     assert b[5][2] == pytest.approx(get_midtrain_lr(5, 12, 3e-3, 0.25)) == pytest.approx(2.6046e-3, rel=1e-4)
     assert "Resuming from" in proc.stdout
+    # field case 3.3: the banner says what the resumed run does from where it is, not a fresh schedule
+    assert (
+        f"LR schedule, resumed at step 5 of 12: {b[5][2]:.2e} at step 6 -> {b[-1][2]:.2e} at step 12"
+        in proc.stdout
+    )
+    assert "Mid-training with LR re-warmup" not in proc.stdout.split("LR schedule, resumed")[0]
 
     # a flag that contradicts the run is refused in one line naming both values
     line = bad(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--learning_rate", "1e-3")
@@ -358,6 +364,7 @@ def test_the_design_notes_resume_command_extends_the_run(prepared, pretrained, t
     assert "Preparing" not in proc.stdout + proc.stderr  # the prepared files, not a new preparation
     assert f"Run length changed from {steps} to {2 * steps} steps at step {steps}" in proc.stdout
     assert "continues at the LR it ended with (2.00e-04)" in proc.stdout
+    assert "LR schedule:" not in proc.stdout and "Mid-training with" not in proc.stdout  # no fresh banner
     train = records(pretrained, out, "train")
     assert [r["step"] for r in train] == list(range(1, 2 * steps + 1))
     assert all(r["lr"] == pytest.approx(2e-4) for r in train[steps - 1 :])  # no LR jump

@@ -184,3 +184,15 @@ def test_paths_resolve_from_repo_root_not_cwd(tokenizer_dir, tmp_path):
         assert repo_path("checkpoints") == REPO_ROOT / "checkpoints"
     finally:
         os.chdir(cwd)
+
+
+def test_pretraining_takes_any_schedule_of_the_table(tokenizer_dir, tmp_path):
+    """--lr_schedule is shared by both stages: pretraining with WSD runs the table's WSD, step for step."""
+    from trainer.schedule import get_wsd_lr
+
+    out = tmp_path / "wsd"
+    flags = ["--max_steps", "6", "--lr_schedule", "wsd", "--decay_ratio", "0.5", "--warmup_ratio", "0.2"]
+    proc = run_script(*pretrain_args(tokenizer_dir, out, *flags, "--learning_rate", "1e-3"))
+    assert "Warmup-stable-decay: 1 warmup, 2 stable, 3 decay steps out of 6" in proc.stdout
+    lrs = [r["lr"] for r in metrics(out) if r["kind"] == "train"]
+    assert lrs == [get_wsd_lr(s, 6, 1e-3, 0.2, 0.5) for s in range(6)]
