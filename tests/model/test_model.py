@@ -4,57 +4,7 @@ import torch
 from model import KVCache, MiniGPTForCausalLM, ModelConfig
 from model.errors import UserError
 from model.hf import to_hf
-
-
-def small_config(**kw) -> ModelConfig:
-    return ModelConfig(
-        **{
-            "vocab_size": 512,
-            "hidden_size": 128,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 256,
-            **kw,
-        }
-    )
-
-
-# One config per family the model reproduces (see tests/model/test_hf.py for the transformers side).
-FAMILIES = {
-    "ours": {},
-    "llama3_rope_bias": dict(
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        tie_word_embeddings=False,
-        rope_theta=500000.0,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 32,
-        },
-    ),
-    "qwen2": dict(architecture="Qwen2ForCausalLM", qkv_bias=True, rms_norm_eps=1e-6),
-    "qwen3": dict(
-        architecture="Qwen3ForCausalLM", qk_norm=True, head_dim=32, pad_token_id=None, bos_token_id=None
-    ),
-}
-
-
-def family_model(name: str) -> MiniGPTForCausalLM:
-    """A small model of one family with norms and biases away from their init, so they matter."""
-    torch.manual_seed(0)
-    model = MiniGPTForCausalLM(small_config(**FAMILIES[name])).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "norm" in pname:
-                p.uniform_(0.5, 1.5)
-            elif pname.endswith("bias"):
-                p.normal_(0.0, 0.3)
-    return model
+from tests.helpers import FAMILIES, family_model, small_config
 
 
 def test_default_config_is_the_26m_model():
