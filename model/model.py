@@ -10,6 +10,7 @@ MLP biases, the per-head q/k RMSNorm, head_dim, and the RoPE frequencies.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,38 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class Varlen(NamedTuple):
+    """Document attention as variable-length sequences for a fused kernel that skips masked
+    blocks (``torch.nn.attention.varlen.varlen_attn``, FlashAttention with cu_seqlens): the rows
+    flattened into one stream of B x T tokens, ``cu`` (int32, documents + 1) the start of each
+    document in it and ``max_len`` the longest. Built once per forward (:func:`varlen_spec`)."""
+
+    cu: torch.Tensor
+    max_len: int
+
+
+def varlen_spec(doc_ids: torch.Tensor) -> Varlen:
+    """The :class:`Varlen` of rows with document ids ``doc_ids`` (B, T): a document starts where the
+    id changes or a row starts."""
+    b, t = doc_ids.shape
+    flat = doc_ids.reshape(-1)
+    start = torch.ones_like(flat, dtype=torch.bool)
+    start[1:] = flat[1:] != flat[:-1]
+    start[::t] = True
+    begins = torch.nonzero(start).flatten()
+    cu = torch.cat([begins, begins.new_tensor([b * t])]).to(torch.int32)
+    return Varlen(cu, int((cu[1:] - cu[:-1]).max()))
+
+
+def _varlen_kernel():
+    """``varlen_attn`` where this torch has it (CUDA FlashAttention), else None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -151,6 +184,14 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
+        if isinstance(mask, Varlen):  # a fused kernel over the documents, GQA inside it
+            flat = [z.transpose(1, 2).reshape(b * t, z.shape[1], self.head_dim) for z in (q, k, v)]
+            kernel = _varlen_kernel()
+            assert kernel is not None
+            y = kernel(
+                *flat, mask.cu, mask.cu, mask.max_len, mask.max_len, window_size=(-1, 0), enable_gqa=True
+            )
+            return self.o_proj(y.reshape(b, t, -1))
         if self.n_kv != self.n_heads:
             # Expanding K/V explicitly is faster on CPU than SDPA's enable_gqa path (measured in
             # scripts/dev/bench_train.py) and works on every torch >= 2.4.
@@ -231,6 +272,21 @@ class MiniGPTForCausalLM(nn.Module):
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=cfg.initializer_range / (2 * cfg.num_hidden_layers) ** 0.5)
 
+    # Document attention on CUDA: "auto" runs varlen_attn (FlashAttention over cu_seqlens: masked
+    # blocks are skipped) where it applies, "sdpa" always the SDPA boolean mask (the CPU path).
+    attention_kernel = "auto"
+
+    def _use_varlen(self, input_ids: torch.Tensor, cache, at) -> bool:
+        """Whether this forward's document attention runs varlen_attn: on CUDA, in bf16/fp16 (autocast
+        or half weights), no KV cache or selected positions, no attention dropout in training."""
+        if self.attention_kernel != "auto" or not input_ids.is_cuda or cache is not None or at is not None:
+            return False
+        half = (torch.float16, torch.bfloat16)
+        amp = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in half
+        if not (amp or self.lm_head.weight.dtype in half) or (self.training and self.config.dropout > 0):
+            return False
+        return _varlen_kernel() is not None
+
     def reset_rope(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the RoPE tables, non-persistent buffers that no state dict carries: needed
         after building the model on the meta device and ``to_empty`` (model/hf.py does)."""
@@ -310,7 +366,10 @@ class MiniGPTForCausalLM(nn.Module):
                     )
                 cache.docs[:, start : start + t] = doc_ids
                 keys = cache.docs[:, : start + t]
-            mask = last_mask = document_mask(doc_ids, keys, start)
+            if self._use_varlen(input_ids, cache, at):
+                mask = last_mask = varlen_spec(doc_ids)
+            else:
+                mask = last_mask = document_mask(doc_ids, keys, start)
         elif cache is not None and cache.docs is not None:
             raise ValueError("this cache holds document ids: pass doc_ids for the new tokens too")
         x = self.model.drop(self.model.embed_tokens(input_ids))
