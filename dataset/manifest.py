@@ -13,7 +13,7 @@ import numpy as np
 
 from dataset.mixture_config import MixtureConfig
 from dataset.selection import Layout, Picked
-from dataset.tokenizer import doc_separators, tokenizer_sha256
+from dataset.tokenizer import doc_targets, tokenizer_sha256
 from model.errors import UserError
 
 log = logging.getLogger("dataset.mixture")
@@ -222,7 +222,7 @@ def build_manifest(
         manifest["tokenizer"] = {
             "ref": tok_ref,
             "sha256": sha,
-            "separators_per_document": doc_separators(tok),
+            "targets_per_document": f"n + {doc_targets(tok)}",
             "bos": tok.bos_token_id is not None,
         }
         manifest["tokenizer_sha256"] = sha
@@ -237,7 +237,8 @@ def build_manifest(
         manifest["token_estimate"] = f"utf-8 bytes / {BYTES_PER_TOKEN}"
     else:
         manifest["token_count"] = (
-            f"exact: encode_texts + {doc_separators(tok)} separator token(s) per document (EOS, and BOS unless it is EOS)"
+            f"exact: the targets each document gives in training (every token but its first): "
+            f"n text tokens + {doc_targets(tok)} (EOS{'' if tok.bos_token_id is not None else ', less the first text token'})"
         )
     manifest["sources"] = records
     if extended:
@@ -326,9 +327,7 @@ def _plan_lines(manifest: dict[str, Any]) -> list[str]:
     title = f"plan: {plan['total']:,} {unit}, {plan['written']:,} written"
     if "tokenizer" in manifest:
         t = manifest["tokenizer"]
-        title += (
-            f"; tokenizer sha256 {t['sha256'][:12]}, {t['separators_per_document']} separator(s) per document"
-        )
+        title += f"; tokenizer sha256 {t['sha256'][:12]}, {t['targets_per_document']} targets per document of n tokens"
     if unit == "tokens":
         title += "; a document that crosses its source's plan is kept whole"
     head = ("stage", "source", "planned", "written", "share", "realized", "epochs", "rows", "train", "val")

@@ -26,9 +26,10 @@ rows. Files and manifest are exactly those of the format before ``mix_by`` exist
 ``mix_by: tokens``: ``total_tokens`` tokens, a source's ``ratio`` is its share of tokens.
 Tokens are counted with the tokenizer the model trains with (``tokenizer:`` in the config,
 or the ``tokenizer`` argument / ``prepare_dataset.py --tokenizer_path``, which wins), as the
-trainer sees them: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)`` where the
-separators are EOS plus BOS when the tokenizer has a BOS that is not its EOS
-(:func:`dataset.tokenizer.doc_separators`).
+trainer trains on them, as targets: ``len(encode_texts(tok, [text])[0]) + doc_targets(tok)``
+(every token of a document but its first is a target: the text and EOS after a BOS, the text
+but its first token and EOS without one; :func:`dataset.tokenizer.doc_targets`), so the plan's
+shares are shares of what is trained.
 
 ``stages:`` (either mode): ordered stages, each a ``fraction`` of the total with its own
 shares per source. Planned amounts are integers: stage totals ``allocate(total, fractions)``,
@@ -48,7 +49,7 @@ by the deficit rule (of rows, or of tokens in tokens mode); with stages each row
 ``{"text", "source", "stage"}``, else ``{"text", "source"}``.
 
 Manifest, with ``mix_by: tokens`` or ``stages`` (rows mode without stages writes none of it):
-``mix_by``, ``total_tokens``; ``tokenizer`` (``ref``, ``sha256``, ``separators_per_document``,
+``mix_by``, ``total_tokens``; ``tokenizer`` (``ref``, ``sha256``, ``targets_per_document``,
 ``bos``) and ``tokenizer_sha256`` in tokens mode; ``plan`` = ``{unit, total, written, rule,
 sources: [...], stages: [...]}`` where each source entry has ``name, share, planned, written,
 written_share, rows, unique_rows, unique_available, available_exact, epochs, max_repeats,
@@ -92,7 +93,7 @@ from dataset.mixture_config import (
 from dataset.pool import Runner
 from dataset.selection import Layout, Picked, build_evalset, select_source
 from dataset.sources import first_line
-from dataset.tokenizer import doc_separators, load_tokenizer, tokenizer_sha256
+from dataset.tokenizer import doc_targets, load_tokenizer, tokenizer_sha256
 from model.errors import UserError
 
 __all__ = [
@@ -235,7 +236,7 @@ def _load_tokenizer(tok: Any, ref: str, origin: str) -> tuple[Any, str]:
     if not hasattr(tok, "backend_tokenizer"):
         raise UserError(f"{origin}: {ref} is not a fast (Rust) tokenizer; token counting needs one")
     try:
-        doc_separators(tok)
+        doc_targets(tok)
     except UserError as e:
         raise UserError(f"{origin}: {ref}: {e}") from None
     return tok, ref

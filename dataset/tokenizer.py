@@ -121,21 +121,21 @@ def shares_separator(tok: Any) -> bool:
     return tok.bos_token_id is not None and tok.bos_token_id == tok.eos_token_id
 
 
-def doc_separators(tok: Any) -> int:
-    """Tokens the trainer adds to each document in the packed stream: EOS after it, and BOS before
-    it when the tokenizer has a BOS of its own (dataset/packed.py joins documents as ``BOS doc EOS
-    BOS doc EOS``; ``doc EOS doc EOS`` without BOS; ``<e> doc <e> doc <e>`` when BOS is EOS
-    (:func:`shares_separator`), where each document adds one). A document of n tokens therefore
-    takes ``n + doc_separators(tok)`` tokens of training. UserError without EOS."""
+def doc_targets(tok: Any) -> int:
+    """How many targets a document of n text tokens gives in training beyond n - 1 + 1, i.e.
+    ``n + doc_targets(tok)`` in all: every token of a document but its first is a target
+    (:mod:`dataset.rows`), so ``BOS text EOS`` gives n + 1 (the text and EOS), ``text EOS`` (no
+    BOS, e.g. Qwen) gives n (the text's first token is never predicted). UserError without EOS."""
     if getattr(tok, "eos_token_id", None) is None:
         raise UserError("the tokenizer has no eos token: the trainer ends every document with one")
-    return 1 + (tok.bos_token_id is not None and not shares_separator(tok))
+    return 1 if tok.bos_token_id is not None else 0
 
 
 def count_tokens(tok: Any, texts: list[str]) -> list[int]:
-    """Tokens each text takes in training: ``len(encode_texts(tok, [text])[0]) + doc_separators(tok)``,
-    computed with the batched fast encoder."""
-    extra = doc_separators(tok)
+    """Tokens each text is trained on, its targets: ``len(encode_texts(tok, [text])[0]) +
+    doc_targets(tok)`` (what the realized token shares of a run count), computed with the batched
+    fast encoder."""
+    extra = doc_targets(tok)
     return [len(ids) + extra for ids in encode_texts(tok, texts)]
 
 

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
+from dataset.rows import ATTENTIONS, PACKINGS
 from model.errors import UserError
 from trainer.cli import add_runtime_flags, add_save_dir_flag
 from trainer.paths import repo_path
@@ -78,6 +79,8 @@ class TrainConfig:
     num_attention_heads: int | None
     num_key_value_heads: int | None
     max_seq_len: int | None
+    packing: str
+    attention: str
     from_weight: str | None
     from_resume: int
     log_interval: int
@@ -181,6 +184,20 @@ def _model_flags(g) -> None:
         type=int,
         default=None,
         help=f"tokens per packed training row (default: the --from_weight run's, else {DEFAULT_SEQ_LEN})",
+    )
+    g.add_argument(
+        "--packing",
+        default="bfd",
+        choices=PACKINGS,
+        help="rows: bfd = whole documents best-fit packed (long ones split), concat = the stream cut every "
+        "--max_seq_len tokens (the GPT-2 layout)",
+    )
+    g.add_argument(
+        "--attention",
+        default="document",
+        choices=ATTENTIONS,
+        help="document = each token attends only to its own document, positions from 0 at each document; "
+        "causal = across the whole row",
     )
     g.add_argument(
         "--from_weight",

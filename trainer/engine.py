@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dataset.packed import IGNORE_INDEX, PackedCorpus, PackedDataset, sample_rows
+from dataset.rows import IGNORE_INDEX, RowDataset, Rows, ValidationSet
 from dataset.sampler import StepPlan
 from dataset.tokenizer import tokenizer_sha256, tokenizer_to_dict
 from model.errors import UserError
@@ -36,7 +36,7 @@ from trainer.parallel import Parallel, world_group_for_one_process
 from trainer.schedule import Schedule, describe_length_change, stretched
 from trainer.start import Start
 from trainer.throughput import mfu, peak_flops
-from trainer.validation import format_losses, val_loss_per_source
+from trainer.validation import document_layout, format_losses, val_loss_per_source
 
 log = logging.getLogger("trainer")
 
@@ -86,7 +86,7 @@ class Stage:
     optimizer_state: dict | None = None  # start from this AdamW state (e.g. carried over from pretrain)
 
 
-def step_plan(cfg: TrainConfig, train: PackedCorpus) -> StepPlan:
+def step_plan(cfg: TrainConfig, train: Rows) -> StepPlan:
     """The rows of every optimizer step of a run on ``train`` for this process (dataset.sampler)."""
     rank, world = runtime.env_rank_world()
     return StepPlan(train.segment_rows(), cfg.batch_size, cfg.accumulation_steps, world, rank, cfg.seed)
@@ -104,9 +104,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
 class Trainer:
     """One run of one stage: built by ``start``, driven by :meth:`fit`."""
 
-    def __init__(
-        self, session: Session, start: Start, train: PackedCorpus, val: PackedCorpus | None, stage: Stage
-    ):
+    def __init__(self, session: Session, start: Start, train: Rows, val: ValidationSet | None, stage: Stage):
         cfg, info, device = session.cfg, session.dist, session.device
         self.session, self.cfg, self.info, self.device = session, cfg, info, device
         self.start_, self.train_data, self.val_data, self.stage = start, train, val, stage
@@ -128,6 +126,8 @@ class Trainer:
             "seed": cfg.seed,
             "max_seq_len": cfg.max_seq_len,
             "global_batch_rows": cfg.global_batch_rows * info.world_size,
+            "packing": cfg.packing,
+            "attention": cfg.attention,
             **stage.identity,
         }
         self.paths = ckpt.checkpoint_paths(
@@ -147,7 +147,7 @@ class Trainer:
             g["lr"] = self.lr_at(self.step, self.total)
         self.metrics: MetricsLog | None = None
         self.wandb_run = None
-        self.val_rows = None
+        self._val_said = False
 
     def _restore(self) -> None:
         """Continue from the resume state, or start from the stage's optimizer state."""
@@ -203,6 +203,8 @@ class Trainer:
             f"Data: {self.train_data.num_tokens:,} tokens, {self.train_data.num_rows:,} rows of {cfg.max_seq_len} | global batch "
             f"{cfg.global_batch_rows * info.world_size} rows | {self.steps_per_epoch} steps/epoch (every row once) | {self.total} steps"
         )
+        self.packing = self.train_data.stats()
+        log.info(f"{self.packing.line()} | attention: {cfg.attention}")
         planned = cfg.epochs * self.steps_per_epoch
         if self.total < planned:
             log.info(
@@ -262,12 +264,22 @@ class Trainer:
             self.wandb_id = self.wandb_run.id
         self.metrics = MetricsLog(self.paths.metrics, enabled=self.info.is_main, wandb_run=self.wandb_run)
         self.metrics.start(self.step)
+        p = self.packing
+        self.metrics.append(
+            "packing",
+            {
+                "step": self.step,
+                **{k: getattr(p, k) for k in ("packing", "documents", "split", "rows", "seq_len", "targets")},
+                "fill": p.fill,
+                "attention": self.cfg.attention,
+            },
+        )
 
     def _micro_batches(self) -> Iterator[list[tuple[torch.Tensor, ...]]]:
         """The rest of the run, one list of ``accumulation_steps`` micro-batches per optimizer step."""
         cfg = self.cfg
         loader = torch.utils.data.DataLoader(
-            PackedDataset(self.train_data),
+            RowDataset(self.train_data),
             batch_sampler=self.plan.sampler(self.step, self.total),
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -295,16 +307,17 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         segment = self.plan.locate(self.step)[1]
-        n_local = sum(int((y != IGNORE_INDEX).sum()) for _, y, _ in micro_batches)
+        n_local = sum(int((b[1] != IGNORE_INDEX).sum()) for b in micro_batches)
         n_all = runtime.all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64))
         scale = info.world_size / max(float(n_all), 1.0)
         loss_sum = torch.zeros((), dtype=torch.float64)
-        for i, (x, y, s) in enumerate(micro_batches):
+        for i, (x, y, s, pos, doc) in enumerate(micro_batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            layout = document_layout(self.cfg.attention, pos, doc, device)
             sync = i == len(micro_batches) - 1
             with self.parallel.accumulating(sync):
                 with self.session.autocast():
-                    logits = self.train_model(x)
+                    logits = self.train_model(x, **layout)
                 loss = F.cross_entropy(
                     logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
                 )
@@ -364,13 +377,12 @@ class Trainer:
     def evaluate(self) -> None:
         if self.val_data is None:
             return
-        if self.val_rows is None:  # the same sample at every evaluation
-            self.val_rows, described = sample_rows(self.val_data, self.cfg.batch_size * self.cfg.eval_batches)
-            log.info(f"Validation sample: {described}")
+        if not self._val_said:  # the same sample at every evaluation (chosen by document)
+            log.info(f"Validation sample: {self.val_data.described}; {self.val_data.rows.stats().line()}")
+            self._val_said = True
         losses = val_loss_per_source(
             self.model,
             self.val_data,
-            self.val_rows,
             self.cfg.batch_size,
             self.device,
             self.session.dtype,
@@ -525,7 +537,7 @@ class Trainer:
         )
 
 
-def fit(session: Session, start: Start, train: PackedCorpus, val: PackedCorpus | None, stage: Stage) -> dict:
+def fit(session: Session, start: Start, train: Rows, val: ValidationSet | None, stage: Stage) -> dict:
     """Train ``start.model`` on ``train`` and return a summary dict (also stored in the checkpoint).
     Returns on every rank together (a barrier), so no rank shuts the process group down while
     another is still in the last collective."""

@@ -3,6 +3,7 @@
 One JSON object per line, ``{"kind": ..., "step": ..., ...}``:
   train    every --log_interval steps: loss, lr, grad_norm, tokens_per_sec, mfu, share_<source>, epoch
   eval     every evaluation: loss_all and loss_<source> (validation loss per source)
+  packing  at start: the row layout (packing, attention, documents, split, rows, seq_len, fill)
   summary  once at the end of a run: step, finished, token_share {source: share}, seconds
 
 The training engine writes it (and mirrors train/eval records to wandb); the ablation study and
@@ -53,7 +54,7 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"kind": kind, **data}) + "\n")
-        if self.wandb_run is not None and kind != "summary":
+        if self.wandb_run is not None and kind in ("train", "eval"):
             prefix = "val/" if kind == "eval" else "train/"
             self.wandb_run.log({prefix + k: v for k, v in data.items() if k != "step"}, step=data["step"])
 

@@ -17,7 +17,8 @@ from functools import partial
 from pathlib import Path
 
 from dataset.mixture import load_mixture_config, prepared_data
-from dataset.packed import build_packed
+from dataset.rows import build_rows, validation_set
+from dataset.store import build_store
 from model.errors import UserError
 from trainer import checkpoint, engine, runtime
 from trainer.cli import run
@@ -53,8 +54,13 @@ def main() -> None:
     if start.resume is None:
         log.info(f"Loaded pretrained model from: {start.parent_path}")
     seq_len = cfg.max_seq_len
-    train = build_packed([train_path], start.tokenizer, seq_len, cfg.cache_dir)
-    val = build_packed(args.val_path or [val_path], start.tokenizer, seq_len, cfg.cache_dir)
+    train = build_rows(
+        build_store([train_path], start.tokenizer, cfg.cache_dir), seq_len, cfg.packing, cfg.attention
+    )
+    val_store = build_store(args.val_path or [val_path], start.tokenizer, cfg.cache_dir)
+    val = validation_set(
+        val_store, seq_len, cfg.packing, cfg.attention, cfg.eval_batches * cfg.batch_size * seq_len
+    )
     plan = engine.step_plan(cfg, train)
     schedule = run_schedule(cfg, plan, train.segment_names, start.parent)
     optimizer_state = None

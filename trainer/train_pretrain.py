@@ -9,7 +9,8 @@ runs under torchrun (DDP, FSDP2).
 
 from __future__ import annotations
 
-from dataset.packed import build_packed, cache_key, check_data_files
+from dataset.rows import build_rows, validation_set
+from dataset.store import build_store, check_data_files, store_key
 from trainer import engine, runtime
 from trainer.cli import run
 from trainer.config import parse_flags, pretrain_parser
@@ -25,15 +26,21 @@ def main() -> None:
     session = engine.setup(cfg)
     try:
         seq_len = cfg.max_seq_len
-        train = build_packed(data_paths, start.tokenizer, seq_len, cfg.cache_dir)
-        val = build_packed(val_paths, start.tokenizer, seq_len, cfg.cache_dir) if val_paths else None
+        train = build_rows(
+            build_store(data_paths, start.tokenizer, cfg.cache_dir), seq_len, cfg.packing, cfg.attention
+        )
+        val = None
+        if val_paths:
+            val_store = build_store(val_paths, start.tokenizer, cfg.cache_dir)
+            cap = cfg.eval_batches * cfg.batch_size * seq_len
+            val = validation_set(val_store, seq_len, cfg.packing, cfg.attention, cap)
         plan = engine.step_plan(cfg, train)
         stage = engine.Stage(
             name="pretrain",
             schedule=run_schedule(cfg, plan, train.segment_names, start.parent),
             plan=plan,
             args={**vars(args), "world_size": session.dist.world_size},
-            identity={"data": cache_key(data_paths, start.tokenizer, seq_len)},
+            identity={"data": store_key(data_paths, start.tokenizer)},
             meta={"data_path": [str(x) for x in data_paths]},
         )
         engine.fit(session, start, train, val, stage)

@@ -20,6 +20,10 @@ numbers; a step that fails prints its command and last output lines, and the che
                  export reloaded by transformers on the GPU: logits within 1e-3 (fp32)
   7 throughput   tokens/s, MFU against the device's bf16 peak and peak memory, for the
                  ~125M-shaped and a 1B-shaped config (2048 x 16, 32 heads, 8 KV heads)
+  8 documents    document attention (the default rows: whole documents best-fit packed) in bf16:
+                 varlen_attn (FlashAttention over the documents) vs the SDPA boolean mask: loss and
+                 gradient norm within bf16 tolerance, and fwd+bwd tokens/s of each next to
+                 causal attention over concatenated rows (on the CPU: the mask path only)
 """
 
 from __future__ import annotations
@@ -207,7 +211,62 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
         report[f"throughput {size}"] = (
             f"{params} params: {tps} tokens/s, MFU {util} (peak {peak_src}), peak memory {mem} GiB"
         )
+    report["documents"] = document_attention(out, device, sizes["125M"], seq, batch, smoke)
+    print("  8 documents: ok", flush=True)
     return report
+
+
+def document_attention(out: Path, device: str, size, seq: int, batch: int, smoke: bool) -> str:
+    """Step 8: one bf16 forward+backward of the same best-fit-packed rows with each attention kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    from dataset.rows import IGNORE_INDEX, RowDataset, build_rows
+    from dataset.store import build_store
+    from dataset.tokenizer import load_tokenizer
+    from model import MiniGPTForCausalLM, ModelConfig
+
+    tok = load_tokenizer(out / "tok")
+    store = build_store([DEMO / "tinystories.jsonl"], tok, out / "cache")
+    h, layers, heads, kv = size
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(tok), hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, max_position_embeddings=max(seq, 256))  # fmt: skip
+    model = MiniGPTForCausalLM(cfg).to(device)
+    results = {}
+    for name, packing, attention, kernel in (("varlen", "bfd", "document", "auto"),
+                                             ("sdpa mask", "bfd", "document", "sdpa"),
+                                             ("causal concat", "concat", "causal", "auto")):  # fmt: skip
+        rows = RowDataset(build_rows(store, seq, packing, attention))
+        x, y, _, pos, doc = (
+            torch.stack(t).to(device) for t in zip(*(rows[i] for i in range(batch)), strict=True)
+        )
+        layout = {"positions": pos, "doc_ids": doc} if attention == "document" else {}
+        model.attention_kernel = kernel
+        times = []
+        for _ in range(1 if smoke else 4):
+            model.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast(device, dtype=torch.bfloat16):
+                logits = model(x, **layout)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
+            loss.backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        grad = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+        targets = int((y != IGNORE_INDEX).sum())
+        results[name] = (float(loss), grad, targets / min(times))
+    (lv, gv, _), (lm, gm, _) = results["varlen"], results["sdpa mask"]
+    if abs(lv - lm) > 2e-2 * max(1.0, abs(lm)) or abs(gv - gm) > 5e-2 * max(1.0, gm):
+        raise StepFailed(
+            f"8 documents: varlen loss {lv:.4f} / grad {gv:.4f} vs SDPA mask {lm:.4f} / {gm:.4f}"
+        )
+    used = "varlen_attn" if device == "cuda" else "the SDPA mask (CPU)"
+    speed = ", ".join(f"{k} {v[2]:.0f}" for k, v in results.items())
+    return f"kernel {used}: loss {lv:.4f} vs mask {lm:.4f}, grad norm {gv:.3f} vs {gm:.3f}; target tokens/s fwd+bwd: {speed}"
 
 
 def export_logit_diff(weights: Path, export: Path, device: str) -> float:

@@ -2,7 +2,7 @@
 
 TinyStories (text), Code Alpaca 2k (alpaca) and MMLU auxiliary_train (mmlu) mixed 30/35/35 as token
 shares, counted with a BPE trained here on the same kind of rows. Every count is checked against an
-independent recount of the written files with ``encode_texts`` (+ the trainer's separators).
+independent recount of the written files with ``encode_texts`` (+ EOS: the targets a document gives).
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ def write_config(folder: Path, tokenizer: Path | str | None, staged: bool = Fals
     return path
 
 
-def recount(rows: list[dict], tok, separators: int = 2) -> list[int]:
-    """Tokens each row takes in training, counted here independently of the pipeline."""
-    return [len(ids) + separators for ids in encode_texts(tok, [r["text"] for r in rows])]
+def recount(rows: list[dict], tok, extra: int = 1) -> list[int]:
+    """Targets each row gives in training (every token of ``BOS text EOS`` but the first: the text
+    and EOS; ``extra`` 0 without BOS), counted here independently of the pipeline."""
+    return [len(ids) + extra for ids in encode_texts(tok, [r["text"] for r in rows])]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def test_realized_token_shares_equal_the_plan_within_one_document(flat, bpe):
         assert plan[name]["written_share"] == pytest.approx(per_source[name] / total, abs=1e-6)
     assert all(set(r) == {"text", "source"} for r in rows)  # no stages: rows as before
     assert manifest["tokenizer_sha256"] == tokenizer_sha256(load_tokenizer(bpe))
-    assert manifest["tokenizer"]["separators_per_document"] == 2 and manifest["mix_by"] == "tokens"
+    assert manifest["tokenizer"]["targets_per_document"] == "n + 1" and manifest["mix_by"] == "tokens"
     assert "stages" not in manifest and "stages" not in manifest["plan"]
 
 
@@ -323,7 +324,7 @@ def test_repeats_report_exact_epochs_and_warn_above_four(tmp_path, bpe, cache_di
     assert max(uses.values()) <= 6
 
 
-def test_tokenizer_without_bos_counts_one_separator(tmp_path, bpe, cache_dir):
+def test_tokenizer_without_bos_counts_the_text_but_its_first_token(tmp_path, bpe, cache_dir):
     from transformers import PreTrainedTokenizerFast
 
     base = load_tokenizer(bpe)
@@ -334,11 +335,11 @@ def test_tokenizer_without_bos_counts_one_separator(tmp_path, bpe, cache_dir):
     path = write_config(tmp_path / "cfg", None)
     config = load_mixture_config(path)
     manifest = prepare_mixture(config, tmp_path / "out", cache_dir=cache_dir, tokenizer=no_bos)
-    assert manifest["tokenizer"]["separators_per_document"] == 1 and not manifest["tokenizer"]["bos"]
+    assert manifest["tokenizer"]["targets_per_document"] == "n + 0" and not manifest["tokenizer"]["bos"]
     paths = prepared_paths(config, tmp_path / "out")
     rows = _jsonl(paths.train) + _jsonl(paths.val)
     per_source: dict[str, int] = defaultdict(int)
-    for r, n in zip(rows, recount(rows, no_bos, separators=1), strict=True):
+    for r, n in zip(rows, recount(rows, no_bos, extra=0), strict=True):
         per_source[r["source"]] += n
     assert per_source == {p["name"]: p["written"] for p in manifest["plan"]["sources"]}
 

@@ -38,7 +38,8 @@ def test_checkpoint_copy_is_the_same_tokenizer(tokenizer_dir):
 def test_special_token_strings_in_text_stay_text(field_tokenizer, tmp_path):
     """Field case 5: "<|bos|>", "<|eos|>", "<|pad|>" inside a document are characters, not specials."""
     from dataset.io import iter_docs
-    from dataset.packed import IGNORE_INDEX, build_packed
+    from dataset.rows import IGNORE_INDEX, build_rows
+    from dataset.store import build_store
     from dataset.tokenizer import encode_texts
 
     tok = field_tokenizer
@@ -48,14 +49,16 @@ def test_special_token_strings_in_text_stay_text(field_tokenizer, tmp_path):
     for text, ids in zip(texts, encode_texts(tok, texts), strict=True):
         assert not specials & set(ids), text
         assert tok.decode(ids) == text  # byte-level: the text round-trips exactly
-    corpus = build_packed([path], tok, 32, tmp_path)
-    stream = np.asarray(corpus.tokens).tolist()
+    store = build_store([path], tok, tmp_path)
+    stream = np.asarray(store.tokens).tolist()
     # the pipeline's own boundaries only: BOS doc EOS per document, and nothing else special
     expected = []
     for ids in encode_texts(tok, texts):
         expected += [tok.bos_token_id, *ids, tok.eos_token_id]
     assert stream == expected
     assert stream[:2] != [tok.bos_token_id, tok.bos_token_id]
-    for i in range(corpus.num_rows):
-        _, y, _ = corpus.row(i)
-        assert tok.pad_token_id not in y[y != IGNORE_INDEX].tolist()  # the pad id is never a target
+    for packing in ("bfd", "concat"):
+        rows = build_rows(store, 32, packing, "document")
+        for i in range(rows.num_rows):
+            _, y, *_ = rows.row(i)
+            assert tok.pad_token_id not in y[y != IGNORE_INDEX].tolist()  # the pad id is never a target

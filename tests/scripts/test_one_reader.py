@@ -3,7 +3,7 @@ reads the same awkward files the same way.
 
 The tools, each through the code path its script runs, under trainer.cli.run (which prints the
 ``error: ...`` line and exits 2): prepare_dataset (the script's main), train_tokenizer (the
-script's main), the trainers' packing (check_data_files + build_packed, as train_pretrain and
+script's main), the trainers' token store (check_data_files + build_store, as train_pretrain and
 train_midtrain call them for --data_path and --val_path) and eval_llm's data loading (its
 parse_args + load_data for --val_path, --mmlu_path, --humaneval_path, --mbpp_path). A file one
 accepts, all accept, with the same rows and text; a file one rejects, all reject with the same
@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from dataset.formats import FormatSpec, render_row
-from dataset.packed import build_packed, check_data_files
+from dataset.store import build_store, check_data_files
 from dataset.tokenizer import encode_texts, iter_jsonl_texts
 from tests.helpers import TINY_MODEL, field_case, load_script, run_script
 from trainer.cli import run
@@ -311,9 +311,7 @@ def every_tool(kind, path, n_rows, tmp, scripts, capsys, monkeypatch, tok, skip_
         out["train_tokenizer"] = tool_run(
             capsys, lambda: train_tokenizer(scripts, path, tmp, monkeypatch, capsys)
         )
-        out["trainers"] = tool_run(
-            capsys, lambda: build_packed(check_data_files([path]), tok, 64, tmp / "pack")
-        )
+        out["trainers"] = tool_run(capsys, lambda: build_store(check_data_files([path]), tok, tmp / "pack"))
     out[f"eval_llm {EVAL_FLAG[kind]}"] = tool_run(capsys, lambda: eval_data(scripts, EVAL_FLAG[kind], path))
     return out
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dataset.packed import IGNORE_INDEX, build_packed
+from dataset.rows import IGNORE_INDEX, build_rows, sample_docs, validation_set
+from dataset.store import build_store
 from model import MiniGPTForCausalLM, ModelConfig
 from tests.helpers import field_case, run_script
 from trainer.checkpoint import atomic_torch_save, weights_state
@@ -63,21 +64,36 @@ def first_step(out) -> dict:
     return next(r for r in map(json.loads, lines) if r["kind"] == "train" and r["step"] == 1)
 
 
+def _batch(rows) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        torch.stack([torch.from_numpy(a) for a in t])
+        for t in zip(*map(rows.row, range(rows.num_rows)), strict=True)
+    )
+
+
 @pytest.mark.slow
 def test_a_short_row_weighs_the_same_whatever_the_split(field_tokenizer, field_tokenizer_dir, tmp_path):
-    """Field case 1: pad4rows.jsonl packs into 4 rows of 128, the last with 6 targets. The step's
-    loss is the mean over all 390 targets for batch 4, batch 2 x accumulation 2, and 2 DDP ranks."""
+    """Field case 1: pad4rows.jsonl packs into 4 rows of 128 in the concat layout, the last with 6
+    targets; in the default layout (whole documents best-fit packed, document attention) its 6
+    stories give 385 targets in rows padded where they cannot be filled. The step's loss is the
+    mean over all targets for batch 4, batch 2 x accumulation 2, and 2 DDP ranks."""
     data = field_case("pad4rows.jsonl")
     model, init = init_checkpoint(tmp_path, field_tokenizer)
-    corpus = build_packed([data], field_tokenizer, SEQ, tmp_path / "cache")
-    assert corpus.num_rows == 4
-    x, y, _ = (
-        torch.stack([torch.from_numpy(a) for a in t]) for t in zip(*map(corpus.row, range(4)), strict=True)
+    store = build_store([data], field_tokenizer, tmp_path / "cache")
+    concat = build_rows(store, SEQ, "concat", "causal")
+    y = _batch(concat)[1]
+    assert (
+        concat.num_rows == 4
+        and int((y != IGNORE_INDEX).sum()) == 390
+        and int((y[3] != IGNORE_INDEX).sum()) == 6
     )
+    rows = build_rows(store, SEQ, "bfd", "document")
+    assert rows.num_rows == 4
+    x, y, _, pos, doc = _batch(rows)
     targets = int((y != IGNORE_INDEX).sum())
-    assert targets == 390 and int((y[3] != IGNORE_INDEX).sum()) == 6
+    assert targets == 390 - 5  # each story's first token is no target: 6 documents, one stream start
     # independent computation: one forward over the 4 rows, the mean over every target
-    logits = model(x)
+    logits = model(x, positions=pos, doc_ids=doc)
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     loss = loss / targets
     loss.backward()
@@ -105,27 +121,37 @@ def test_a_short_row_weighs_the_same_whatever_the_split(field_tokenizer, field_t
         assert rec["grad_norm"] == pytest.approx(grad_norm, abs=1e-5), (name, rec["grad_norm"])
 
 
-def test_a_capped_evaluation_covers_every_source_with_a_fixed_spread_sample(field_tokenizer, tmp_path):
-    """Field case 7: 400 replay rows, then 30 code, then 30 reasoning. The first rows alone would
-    read only replay; the sample is stratified, spread over the file, the same at every call."""
-    from dataset.packed import sample_rows
+def test_a_capped_evaluation_covers_every_source_with_the_same_documents_in_any_order(
+    field_tokenizer, tmp_path
+):
+    """Field case 7: 400 replay rows, then 30 code, then 30 reasoning (val_grouped), and the same rows
+    interleaved (val_interleaved). The first rows alone would read only replay; the sample is
+    stratified by source, chosen by document (a hash of its tokens), so both files give the same
+    documents, and it is the same at every call."""
+    grouped = build_store([field_case("val_grouped.jsonl")], field_tokenizer, tmp_path)
+    mixed = build_store([field_case("val_interleaved.jsonl")], field_tokenizer, tmp_path)
 
-    corpus = build_packed([field_case("val_grouped.jsonl")], field_tokenizer, SEQ, tmp_path)
-    counts = corpus.row_source_targets()
-    rows, described = sample_rows(corpus, 20)
-    assert len(rows) <= 20 and list(rows) == sorted(set(rows.tolist()))
-    for k, name in enumerate(corpus.source_names):
-        assert counts[rows, k].sum() > 0, name  # every source is in the sample
-        assert f"{name} " in described
-    assert rows.max() - rows.min() > corpus.num_rows // 2  # spread over the file, not its head
-    assert np.array_equal(rows, sample_rows(corpus, 20)[0])  # deterministic
-    assert len(sample_rows(corpus, 0)[0]) == corpus.num_rows  # 0: every row
-    assert len(sample_rows(corpus, 2)[0]) == 3  # fewer rows than sources: one each, and said
-    assert "one row per source at least" in sample_rows(corpus, 2)[1]
+    def texts(store, docs):
+        return sorted(
+            bytes(np.asarray(store.tokens[a : a + n]))
+            for a, n in zip(store.doc_start[docs], store.doc_len[docs], strict=True)
+        )
+
+    cap = 20 * SEQ
+    docs, described = sample_docs(grouped, cap)
+    other, _ = sample_docs(mixed, cap)
+    assert texts(grouped, docs) == texts(mixed, other)  # the same documents, whatever the order
+    src = np.asarray(grouped.doc_source)[docs]
+    targets = np.asarray(grouped.doc_len, dtype=np.int64)[docs] - 1
+    for k, name in enumerate(grouped.source_names):
+        assert (src == k).any(), name  # every source is in the sample
+        assert f"{name} {targets[src == k].sum():,}/" in described
+    assert cap <= targets.sum() < cap + grouped.doc_len.max() * len(grouped.source_names)
+    assert np.array_equal(docs, sample_docs(grouped, cap)[0])  # deterministic
+    assert len(sample_docs(grouped, 0)[0]) == grouped.num_docs  # 0: every document
 
 
 def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer, tmp_path):
-    from dataset.packed import sample_rows
     from trainer.runtime import DistInfo
     from trainer.validation import val_loss_per_source
 
@@ -139,31 +165,42 @@ def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer,
             num_key_value_heads=1,
         )
     )
-    corpus = build_packed([field_case("val_interleaved.jsonl")], field_tokenizer, SEQ, tmp_path)
+    store = build_store([field_case("val_interleaved.jsonl")], field_tokenizer, tmp_path)
     cpu = (torch.device("cpu"), torch.float32, DistInfo())
-    x, y, s = (
-        torch.stack([torch.from_numpy(a) for a in t])
-        for t in zip(*map(corpus.row, range(corpus.num_rows)), strict=True)
-    )
+    # the concat layout with causal attention: one forward over every row
+    val = validation_set(store, SEQ, "concat", "causal", 0)
+    x, y, s, _, _ = _batch(val.rows)
     with torch.no_grad():
         nll = F.cross_entropy(
             model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
         )
     s = s.flatten()
-    full = val_loss_per_source(model, corpus, sample_rows(corpus, 0)[0], 7, *cpu)
+    full = val_loss_per_source(model, val, 7, *cpu)
     assert full["all"] == pytest.approx(float(nll[s >= 0].mean()), rel=1e-6)
-    for k, name in enumerate(corpus.source_names):
+    for k, name in enumerate(store.source_names):
         assert full[name] == pytest.approx(float(nll[s == k].mean()), rel=1e-6)
-    rows = sample_rows(corpus, 12)[0]
-    capped = val_loss_per_source(model, corpus, rows, 5, *cpu)
-    keep = torch.zeros(corpus.num_rows, dtype=torch.bool)
-    keep[torch.from_numpy(rows)] = True
-    s_rows = s.view(corpus.num_rows, -1)[keep].flatten()
-    n_rows = nll.view(corpus.num_rows, -1)[keep].flatten()
-    means = {name: float(n_rows[s_rows == k].mean()) for k, name in enumerate(corpus.source_names)}
-    share = dict(zip(corpus.source_names, corpus.meta["source_tokens"], strict=True))
-    expect_all = sum(means[n] * share[n] for n in means) / sum(share.values())
-    assert set(capped) == {"all", *corpus.source_names}
-    assert capped["all"] == pytest.approx(expect_all, rel=1e-6)
-    for name, v in means.items():
-        assert capped[name] == pytest.approx(v, rel=1e-6)
+    # the default layout: each document scored alone gives the same per-source means
+    doc_rows = validation_set(store, SEQ, "bfd", "document", 0)
+    alone: dict[int, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for a, n, k in zip(store.doc_start, store.doc_len, store.doc_source, strict=True):
+            t = torch.from_numpy(np.asarray(store.tokens[a : a + n], dtype=np.int64))
+            for p in range(0, n - 1, SEQ):  # a long document in pieces of SEQ targets, as packed
+                w = t[p : p + SEQ + 1]
+                alone.setdefault(int(k), []).append(
+                    F.cross_entropy(model(w[None, :-1])[0], w[1:], reduction="none")
+                )
+    packed = val_loss_per_source(model, doc_rows, 5, *cpu)
+    for k, name in enumerate(store.source_names):
+        assert packed[name] == pytest.approx(float(torch.cat(alone[k]).double().mean()), rel=1e-5)
+    # a capped sample: "all" weighs each source's mean by its share of the whole set's targets
+    capped_set = validation_set(store, SEQ, "bfd", "document", 12 * SEQ)
+    capped = val_loss_per_source(model, capped_set, 5, *cpu)
+    share = dict(zip(store.source_names, capped_set.source_targets.tolist(), strict=True))
+    assert share == {
+        name: int((np.asarray(store.doc_len)[np.asarray(store.doc_source) == k] - 1).sum())
+        for k, name in enumerate(store.source_names)
+    }
+    expect_all = sum(capped[n] * share[n] for n in share) / sum(share.values())
+    assert set(capped) == {"all", *store.source_names}
+    assert capped["all"] == pytest.approx(expect_all, rel=1e-9)

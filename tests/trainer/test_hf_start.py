@@ -162,7 +162,7 @@ def test_midtrain_from_a_transformers_folder_and_resume(family, mixture, tmp_pat
     assert ck["model_config"]["architecture"] == arch
     assert ck["meta"]["parent"]["source"] == "transformers"
     if family == "qwen3":  # ids above 65,535 are trained on (a uint32 token cache)
-        meta = json.loads(next((out / "cache").glob("packed-*/meta.json")).read_text())
+        meta = json.loads(next((out / "cache").glob("store-*/meta.json")).read_text())
         assert meta["dtype"] == "uint32"
         from dataset.tokenizer import load_tokenizer
 

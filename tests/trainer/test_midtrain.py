@@ -344,6 +344,9 @@ def test_a_resumed_run_keeps_its_own_settings(prepared, pretrained, tmp_path):
     assert "--batch_size 8" in line or "global_batch_rows" in line
     line = bad(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--eval_batches", "5")
     assert "--eval_batches 5 contradicts the run being resumed" in line
+    # the row layout defines the run too (packing and attention: issue 19)
+    line = bad(*_paths(cfg, data, pretrained, part), "--from_resume", "1", "--packing", "concat")
+    assert "--packing concat contradicts the run being resumed" in line and "packing=bfd" in line
 
 
 def test_the_design_notes_resume_command_extends_the_run(prepared, pretrained, tmp_path):
