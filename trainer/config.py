@@ -16,6 +16,7 @@ from trainer.cli import add_runtime_flags, add_save_dir_flag
 from trainer.paths import repo_path
 from trainer.runtime import DTYPES
 from trainer.schedule import SCHEDULE_HELP, SCHEDULES, parse_decay_ratio
+from trainer.validation import parse_forgetting
 
 # Tokens per packed training row for a new model, and the context a checkpoint that does not
 # record its training length is scored with.
@@ -40,6 +41,8 @@ MAY_CHANGE_ON_RESUME = NOT_RESTORED | frozenset(
         "eval_interval",
         "early_eval_steps",
         "early_eval_interval",
+        "max_forgetting",
+        "stop_on_forgetting",
         "use_wandb",
         "wandb_project",
         "wandb_run_name",
@@ -89,6 +92,8 @@ class TrainConfig:
     eval_batches: int
     early_eval_steps: int
     early_eval_interval: int
+    max_forgetting: list[str] | None
+    stop_on_forgetting: bool
     use_wandb: bool
     wandb_project: str
     wandb_run_name: str | None
@@ -125,6 +130,7 @@ class TrainConfig:
         if self.from_resume not in (0, 1):
             raise UserError(f"--from_resume takes 0 or 1, got {self.from_resume}")
         parse_decay_ratio(self.decay_ratio)
+        parse_forgetting(self.max_forgetting)
 
     @property
     def global_batch_rows(self) -> int:
@@ -318,6 +324,19 @@ def _logging_flags(g, wandb_project: str) -> None:
         help="also evaluate every --early_eval_interval steps during the first N steps (to see an early loss spike)",
     )
     g.add_argument("--early_eval_interval", type=int, default=1, help="see --early_eval_steps")
+    g.add_argument(
+        "--max_forgetting",
+        action="append",
+        default=None,
+        metavar="SOURCE=DELTA",
+        help="warn when SOURCE's validation loss rises more than DELTA nats/token above the starting "
+        "model's (step 0); repeatable; SOURCE 'all' for the overall loss",
+    )
+    g.add_argument(
+        "--stop_on_forgetting",
+        action="store_true",
+        help="with --max_forgetting: stop at that evaluation, saving a resume checkpoint",
+    )
     g.add_argument("--use_wandb", action="store_true", help="also log to Weights & Biases")
     g.add_argument("--wandb_project", default=wandb_project, help="wandb project name")
     g.add_argument("--wandb_run_name", default=None, help="wandb run name (default: wandb's)")

@@ -5,7 +5,8 @@ A run, as named steps (:class:`Trainer`):
   start     the model and tokenizer (:func:`trainer.start.load_start`), the optimizer, the resume state
   step      one optimizer step over ``accumulation_steps`` micro-batches (:meth:`Trainer.train_step`)
   log       the log line, the metrics log, wandb (:meth:`Trainer.log_step`, :mod:`trainer.progress`)
-  evaluate  validation loss per source (:meth:`Trainer.evaluate`, :mod:`trainer.validation`)
+  evaluate  validation loss per source and its change since the start (:meth:`Trainer.evaluate`,
+            :class:`trainer.validation.Validator`)
   save      weights + resume state (:meth:`Trainer.save`, through :mod:`trainer.checkpoint`)
 """
 
@@ -35,7 +36,7 @@ from trainer.parallel import Parallel, world_group_for_one_process
 from trainer.progress import RunReport
 from trainer.schedule import Schedule, describe_length_change, stretched
 from trainer.start import Start
-from trainer.validation import document_layout, format_losses, val_loss_per_source
+from trainer.validation import Validator, document_layout, parse_forgetting
 
 log = logging.getLogger("trainer")
 
@@ -146,7 +147,16 @@ class Trainer(RunReport):
             g["lr"] = self.lr_at(self.step, self.total)
         self.metrics: MetricsLog | None = None
         self.wandb_run = None
-        self._val_said = False
+        self.validator = Validator(
+            val,
+            cfg.batch_size,
+            device,
+            session.dtype,
+            info,
+            self.history,
+            parse_forgetting(cfg.max_forgetting),
+            cfg.stop_on_forgetting,
+        )
 
     def _restore(self) -> None:
         """Continue from the resume state, or start from the stage's optimizer state."""
@@ -285,23 +295,11 @@ class Trainer(RunReport):
     # ----------------------------------------------------------------- evaluate
 
     def evaluate(self) -> None:
-        if self.val_data is None:
-            return
-        if not self._val_said:  # the same sample at every evaluation (chosen by document)
-            log.info(f"Validation sample: {self.val_data.described}; {self.val_data.rows.stats().line()}")
-            self._val_said = True
-        losses = val_loss_per_source(
-            self.model,
-            self.val_data,
-            self.cfg.batch_size,
-            self.device,
-            self.session.dtype,
-            self.info,
-        )
-        self.parallel.after_eval()
-        self.history.append({"step": self.step, **losses})
-        log.info(f"eval step {self.step}/{self.total}: val_loss {format_losses(losses)}")
-        self.metrics.append("eval", {"step": self.step, **{f"loss_{k}": v for k, v in losses.items()}})
+        """Validation loss per source and its change since the start (trainer.validation.Validator)."""
+        record = self.validator.evaluate(self.model, self.step, self.total)
+        if record is not None:
+            self.parallel.after_eval()
+            self.metrics.append("eval", record)
 
     def _due_for_eval(self) -> bool:
         cfg, step = self.cfg, self.step
@@ -381,7 +379,7 @@ class Trainer(RunReport):
         interval_tokens, interval_t0 = 0, time.perf_counter()
         run_t0, run_step0 = time.perf_counter(), self.step
         for micro_batches in self._micro_batches():
-            if self.step >= self.stop_at:
+            if self.step >= self.stop_at or self.validator.stop_reason:
                 break
             last = self.train_step(micro_batches)
             bar.update(1)
@@ -408,6 +406,8 @@ class Trainer(RunReport):
         finished = self.step >= self.total
         if finished:
             self.evaluate()
+        elif self.validator.stop_reason:
+            log.info(f"Stopping at step {self.step} of {self.total}: {self.validator.stop_reason}")
         self.save(final=finished)
         if self.cfg.strategy == "fsdp":
             self._log_shards()
@@ -424,7 +424,8 @@ class Trainer(RunReport):
             self.paths,
             seconds,
         )
-        keys = ("step", "finished", "token_share", "stage_token_share", "seconds")
+        summary["val_loss_change"] = self.validator.change()
+        keys = ("step", "finished", "token_share", "stage_token_share", "val_loss_change", "seconds")
         self.metrics.append("summary", {k: summary[k] for k in keys if summary[k] != {}})
         if self.wandb_run is not None:
             self.wandb_run.summary.update(

@@ -1,14 +1,20 @@
 """The in-training validation loss per source, over rows laid out as training lays them out
-(:mod:`dataset.rows`); ``eval_llm.py`` scores each document on its own."""
+(:mod:`dataset.rows`; ``eval_llm.py`` scores each document on its own), and the run's evaluations
+around it: the change since the starting model and the forgetting guard (:class:`Validator`)."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 
 from dataset.rows import IGNORE_INDEX, RowDataset, ValidationSet
 from dataset.sampler import EMPTY
+from model.errors import UserError
 from trainer import runtime
+
+log = logging.getLogger("trainer")
 
 
 def document_layout(attention: str, pos: torch.Tensor, doc: torch.Tensor, device: torch.device) -> dict:
@@ -87,3 +93,106 @@ def val_loss_per_source(
 
 def format_losses(losses: dict[str, float]) -> str:
     return " ".join(f"{k}:{v:.4f}" for k, v in losses.items())
+
+
+def parse_forgetting(values: list[str] | None) -> dict[str, float]:
+    """``--max_forgetting SOURCE=DELTA`` values as {source: delta}; DELTA in nats per token (the
+    validation loss's unit), > 0. UserError for a malformed value."""
+    out: dict[str, float] = {}
+    for value in values or []:
+        name, sep, delta = value.partition("=")
+        try:
+            limit = float(delta) if sep and name else -1.0
+        except ValueError:
+            limit = -1.0
+        if not limit > 0:
+            raise UserError(
+                f"--max_forgetting {value!r}: give SOURCE=DELTA, DELTA a positive number of nats per token "
+                "(e.g. --max_forgetting replay=0.05)"
+            )
+        out[name] = limit
+    return out
+
+
+def format_deltas(deltas: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:+.4f}" for k, v in deltas.items())
+
+
+class Validator:
+    """Every evaluation of a run: the validation loss per source (:func:`val_loss_per_source`), its
+    change since the run's first evaluation (step 0: the model the run started from), the history
+    the checkpoints keep, and the forgetting guard (``--max_forgetting``).
+
+    The change of a source is ``loss now - loss at step 0`` in nats per token: positive is
+    forgetting, negative a gain. With one source the change of "all" is reported.
+    """
+
+    def __init__(
+        self,
+        val: ValidationSet | None,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        dist: runtime.DistInfo,
+        history: list[dict],
+        max_forgetting: dict[str, float],
+        stop_on_forgetting: bool,
+    ):
+        self.val, self.batch_size = val, batch_size
+        self.device, self.dtype, self.dist = device, dtype, dist
+        self.history = history
+        self.max_forgetting, self.stop_on_forgetting = max_forgetting, stop_on_forgetting
+        self.stop_reason: str | None = None
+        self._said = False
+        names = (val.rows.source_names if len(val.rows.source_names) > 1 else []) if val is not None else []
+        if unknown := sorted(set(max_forgetting) - {"all", *names}):
+            known = ", ".join(["all", *names]) if val is not None else "none: no validation data"
+            raise UserError(f"--max_forgetting {unknown[0]}: no such validation source (known: {known})")
+
+    def deltas(self, losses: dict[str, float]) -> dict[str, float]:
+        """Each source's change since the first evaluation ("all" alone for a single source)."""
+        start = self.history[0]
+        keys = [k for k in losses if k != "all"] or ["all"]
+        return {k: losses[k] - start[k] for k in keys if k in start}
+
+    def evaluate(self, model, step: int, total: int) -> dict | None:
+        """Evaluate, log, record in the history; returns the metrics record (None without data)."""
+        if self.val is None:
+            return None
+        if not self._said:  # the same sample at every evaluation (chosen by document)
+            log.info(f"Validation sample: {self.val.described}; {self.val.rows.stats().line()}")
+            self._said = True
+        losses = val_loss_per_source(model, self.val, self.batch_size, self.device, self.dtype, self.dist)
+        log.info(f"eval step {step}/{total}: val_loss {format_losses(losses)}")
+        record: dict = {"step": step, **{f"loss_{k}": v for k, v in losses.items()}}
+        if self.history:
+            deltas = self.deltas(losses)
+            log.info(f"  vs start: {format_deltas(deltas)}")
+            record["val_loss_delta"] = deltas
+            self._guard(deltas, step)
+        self.history.append({"step": step, **losses})
+        return record
+
+    def _guard(self, deltas: dict[str, float], step: int) -> None:
+        for name, limit in self.max_forgetting.items():
+            rise = deltas.get(name)
+            if rise is not None and rise > limit:
+                log.warning(
+                    f"warning: forgetting: {name}'s validation loss rose {rise:+.4f} nats/token since step "
+                    f"{self.history[0]['step']} (--max_forgetting {name}={limit:g})"
+                )
+                if self.stop_on_forgetting and self.stop_reason is None:
+                    self.stop_reason = (
+                        f"--stop_on_forgetting: {name} rose {rise:+.4f} > {limit:g} at step {step}"
+                    )
+
+    def change(self) -> dict[str, dict[str, float]]:
+        """{source: {"start", "end", "change"}} between the first and the last evaluation."""
+        if len(self.history) < 2:
+            return {}
+        first, end = self.history[0], self.history[-1]
+        return {
+            k: {"start": first[k], "end": end[k], "change": end[k] - first[k]}
+            for k in end
+            if k != "step" and k in first
+        }

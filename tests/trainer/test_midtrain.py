@@ -131,6 +131,58 @@ def test_midtrain_lowers_code_loss_and_reports_per_source(prepared, pretrained, 
         "share_reasoning",
     }
     assert "Validation loss per source: step 0 ->" in log
+    # every evaluation after the first says each source's change since the starting model (issue 22)
+    for e in evals[1:]:
+        deltas = {k: e[f"loss_{k}"] - first[f"loss_{k}"] for k in ("replay", "code", "reasoning")}
+        assert e["val_loss_delta"] == pytest.approx(deltas, abs=1e-12)
+        line = " ".join(f"{k} {v:+.4f}" for k, v in e["val_loss_delta"].items())
+        assert f"eval step {e['step']}/{total}: val_loss" in log and f"  vs start: {line}" in log
+    summary = next(
+        r
+        for r in map(json.loads, (pretrained / "mid_run_64_metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "summary"
+    )
+    assert summary["val_loss_change"]["code"] == pytest.approx(
+        {
+            "start": first["loss_code"],
+            "end": last["loss_code"],
+            "change": last["loss_code"] - first["loss_code"],
+        }
+    )
+
+
+def test_the_forgetting_guard_warns_and_stops_with_a_resume_checkpoint(prepared, pretrained, tmp_path):
+    """--max_forgetting replay=0.01 --stop_on_forgetting with an LR that wrecks the model: at the first
+    evaluation after step 0 replay's loss has risen by more than 0.01 nats/token: one warning line
+    with the rise, and the run stops there with a resume checkpoint."""
+    cfg, data = prepared
+    out = tmp_path / "guard"
+    flags = [
+        "--from_weight",
+        "pretrain",
+        "--max_steps",
+        "12",
+        "--learning_rate",
+        "0.5",
+        "--warmup_ratio",
+        "0",
+    ]
+    proc = run_script(*midtrain_args(cfg, data, pretrained, out, *flags, "--eval_interval", "3",
+                                     "--max_forgetting", "replay=0.01", "--stop_on_forgetting"))  # fmt: skip
+    evals = records(pretrained, out, "eval")
+    assert [e["step"] for e in evals] == [0, 3]
+    rise = evals[1]["loss_replay"] - evals[0]["loss_replay"]
+    assert rise > 0.01
+    assert (
+        f"warning: forgetting: replay's validation loss rose {rise:+.4f} nats/token since step 0"
+        in proc.stdout
+    )
+    assert "Stopping at step 3 of 12: --stop_on_forgetting" in proc.stdout
+    assert "stopped at step 3 of 12 (continue with --from_resume 1)" in proc.stdout
+    line = bad(*midtrain_args(cfg, data, pretrained, out, *flags, "--max_forgetting", "nosuch=0.1"))
+    assert "--max_forgetting nosuch: no such validation source (known: all, " in line
+    line = bad(*midtrain_args(cfg, data, pretrained, out, *flags, "--max_forgetting", "replay"))
+    assert "--max_forgetting 'replay': give SOURCE=DELTA" in line
 
 
 def test_resume_is_bit_identical(prepared, pretrained, tmp_path):
