@@ -33,9 +33,9 @@ class ModelConfig:
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
-    # None: SwiGLU width 8/3 * hidden rounded up to a multiple of 64 (1408 for 512), the usual
-    # choice that keeps the MLP's parameter count equal to a 4x GELU MLP.
-    intermediate_size: int | None = None
+    # 0 (or None in an older checkpoint): SwiGLU width 8/3 * hidden rounded up to a multiple of 64
+    # (1408 for 512), the usual choice that keeps the MLP's parameter count equal to a 4x GELU MLP.
+    intermediate_size: int = 0
     max_position_embeddings: int = 4096
     rope_theta: float = 1e6
     rms_norm_eps: float = 1e-5
@@ -47,8 +47,8 @@ class ModelConfig:
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
-    # Per-head width; None: hidden_size // num_attention_heads (Qwen3 sets it, e.g. 128 at 1024/16).
-    head_dim: int | None = None
+    # Per-head width; 0 (or None): hidden_size // num_attention_heads (Qwen3 sets it, e.g. 128 at 1024/16).
+    head_dim: int = 0
     qkv_bias: bool = False  # biases on q_proj, k_proj, v_proj (Qwen2; Llama/Qwen3 attention_bias)
     o_bias: bool = False  # bias on o_proj (Llama/Qwen3 attention_bias)
     mlp_bias: bool = False  # biases on gate/up/down_proj (Llama mlp_bias)
@@ -59,7 +59,7 @@ class ModelConfig:
     architecture: str = "LlamaForCausalLM"  # the transformers class written on export
 
     def __post_init__(self) -> None:
-        if self.intermediate_size is None:
+        if not self.intermediate_size:
             self.intermediate_size = 64 * math.ceil(8 * self.hidden_size / 3 / 64)
         for name in (
             "vocab_size",
@@ -72,7 +72,7 @@ class ModelConfig:
         ):
             if int(getattr(self, name)) <= 0:
                 raise UserError(f"model config: {name} must be positive, got {getattr(self, name)}")
-        if self.head_dim is None:
+        if not self.head_dim:
             if self.hidden_size % self.num_attention_heads:
                 raise UserError(
                     f"model config: hidden_size {self.hidden_size} is not divisible by "

@@ -174,7 +174,7 @@ class Attention(nn.Module):
                 qcos, qsin = cos[rows, 0, at][:, None], sin[rows, 0, at][:, None]
         q = self.q_proj(xq).view(b, xq.shape[1], self.n_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
@@ -257,6 +257,9 @@ class MiniGPTModel(nn.Module):
 
 
 class MiniGPTForCausalLM(nn.Module):
+    rope_cos: torch.Tensor  # (max_position_embeddings, head_dim) fp32 buffers (:meth:`reset_rope`)
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -290,15 +293,16 @@ class MiniGPTForCausalLM(nn.Module):
     def reset_rope(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the RoPE tables, non-persistent buffers that no state dict carries: needed
         after building the model on the meta device and ``to_empty`` (model/hf.py does)."""
-        cos, sin = rope_cache(self.config, device)
+        cos, sin = rope_cache(self.config, torch.device(device) if device is not None else None)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                nn.init.zeros_(bias)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -356,7 +360,8 @@ class MiniGPTForCausalLM(nn.Module):
             cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
         else:
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
-        mask = last_mask = None
+        mask: torch.Tensor | Varlen | None = None
+        last_mask: torch.Tensor | Varlen | None = None
         if doc_ids is not None:
             keys = doc_ids
             if cache is not None:
@@ -379,7 +384,7 @@ class MiniGPTForCausalLM(nn.Module):
                 x = layer(x, cos, sin, cache, None, mask)
         else:
             rows, slots, padded = _side_by_side(*at, x.shape[0])
-            if mask is not None:  # the last layer's queries: the selected positions only
+            if isinstance(mask, torch.Tensor):  # the last layer's queries: the selected positions only
                 last_mask = mask[torch.arange(x.shape[0], device=x.device)[:, None], 0, padded][:, None]
             for layer in layers[:-1]:
                 x = layer(x, cos, sin, cache, None, mask)

@@ -67,8 +67,12 @@ def weights_state(
 ) -> dict:
     """The weights-file content: the model's weights (a module, or its full state dict with
     ``config``), its config, its tokenizer and run facts (``meta``)."""
-    state = model if isinstance(model, dict) else model.state_dict()
-    config = config if config is not None else model.config
+    if isinstance(model, dict):
+        if config is None:
+            raise ValueError("weights_state: a state dict needs its config")
+        state = model
+    else:
+        state, config = model.state_dict(), config if config is not None else model.config
     return {
         "format": FORMAT,
         "model": state,
@@ -99,7 +103,8 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> TrainState:
-        return cls(**{f.name: ckpt.get(f.name) for f in dataclasses.fields(cls)})
+        values: dict[str, Any] = {f.name: ckpt.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**values)
 
     def to_dict(self) -> dict:
         # not dataclasses.asdict: it deep-copies, and the optimizer state is 2x the model

@@ -133,6 +133,14 @@ class TrainConfig:
         parse_forgetting(self.max_forgetting)
 
     @property
+    def seq_len(self) -> int:
+        """--max_seq_len once trainer.start.start_run has settled it (the flag, else the length the
+        starting checkpoint was trained with)."""
+        if self.max_seq_len is None:
+            raise RuntimeError("max_seq_len is read before trainer.start.start_run settled it")
+        return self.max_seq_len
+
+    @property
     def global_batch_rows(self) -> int:
         """Rows per optimizer step in one process (times the world size for the global batch)."""
         return self.batch_size * self.accumulation_steps

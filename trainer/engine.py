@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,14 +140,15 @@ class Trainer(RunReport):
         self.train_model = self.parallel.train_model
         self.optimizer = _optimizer(self.model, cfg, device)  # after sharding: over the shards
         self.scaler = torch.amp.GradScaler(device.type, enabled=session.dtype == torch.float16)
-        self.step, self.history, self.wandb_id = 0, [], None
+        self.step, self.wandb_id = 0, None
+        self.history: list[dict] = []  # [{"step", "all", <source>...}] every evaluation so far
         # targets trained on per (stage, source)
         self.seen = torch.zeros(len(train.segment_names), len(train.source_names), dtype=torch.float64)
         self._restore()
         for g in self.optimizer.param_groups:  # the schedule sets the LR each step; keep "initial_lr" out
             g["lr"] = self.lr_at(self.step, self.total)
-        self.metrics: MetricsLog | None = None
-        self.wandb_run = None
+        self.metrics = MetricsLog(self.paths.metrics, enabled=False)  # opened by fit (_open_logs)
+        self.wandb_run: Any = None
         self.validator = Validator(
             val,
             cfg.batch_size,
@@ -183,7 +185,8 @@ class Trainer(RunReport):
             self.optimizer.load_state_dict(r.optimizer)
         self.scaler.load_state_dict(r.scaler)
         ckpt.set_rng_state(r.rng, self.device)
-        self.step, self.history, self.wandb_id = r.step, r.eval_history, r.wandb_id
+        self.step, self.wandb_id = r.step, r.wandb_id
+        self.history[:] = r.eval_history
         self.seen = r.source_tokens_seen.double().reshape(self.seen.shape)
         self.schedule_changes = list(r.schedule_changes or [])
         if r.total_steps != self.total:

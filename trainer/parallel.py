@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,7 @@ class Parallel:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,  # MiniGPTForCausalLM; FSDP2 makes it an FSDPModule (reshard, set_requires_gradient_sync)
         strategy: str,
         info: DistInfo,
         device: torch.device,
@@ -49,6 +50,7 @@ class Parallel:
         if strategy not in STRATEGIES:
             raise UserError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         self.model, self.strategy, self.info, self.device = model, strategy, info, device
+        self.train_model: Any
         layers = model.model.layers
         if activation_checkpointing:
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -104,9 +106,8 @@ class Parallel:
             return self.model.state_dict() if self.info.is_main else {}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = cast(dict[str, torch.Tensor], get_model_state_dict(self.model, options=options))
         if full and self.model.config.tie_word_embeddings:  # one tensor, as in the module, not two copies
             full["lm_head.weight"] = full["model.embed_tokens.weight"]
         return full

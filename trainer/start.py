@@ -100,6 +100,7 @@ def start_run(
             cfg, max_seq_len=int(start.trained_seq_len or min(DEFAULT_SEQ_LEN, positions))
         )
         args.max_seq_len = cfg.max_seq_len
+    assert cfg.max_seq_len is not None
     if cfg.max_seq_len > positions:
         raise UserError(
             f"--max_seq_len {cfg.max_seq_len} is longer than the model's {positions} positions "

@@ -53,7 +53,7 @@ def main() -> None:
     )
     if start.resume is None:
         log.info(f"Loaded pretrained model from: {start.parent_path}")
-    seq_len = cfg.max_seq_len
+    seq_len = cfg.seq_len
     train = build_rows(
         build_store([train_path], start.tokenizer, cfg.cache_dir), seq_len, cfg.packing, cfg.attention
     )

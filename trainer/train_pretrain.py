@@ -25,7 +25,7 @@ def main() -> None:
     val_paths = check_data_files(args.val_path) if args.val_path else None
     session = engine.setup(cfg)
     try:
-        seq_len = cfg.max_seq_len
+        seq_len = cfg.seq_len
         train = build_rows(
             build_store(data_paths, start.tokenizer, cfg.cache_dir), seq_len, cfg.packing, cfg.attention
         )

@@ -47,8 +47,8 @@ def main() -> None:
     if not Path(args.data_path).is_file():
         raise UserError(f"--data_path {args.data_path}: not found (TinyStories JSONL from ../shared/data)")
     py = sys.executable
-    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmpdir:
+        tmp = Path(tmpdir)
         subprocess.run(
             [py, str(REPO_ROOT / "scripts" / "train_tokenizer.py"), "--data_path", args.data_path,
              "--vocab_size", "6400", "--max_docs", "2000", "--output_dir", str(tmp / "tok")],
@@ -76,7 +76,10 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **_env()})
             if proc.returncode != 0:
                 raise UserError(f"{name}: train_pretrain failed: {proc.stderr.strip().splitlines()[-1:]}")
-            peaks = re.search(r"Peak memory per rank \(GiB\): \[([^\]]*)\]", proc.stdout)[1]
+            found = re.search(r"Peak memory per rank \(GiB\): \[([^\]]*)\]", proc.stdout)
+            if found is None:
+                raise UserError(f"{name}: no peak memory line in train_pretrain's output")
+            peaks = found[1]
             shards = re.search(
                 r"FSDP shards per rank: parameters \[([^\]]*)\] of [\d,]+; AdamW state \[([^\]]*)\]",
                 proc.stdout,

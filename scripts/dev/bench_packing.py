@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -216,7 +217,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_packing_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    results = {}
+    results: dict[str, Any] = {}
     for name, fn in (
         ("speed", lambda: speed(work, args.rounds, args.steps)),
         ("fill", lambda: fill(work)),

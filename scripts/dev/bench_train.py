@@ -57,8 +57,8 @@ def main() -> None:
         raise UserError(f"--data_path {args.data_path}: not found (TinyStories JSONL from ../shared/data)")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmpdir:
+        tmp = Path(tmpdir)
         py = sys.executable
         subprocess.run(
             [

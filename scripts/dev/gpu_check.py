@@ -280,7 +280,8 @@ def export_logit_diff(weights: Path, export: Path, device: str) -> float:
     transformers.utils.logging.disable_progress_bar()
 
     model, tok, _ = load_model(weights)
-    hf = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).to(device).eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32)
+    hf = hf.to(device).eval()  # type: ignore[arg-type]  # transformers types .to through a wrapper mypy misreads
     ids = torch.tensor(
         [[tok.bos_token_id] + tok("Once upon a time, a little dog found a ball.")["input_ids"]], device=device
     )

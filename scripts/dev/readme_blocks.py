@@ -63,7 +63,7 @@ def _groups(
                     text += f" — *train_midtrain.py:* {_help(b)}"
             rows.append(f"| `{flag}` | {default} | {text} |")
         if rows:
-            groups.append((group.title, rows))
+            groups.append((group.title or "", rows))
     return groups
 
 
