@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
+from model.loss import head_losses
 
 
 class RMSNorm(nn.Module):
@@ -323,9 +324,20 @@ class MiniGPTForCausalLM(nn.Module):
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        grad_scale: float = 1.0,
     ) -> torch.Tensor:
-        """Logits of shape (B, T, vocab) for input_ids of shape (B, T) (see :meth:`forward_hidden`)."""
-        return self.lm_head(self.forward_hidden(input_ids, cache, positions=positions, doc_ids=doc_ids))
+        """Logits of shape (B, T, vocab) for input_ids of shape (B, T) (see :meth:`forward_hidden`).
+
+        With ``targets`` (B, T) (token ids, -100 where none): the per-token cross entropy instead,
+        (B, T) fp32 nats, 0 where ignored, computed by the fused chunked LM head + loss
+        (:func:`model.loss.linear_cross_entropy`: never the (tokens, vocab) logits); ``grad_scale``
+        is the factor the caller multiplies the losses' sum by before backward (the fastest exact
+        gradient; any other is exact too)."""
+        h = self.forward_hidden(input_ids, cache, positions=positions, doc_ids=doc_ids)
+        if targets is None:
+            return self.lm_head(h)
+        return head_losses(self.lm_head, h, targets, grad_scale=grad_scale)
 
     def forward_hidden(
         self,

@@ -16,7 +16,7 @@ from trainer.cli import add_runtime_flags, add_save_dir_flag
 from trainer.paths import repo_path
 from trainer.runtime import DTYPES
 from trainer.schedule import SCHEDULE_HELP, SCHEDULES, parse_decay_ratio
-from trainer.validation import parse_forgetting
+from trainer.validation import LOSSES, parse_forgetting
 
 # Tokens per packed training row for a new model, and the context a checkpoint that does not
 # record its training length is scored with.
@@ -48,6 +48,7 @@ MAY_CHANGE_ON_RESUME = NOT_RESTORED | frozenset(
         "wandb_run_name",
         "num_workers",
         "use_compile",
+        "loss",
         "activation_checkpointing",
         "peak_tflops",
     }
@@ -98,6 +99,7 @@ class TrainConfig:
     wandb_project: str
     wandb_run_name: str | None
     use_compile: bool
+    loss: str
     num_workers: int
     seed: int
     peak_tflops: float | None
@@ -288,6 +290,13 @@ def _runtime_flags(g) -> None:
         help="recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute)",
     )
     g.add_argument("--use_compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--loss",
+        default="fused",
+        choices=LOSSES,
+        help="fused: the LM head and cross entropy over chunks of tokens, never the (tokens, vocab) logits "
+        "(model/loss.py); plain: logits then F.cross_entropy (the reference)",
+    )
     g.add_argument(
         "--num_workers",
         type=int,

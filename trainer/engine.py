@@ -158,6 +158,7 @@ class Trainer(RunReport):
             self.history,
             parse_forgetting(cfg.max_forgetting),
             cfg.stop_on_forgetting,
+            cfg.loss,
         )
 
     def _restore(self) -> None:
@@ -270,10 +271,15 @@ class Trainer(RunReport):
             sync = i == len(micro_batches) - 1
             with self.parallel.accumulating(sync):
                 with self.session.autocast():
-                    logits = self.train_model(x, **layout)
-                loss = F.cross_entropy(
-                    logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-                )
+                    if self.cfg.loss == "fused":  # the chunked LM head + loss, its gradient prepared
+                        grad_scale = scale * (self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+                        loss = self.train_model(x, targets=y, grad_scale=grad_scale, **layout).sum()
+                    else:
+                        logits = self.train_model(x, **layout)
+                if self.cfg.loss != "fused":
+                    loss = F.cross_entropy(
+                        logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                    )
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach().double().cpu()
             if len(self.train_data.source_names):

@@ -26,8 +26,15 @@ def document_layout(attention: str, pos: torch.Tensor, doc: torch.Tensor, device
     return {"positions": pos.to(device, non_blocking=True), "doc_ids": doc.to(device, non_blocking=True)}
 
 
-def token_losses(model, x: torch.Tensor, y: torch.Tensor, **layout) -> torch.Tensor:
-    """Per-token cross entropy (fp32, nats), 0 where the target is ignored."""
+LOSSES = ("fused", "plain")
+
+
+def token_losses(model, x: torch.Tensor, y: torch.Tensor, loss: str = "fused", **layout) -> torch.Tensor:
+    """Per-token cross entropy (B, T) (fp32, nats), 0 where the target is ignored: ``fused`` through the
+    model's chunked LM head + loss (model.loss: never the (tokens, vocab) logits), ``plain`` from
+    the logits with F.cross_entropy (the reference path)."""
+    if loss == "fused":
+        return model(x, targets=y, **layout)
     logits = model(x, **layout)
     return F.cross_entropy(
         logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
@@ -42,6 +49,7 @@ def val_loss_per_source(
     device: torch.device,
     dtype: torch.dtype,
     dist: runtime.DistInfo,
+    loss: str = "fused",
 ) -> dict[str, float]:
     """Mean validation loss per source over every row of ``val`` (the sample chosen by document,
     :func:`dataset.rows.validation_set`), with the model on ``device`` under autocast to ``dtype``,
@@ -72,7 +80,7 @@ def val_loss_per_source(
         )
         layout = document_layout(rows.attention, pos, doc, device)
         with runtime.autocast(device, dtype):
-            losses = token_losses(model, x.to(device), y.to(device), **layout).cpu().double()
+            losses = token_losses(model, x.to(device), y.to(device), loss, **layout).cpu().double()
         s = s.clamp(min=-1) + 1  # positions without a target (-1) go to bin 0 with zero loss
         sums += torch.bincount(s.flatten(), weights=losses.flatten(), minlength=n_src + 1)
         counts += torch.bincount(s.flatten(), minlength=n_src + 1).double()
@@ -137,11 +145,13 @@ class Validator:
         history: list[dict],
         max_forgetting: dict[str, float],
         stop_on_forgetting: bool,
+        loss: str = "fused",
     ):
         self.val, self.batch_size = val, batch_size
         self.device, self.dtype, self.dist = device, dtype, dist
         self.history = history
         self.max_forgetting, self.stop_on_forgetting = max_forgetting, stop_on_forgetting
+        self.loss = loss
         self.stop_reason: str | None = None
         self._said = False
         names = (val.rows.source_names if len(val.rows.source_names) > 1 else []) if val is not None else []
@@ -162,7 +172,9 @@ class Validator:
         if not self._said:  # the same sample at every evaluation (chosen by document)
             log.info(f"Validation sample: {self.val.described}; {self.val.rows.stats().line()}")
             self._said = True
-        losses = val_loss_per_source(model, self.val, self.batch_size, self.device, self.dtype, self.dist)
+        losses = val_loss_per_source(
+            model, self.val, self.batch_size, self.device, self.dtype, self.dist, self.loss
+        )
         log.info(f"eval step {step}/{total}: val_loss {format_losses(losses)}")
         record: dict = {"step": step, **{f"loss_{k}": v for k, v in losses.items()}}
         if self.history:

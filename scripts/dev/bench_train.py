@@ -1,136 +1,261 @@
-"""Training throughput benchmark: the real trainer/train_pretrain.py on real TinyStories text.
+"""Training speed side by side: our trainer against transformers' Trainer, same model, same rows.
 
-    python scripts/dev/bench_train.py [--data_path ../shared/data/tinystories/train_v1_first2MiB.jsonl]
+    python scripts/dev/bench_train.py                         # all shapes, 2 interleaved rounds
+    python scripts/dev/bench_train.py --shapes smollm2-135m --rounds 3 --steps 12
 
-Builds the default 512x8 model (26M parameters) at sequence length 512 and runs a fixed number
-of optimizer steps in each mode (fp32, bf16 autocast, bf16 autocast + torch.compile). It reads
-the trainer's own metrics log, skips the first logging interval (warm-up, compilation) and
-reports the median useful tokens/s (non-padding targets) and MFU against a bf16 matmul peak
-measured in the same run, so the ratio does not depend on how loaded this shared machine is.
+For each shape a transformers folder with random weights (the tokenizer: a byte-level BPE trained
+on the same TinyStories text, so the ids are real text; the embedding keeps the shape's vocabulary,
+so the LM head and loss cost what they cost in that model) is trained, in one run, interleaved
+round by round, by:
+
+  ours           trainer/train_pretrain.py --from_weight FOLDER with its defaults (document-aware
+                 rows: whole documents best-fit packed, document attention; the fused loss; compile
+                 where its rule says), counting only target tokens
+  ours-eager     the same with --no_compile
+  hf             transformers' Trainer (the engine under axolotl, LLaMA-Factory, TRL), its defaults:
+                 eager, rows of concatenated text (``group_texts``), every position a target
+  hf-compile     the same with ``torch_compile=True``
+
+all with AdamW (betas 0.9/0.95, weight decay 0.1, the same LR, no warmup), bf16 autocast, gradient
+clipping at 1.0, batch 4 x 512 tokens (``--batch_size`` / ``--seq_len``). Each run is a fresh process;
+its first ``--warmup`` steps (compilation, allocator warm-up) are not timed; tokens/s are useful
+(target) tokens over the timed steps; peak memory is the process's peak RSS. MFU uses the project's
+FLOP count (model.config.ModelConfig.flops_per_token) against a 2048^3 bf16 matmul measured in the
+same run, so ratios do not depend on how loaded this shared machine is.
+
+Shapes: smollm2-135m (576 x 30, 9 heads, 3 KV heads, 1536 MLP, 49,152 vocab, tied), qwen3-0.6b
+(1024 x 28, 16 heads, 8 KV, head_dim 128, 3072 MLP, 151,936 vocab, tied; fewer steps: a short run), and
+ours-512x8 (the default 26M model: 512 x 8, 8 heads, 2 KV, 1408 MLP, 6,400 vocab).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from model.config import ModelConfig
-from model.errors import UserError
-from trainer.checkpoint import checkpoint_paths
-from trainer.cli import run
-from trainer.metrics import MetricsLog
 from trainer.paths import REPO_ROOT
-from trainer.throughput import measure_matmul_flops
 
-MODES = {
-    "fp32": ["--dtype", "float32"],
-    "bf16": ["--dtype", "bfloat16"],
-    "bf16+compile": ["--dtype", "bfloat16", "--use_compile"],
-}
+SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(arch="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, rope_theta=100000.0),
+    "qwen3-0.6b": dict(arch="qwen3", hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
+                       rope_theta=1000000.0),
+    "ours-512x8": dict(arch="llama", hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                       num_key_value_heads=2, intermediate_size=1408, vocab_size=6400, rope_theta=1000000.0),
+}  # fmt: skip
+SYSTEMS = ("ours", "ours-eager", "hf", "hf-compile")
+DATA = REPO_ROOT.parent / "shared" / "data" / "tinystories" / "train_v1_first2MiB.jsonl"
+LR = 3e-4
+
+
+def make_folder(shape: str, out: Path, tok_dir: Path) -> Path:
+    """A transformers folder of ``shape`` with random weights and the benchmark's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    folder = out / shape
+    if (folder / "config.json").is_file():
+        return folder
+    s = dict(SHAPES[shape])
+    arch = s.pop("arch")
+    common = dict(max_position_embeddings=4096, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**s, **common))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**s, **common, use_sliding_window=False))
+    model.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tok_dir)).save_pretrained(folder)
+    return folder
+
+
+def texts(limit: int) -> list[str]:
+    out = []
+    with open(DATA, encoding="utf-8") as f:
+        for line in f:
+            out.append(json.loads(line)["text"])
+            if len(out) == limit:
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- one run per process
+
+
+def child_hf(folder: Path, steps: int, warmup: int, batch: int, seq: int, compile_: bool, data: Path) -> dict:
+    """transformers' Trainer on concatenated rows of ``seq`` tokens (its group_texts layout)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    ids: list[int] = []
+    for t in (json.loads(x)["text"] for x in data.read_text().splitlines()):
+        ids += [tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        if len(ids) > (steps + 1) * batch * seq + 1:
+            break
+    rows = [ids[i * seq : (i + 1) * seq] for i in range(len(ids) // seq)]
+    train = [{"input_ids": r, "labels": r} for r in rows]
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR,
+            weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, warmup_steps=0,
+            lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=True, use_cpu=True, optim="adamw_torch",
+            torch_compile=compile_, logging_steps=1000, save_strategy="no", report_to=[],
+            dataloader_num_workers=0, seed=0,
+        )  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[Clock()])
+        start = time.perf_counter()
+        trainer.train()
+    timed = times[warmup:]
+    seconds = timed[-1] - timed[0] if len(timed) > 1 else float("nan")
+    # every position of a concatenated row is a target but its last (transformers shifts the labels)
+    tokens = (len(timed) - 1) * batch * (seq - 1)
+    return {
+        "tokens_per_sec": tokens / seconds,
+        "steps_timed": len(timed) - 1,
+        "total_s": time.perf_counter() - start,
+    }
+
+
+def child_ours(
+    folder: Path, steps: int, warmup: int, batch: int, seq: int, eager: bool, data: Path, out: Path
+) -> dict:
+    cmd = [sys.executable, str(REPO_ROOT / "trainer" / "train_pretrain.py"), "--data_path", str(data),
+           "--from_weight", str(folder), "--max_seq_len", str(seq), "--batch_size", str(batch),
+           "--max_steps", str(steps), "--log_interval", "1", "--eval_interval", "0", "--save_interval", "0",
+           "--learning_rate", str(LR), "--warmup_ratio", "0", "--dtype", "bfloat16", "--save_dir", str(out),
+           "--checkpoint_dir", str(out), "--cache_dir", str(out.parent / "cache"), "--save_weight", "bench",
+           *(["--no_compile"] if eager else [])]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    if proc.returncode:
+        raise SystemExit(f"train_pretrain failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    metrics = next(out.glob("bench_*_metrics.jsonl"))
+    recs = [json.loads(x) for x in metrics.read_text().splitlines()]
+    tps = [r["tokens_per_sec"] for r in recs if r["kind"] == "train"][warmup:]
+    compiled = [line for line in proc.stdout.splitlines() if "compile" in line.lower()]
+    return {"tokens_per_sec": statistics.median(tps), "steps_timed": len(tps), "log": compiled[-3:]}
+
+
+def child(args: argparse.Namespace) -> None:
+    spec = json.loads(args.child)
+    folder, data = Path(spec["folder"]), Path(spec["data"])
+    if spec["system"].startswith("hf"):
+        got = child_hf(
+            folder,
+            spec["steps"],
+            spec["warmup"],
+            spec["batch"],
+            spec["seq"],
+            spec["system"] == "hf-compile",
+            data,
+        )
+    else:
+        got = child_ours(
+            folder,
+            spec["steps"],
+            spec["warmup"],
+            spec["batch"],
+            spec["seq"],
+            spec["system"] == "ours-eager",
+            data,
+            Path(spec["out"]),
+        )
+    rss = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    print(json.dumps({**got, "peak_rss_gib": rss / 2**20}))
+
+
+# --------------------------------------------------------------------------- the comparison
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--data_path",
-        default=str(REPO_ROOT.parent / "shared" / "data" / "tinystories" / "train_v1_first2MiB.jsonl"),
-    )
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--log_interval", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--max_seq_len", type=int, default=512)
-    p.add_argument("--hidden_size", type=int, default=512)
-    p.add_argument("--num_hidden_layers", type=int, default=8)
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
-    p.add_argument("--device", default=None)
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10, help="steps per run (qwen3-0.6b: half)")
+    p.add_argument("--warmup", type=int, default=3, help="first steps not timed")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--seq_len", type=int, default=512)
+    p.add_argument("--work", default=None)
+    p.add_argument("--output", default=None, help="write the figures as JSON here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    modes = args.modes.split(",")
-    if unknown := [m for m in modes if m not in MODES]:
-        raise UserError(f"--modes: unknown {unknown}; choose from {list(MODES)}")
-    if not Path(args.data_path).is_file():
-        raise UserError(f"--data_path {args.data_path}: not found (TinyStories JSONL from ../shared/data)")
+    if args.child:
+        return child(args)
+    import torch
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmpdir:
-        tmp = Path(tmpdir)
-        py = sys.executable
-        subprocess.run(
-            [
-                py,
-                str(REPO_ROOT / "scripts" / "train_tokenizer.py"),
-                "--data_path",
-                args.data_path,
-                "--vocab_size",
-                "6400",
-                "--output_dir",
-                str(tmp / "tok"),
-            ],
-            check=True,
-        )
-        peak = measure_matmul_flops(device, torch.bfloat16, seconds=2.0)
-        print(
-            f"bf16 matmul peak measured in this run: {peak / 1e12:.3f} TFLOP/s ({device}, {torch.get_num_threads()} threads)"
-        )
-        cfg = ModelConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers)
-        fpt = cfg.flops_per_token(args.max_seq_len)
-        print(
-            f"model {cfg.num_params() / 1e6:.1f}M params, {fpt / 1e6:.1f} MFLOP/token at seq {args.max_seq_len}"
-        )
-        rows = []
-        for mode in modes:
-            out = tmp / mode
-            cmd = [
-                py,
-                str(REPO_ROOT / "trainer" / "train_pretrain.py"),
-                "--data_path",
-                args.data_path,
-                "--tokenizer_path",
-                str(tmp / "tok"),
-                "--hidden_size",
-                str(args.hidden_size),
-                "--num_hidden_layers",
-                str(args.num_hidden_layers),
-                "--max_seq_len",
-                str(args.max_seq_len),
-                "--batch_size",
-                str(args.batch_size),
-                "--max_steps",
-                str(args.steps),
-                "--log_interval",
-                str(args.log_interval),
-                "--eval_interval",
-                "0",
-                "--save_interval",
-                "0",
-                "--save_dir",
-                str(out),
-                "--checkpoint_dir",
-                str(out),
-                "--cache_dir",
-                str(tmp / "cache"),
-                "--peak_tflops",
-                str(peak / 1e12),
-                *MODES[mode],
-            ]
-            if args.device:
-                cmd += ["--device", args.device]
-            print(f"\n== {mode}: {' '.join(cmd[1:])}", flush=True)
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            train, _, _ = MetricsLog.read(checkpoint_paths(out, out, "pretrain", args.hidden_size).metrics)
-            tps = [r["tokens_per_sec"] for r in train][1:]  # skip warm-up / compile
-            med = statistics.median(tps)
-            rows.append((mode, med, med * fpt / peak))
-            print(f"{mode}: useful tokens/s {med:,.0f} (intervals: {', '.join(f'{t:,.0f}' for t in tps)})")
-    print(f"\n{'mode':<14} {'tokens/s':>10} {'MFU vs in-run bf16 peak':>24}")
-    for mode, tps, util in rows:
-        print(f"{mode:<14} {tps:>10,.0f} {util:>23.1%}")
+    from model.config import ModelConfig
+    from trainer.throughput import measure_matmul_flops
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_train_"))
+    work.mkdir(parents=True, exist_ok=True)
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        from dataset.tokenizer import train_tokenizer
+
+        train_tokenizer(texts(3000), 8192, tok_dir)
+    data = work / "stories.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(20000)))
+    peak = measure_matmul_flops(torch.device("cpu"), torch.bfloat16)
+    print(
+        f"bf16 2048^3 matmul peak measured now: {peak / 1e12:.2f} TFLOP/s ({torch.get_num_threads()} threads)"
+    )
+    results: dict[str, Any] = {"peak_tflops": peak / 1e12, "shapes": {}}
+    for shape in args.shapes.split(","):
+        folder = make_folder(shape, work, tok_dir)
+        cfg = ModelConfig(**{k: v for k, v in SHAPES[shape].items() if k != "arch"})
+        flops = cfg.flops_per_token(args.seq_len)
+        steps = args.steps if shape != "qwen3-0.6b" else max(args.warmup + 3, args.steps // 2)
+        runs: dict[str, list[dict]] = {s: [] for s in args.systems.split(",")}
+        for r in range(args.rounds):
+            for system in runs:
+                spec = dict(folder=str(folder), data=str(data), system=system, steps=steps, warmup=args.warmup,
+                            batch=args.batch_size, seq=args.seq_len, out=str(work / f"{shape}-{system}-{r}"))  # fmt: skip
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True
+                )
+                if proc.returncode:
+                    raise SystemExit(
+                        f"{shape} {system}: failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                    )
+                got = json.loads(proc.stdout.strip().splitlines()[-1])
+                got["mfu"] = got["tokens_per_sec"] * flops / peak
+                runs[system].append(got)
+                print(f"  {shape} round {r + 1} {system:<11} {got['tokens_per_sec']:8.0f} tokens/s  MFU {100 * got['mfu']:5.1f}%  "
+                      f"peak RSS {got['peak_rss_gib']:.2f} GiB", flush=True)  # fmt: skip
+        table = {s: {"tokens_per_sec": statistics.median(x["tokens_per_sec"] for x in v),
+                     "mfu": statistics.median(x["mfu"] for x in v),
+                     "peak_rss_gib": max(x["peak_rss_gib"] for x in v), "rounds": v} for s, v in runs.items()}  # fmt: skip
+        results["shapes"][shape] = table
+        base = table.get("hf", {}).get("tokens_per_sec")
+        for s, v in table.items():
+            ratio = f"{v['tokens_per_sec'] / base:.2f}x hf" if base else ""
+            print(f"{shape:<13} {s:<11} {v['tokens_per_sec']:8.0f} tokens/s  MFU {100 * v['mfu']:5.1f}%  "
+                  f"peak {v['peak_rss_gib']:.2f} GiB  {ratio}")  # fmt: skip
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

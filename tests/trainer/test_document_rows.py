@@ -141,7 +141,7 @@ def test_concat_and_causal_reproduce_the_previous_layouts_losses(tokenizer_dir, 
         *("--max_seq_len", "64", "--batch_size", "8", "--max_steps", "6", "--dtype", "float32"),
         *("--eval_interval", "3", "--eval_batches", "0", "--log_interval", "1", "--learning_rate", "3e-3"),
         *("--save_dir", str(out), "--checkpoint_dir", str(out), "--cache_dir", str(out / "cache")),
-        *("--packing", "concat", "--attention", "causal"),
+        *("--packing", "concat", "--attention", "causal", "--loss", "plain"),
         env=ONE_THREAD,
     )
     recs = [json.loads(line) for line in (out / "pretrain_64_metrics.jsonl").read_text().splitlines()]

@@ -2,10 +2,11 @@ import json
 import os
 import shutil
 
+import pytest
 import torch
 
 from model import MiniGPTForCausalLM, ModelConfig
-from tests.helpers import TINY_MODEL, run_script, shared_file
+from tests.helpers import ONE_THREAD, TINY_MODEL, run_script, shared_file
 from trainer.checkpoint import atomic_torch_save, load_model, weights_state
 
 STORIES = "tinystories/train_v1_first2MiB.jsonl"
@@ -196,3 +197,25 @@ def test_pretraining_takes_any_schedule_of_the_table(tokenizer_dir, tmp_path):
     assert "Warmup-stable-decay: 1 warmup, 2 stable, 3 decay steps out of 6" in proc.stdout
     lrs = [r["lr"] for r in metrics(out) if r["kind"] == "train"]
     assert lrs == [get_wsd_lr(s, 6, 1e-3, 0.2, 0.5) for s in range(6)]
+
+
+def test_the_fused_loss_trains_as_the_plain_loss(tokenizer_dir, tmp_path):
+    """20 fp32 steps with the fused chunked LM head + loss (the default) and with logits +
+    F.cross_entropy: the same losses, gradient norms and validation losses within 1e-5."""
+    runs = {}
+    for loss in ("fused", "plain"):
+        out = tmp_path / loss
+        extra = ["--max_steps", "20", "--dtype", "float32", "--loss", loss, "--learning_rate", "3e-3"]
+        extra += [
+            "--val_path",
+            str(shared_file("tinystories", "validation_first1000.jsonl")),
+            "--eval_interval",
+            "10",
+        ]
+        run_script(*pretrain_args(tokenizer_dir, out, *extra, "--eval_batches", "2"), env=ONE_THREAD)
+        runs[loss] = metrics(out)
+    for kind, keys in (("train", ("loss", "grad_norm")), ("eval", ("loss_all",))):
+        a = [r[k] for r in runs["fused"] if r["kind"] == kind for k in keys]
+        b = [r[k] for r in runs["plain"] if r["kind"] == kind for k in keys]
+        assert len(a) == len(b) > 2
+        assert a == pytest.approx(b, abs=1e-5, rel=1e-5), kind
