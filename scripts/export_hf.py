@@ -14,7 +14,7 @@ did; a model mid-trained from a transformers folder is written as the class and 
 with (a Qwen3 in, a Qwen3 out: biases, head_dim, q/k norm, RoPE scaling, tie flag) and its own
 tokenizer unchanged (no BOS added where it had none). The weights map 1:1 (model/hf.py), so the
 logits equal ours. config.json's max_position_embeddings is the context eval_llm.py scores the
-model with (trainer.evaluation.models.trained_context), so lm-evaluation-harness and other tools
+model with (trainer.weights.trained_context), so lm-evaluation-harness and other tools
 truncate prompts where eval_llm.py does. --weight takes what the trainers' --from_weight takes
 (trainer/weights.py). The folder is written to a temporary sibling and renamed into place; an
 existing export is replaced, any other non-empty folder is left alone.
@@ -35,7 +35,6 @@ from model.errors import UserError
 from model.hf import EXPORT_META, to_hf
 from trainer import runtime, weights
 from trainer.cli import add_save_dir_flag, run, setup_logging
-from trainer.evaluation.models import trained_context
 from trainer.paths import repo_path
 
 log = logging.getLogger("export_hf")
@@ -54,7 +53,7 @@ def export(source: weights.Source, out: Path, dtype: torch.dtype) -> dict:
     """Write ``out``; returns the facts written to minigpt.json beside the transformers files.
 
     config.json's ``max_position_embeddings`` and the tokenizer's ``model_max_length`` are the
-    context eval_llm.py scores the model with (trainer.evaluation.models.trained_context: the
+    context eval_llm.py scores the model with (trainer.weights.trained_context: the
     trained sequence length for our models, the source's own value for imported ones), not the
     size of our RoPE table: lm-evaluation-harness and other tools take their context from there
     (``n_positions`` / ``max_position_embeddings`` / ``n_ctx``, then ``model_max_length``), so their
@@ -63,7 +62,7 @@ def export(source: weights.Source, out: Path, dtype: torch.dtype) -> dict:
     """
     got = weights.load(source, flag="--weight")
     model, tok, meta = got.model, got.tokenizer, got.meta
-    context = trained_context(meta, model.config.max_position_embeddings)
+    context = weights.trained_context(meta, model.config.max_position_embeddings)
     hf = to_hf(model).to(dtype)
     hf.config.max_position_embeddings = context
     if is_own(tok):  # an imported model's tokenizer is written as it came

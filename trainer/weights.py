@@ -29,6 +29,7 @@ from dataset.tokenizer import encode_texts, load_tokenizer
 from model.errors import UserError
 from model.hf import PARITY_TEXT, load_hf_folder, parity
 from trainer.checkpoint import available, load_model
+from trainer.config import DEFAULT_SEQ_LEN
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,21 @@ def imported_source(meta: dict | None) -> dict | None:
             return meta
         meta = meta.get("parent")
     return None
+
+
+def trained_context(meta: dict, max_positions: int) -> int:
+    """The context a checkpoint is scored with, which scripts/export_hf.py writes as the export's
+    ``max_position_embeddings`` (where lm-evaluation-harness reads it):
+
+    - a model this project pretrained: the sequence length it was trained with (its meta
+      ``max_seq_len``, else the trainers' default), at most its positions;
+    - a model imported from transformers, and everything mid-trained from it: the source's
+      ``max_position_embeddings`` (the context it was pretrained for; mid-training on shorter rows
+      does not shrink it), so the original and the mid-trained model are scored alike.
+    """
+    if imported_source(meta) is not None:
+        return max_positions
+    return min(int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), max_positions)
 
 
 @dataclass
