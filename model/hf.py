@@ -10,6 +10,7 @@ RoPE scaling, tied embeddings, ``architecture``).
     print(p.line)                               # "parity vs transformers: max abs logit diff X (bound B)"
     p.check()                                   # UserError above the bound
     hf = to_hf(model)                           # the transformers class it came from, for save_pretrained
+    files = source_files(folder)                # config, generation config, tokenizer files: carried to the export
 
 ``ids`` are the token ids of :data:`PARITY_TEXT` in the model's own tokenizer. Everything here
 runs offline: a folder is a local directory (config.json + *.safetensors); reaching the Hub is
@@ -355,6 +356,39 @@ def to_hf(model: MiniGPTForCausalLM):
     if model.config.tie_word_embeddings:
         hf.tie_weights()
     return hf.float().eval()
+
+
+# --------------------------------------------------------------------------- the files beside the weights
+
+# What a transformers folder holds beside its weights that describes the model: config.json,
+# generation_config.json (stop ids, sampling settings) and the tokenizer's own files. tokenizer.json
+# itself travels in every checkpoint (dataset.tokenizer.tokenizer_to_dict); the weights index
+# describes files that an export writes anew, and an earlier export's minigpt.json its own run.
+CARRIED_SUFFIXES = (".json", ".jinja", ".txt")
+NOT_CARRIED = frozenset({"model.safetensors.index.json", "tokenizer.json", EXPORT_META})
+CARRIED_MAX_BYTES = 8 << 20  # Qwen2.5's vocab.json, the largest such file we know, is 2.7 MB
+
+
+def source_files(folder: str | Path) -> dict[str, str]:
+    """``{file name: text}`` of the files in a transformers folder that describe the model beside
+    its weights: every top-level ``*.json``, ``*.jinja`` and ``*.txt`` (config.json,
+    generation_config.json, tokenizer_config.json, special_tokens_map.json, added_tokens.json,
+    chat_template.jinja, vocab.json, merges.txt, ...) except tokenizer.json, the weights index and
+    :data:`EXPORT_META`: the set scripts/export_hf.py writes back for an imported model
+    (trainer.weights.load stores it in the model's meta). A file over :data:`CARRIED_MAX_BYTES` or not UTF-8 is left out, with
+    one info line naming it. Raises nothing."""
+    files: dict[str, str] = {}
+    for f in sorted(Path(folder).iterdir()):
+        if not f.is_file() or f.suffix not in CARRIED_SUFFIXES or f.name in NOT_CARRIED:
+            continue
+        size = f.stat().st_size
+        try:
+            if size > CARRIED_MAX_BYTES:
+                raise ValueError(f"{size} bytes, over {CARRIED_MAX_BYTES}")
+            files[f.name] = f.read_text(encoding="utf-8")
+        except ValueError as e:  # too large, or not UTF-8 text
+            log.info(f"{f}: not carried to an export ({_first_line(e)})")
+    return files
 
 
 # --------------------------------------------------------------------------- parity proof
