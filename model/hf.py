@@ -10,23 +10,32 @@ RoPE scaling, tied embeddings, ``architecture``).
     print(p.line)                               # "parity vs transformers: max abs logit diff X (bound B)"
     p.check()                                   # UserError above the bound
     hf = to_hf(model)                           # the transformers class it came from, for save_pretrained
+    files = source_files(folder)                # config, generation config, tokenizer files: carried to the export
 
 ``ids`` are the token ids of :data:`PARITY_TEXT` in the model's own tokenizer. Everything here
 runs offline: a folder is a local directory (config.json + *.safetensors); reaching the Hub is
-the caller's job.
+the caller's job. A folder that cannot be read as a float model (a file cut short, not
+safetensors, a shard missing, an index that is not JSON, a shape config.json does not imply,
+quantized or integer tensors) is a UserError: one line naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from model.config import ARCHITECTURES, ROPE_TYPES, ModelConfig
 from model.errors import UserError
 from model.model import MiniGPTForCausalLM
+
+log = logging.getLogger(__name__)
 
 # Written by scripts/export_hf.py beside the transformers files: where the weights came from and
 # the context the model was trained with (eval_llm scores an export with it).
@@ -36,6 +45,14 @@ SUPPORTED = (
     f"supported: architectures {', '.join(ARCHITECTURES)} with rope types {', '.join(ROPE_TYPES)}, "
     "silu MLP, full attention (no sliding window)"
 )
+# safetensors dtype names of the weights that are read (each converted to fp32); anything else
+# (I8, U8, packed 4-bit, F8_*) is quantized or not a weight.
+FLOAT_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+FLOAT_ONLY = (
+    "only float weights (float32, bfloat16, float16) are read: use the model's unquantized release "
+    "(the repository without -GPTQ / -AWQ / -bnb / -FP8 in its name)"
+)
+REDOWNLOAD = "download the folder again"
 
 # The fixed prompt of the parity proof: several sentences of ordinary prose, code and digits, so
 # that many embedding rows, positions and attention patterns take part.
@@ -66,15 +83,16 @@ def config_from_hf(hf_config, where: str = "config.json") -> ModelConfig:
     The older config.json format (top-level ``rope_theta`` + ``rope_scaling``) and the newer one
     (``rope_parameters``) are both read (transformers 5 converts the older on load). Raises
     UserError, one line naming ``where`` and listing what is supported, for any other
-    architecture, RoPE type, activation or a sliding-window attention.
+    architecture, RoPE type, activation, a sliding-window attention or a ``quantization_config``
+    (GPTQ, AWQ, bitsandbytes, FP8: only float weights are read).
     """
     archs = list(getattr(hf_config, "architectures", None) or [])
-    model_type = getattr(hf_config, "model_type", None)
+    model_type = str(getattr(hf_config, "model_type", None))
     by_type = {a.removesuffix("ForCausalLM").lower(): a for a in ARCHITECTURES}
     arch = archs[0] if archs else by_type.get(model_type)
     if len(archs) > 1 or arch not in ARCHITECTURES or by_type.get(model_type) != arch:
         raise UserError(
-            f"{where}: architecture {', '.join(archs) or '(none named)'} (model_type {model_type!r}) "
+            f"{where}: architecture {', '.join(archs) or '(none named)'} (model_type {getattr(hf_config, 'model_type', None)!r}) "
             f"is not supported; {SUPPORTED}"
         )
 
@@ -100,6 +118,11 @@ def config_from_hf(hf_config, where: str = "config.json") -> ModelConfig:
         t != "full_attention" for t in getattr(hf_config, "layer_types", None) or []
     ):
         raise refuse("sliding-window attention (use_sliding_window / layer_types)")
+    if quant := getattr(hf_config, "quantization_config", None):
+        method = (
+            quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+        )
+        raise UserError(f"{where}: quantization_config ({method or 'quantized'}): {FLOAT_ONLY}")
 
     heads = hf_config.num_attention_heads
     bias = bool(getattr(hf_config, "attention_bias", False))
@@ -187,17 +210,32 @@ def hf_config(cfg: ModelConfig):
 # --------------------------------------------------------------------------- weights
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def _weight_files(folder: Path) -> list[Path]:
-    """The safetensors files holding a folder's weights (one file, or the shards of an index)."""
+    """The safetensors files holding a folder's weights (one file, or the shards of an index).
+    UserError, one line saying to download again, for an index that is not JSON or has no
+    ``weight_map`` of file names, or a shard it names that is missing."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as e:
-            raise UserError(f"{index}: not a safetensors index ({e})") from None
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError("weight_map values are not file names")
+        except ValueError as e:  # not UTF-8 or not JSON
+            raise UserError(
+                f"{index}: not a safetensors index (not JSON: {_first_line(e)}); {REDOWNLOAD}"
+            ) from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise UserError(
+                f"{index}: not a safetensors index (no weight_map of file names: {_first_line(e)}); {REDOWNLOAD}"
+            ) from None
         files = [folder / n for n in names]
         if missing := [str(f) for f in files if not f.is_file()]:
-            raise UserError(f"{index}: shard(s) missing: {', '.join(missing)}; download the folder again")
+            raise UserError(f"{index}: shard(s) missing: {', '.join(missing)}; {REDOWNLOAD}")
         return files
     if (folder / "model.safetensors").is_file():
         return [folder / "model.safetensors"]
@@ -207,19 +245,44 @@ def _weight_files(folder: Path) -> list[Path]:
     )
 
 
+@contextmanager
+def _open_safetensors(file: Path) -> Iterator[Any]:
+    """``safetensors.safe_open(file)``; a file that is not safetensors, or is cut short (its header
+    promises more bytes than it has), is a UserError naming it and saying to download again."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            yield f
+    except (SafetensorError, OSError) as e:
+        raise UserError(
+            f"{file}: not a readable safetensors file ({_first_line(e)}): it is incomplete (an interrupted "
+            f"download?) or not safetensors at all; {REDOWNLOAD}"
+        ) from None
+
+
+def _declared_dtype(folder: Path) -> str | None:
+    """config.json's ``dtype`` (``torch_dtype`` in the older layout), e.g. "bfloat16"; None if unset."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    value = config.get("dtype") or config.get("torch_dtype")
+    return str(value).removeprefix("torch.") if value else None
+
+
 def load_hf_folder(folder: str | Path, device: torch.device | str = "cpu") -> MiniGPTForCausalLM:
     """Our model, in fp32 on ``device``, holding the weights of a local transformers folder.
 
-    Reads config.json (:func:`read_hf_config`) and every safetensors shard, in whatever dtype
-    they are stored (bf16, fp16, fp32), one tensor at a time, converting each into the fp32
-    parameter of the same name. The embedding keeps the checkpoint's row count (Qwen pads it
-    beyond the tokenizer). A tied model ignores a stored ``lm_head.weight``, as transformers does;
-    ``rotary_emb.inv_freq`` buffers of old checkpoints are recomputed, not read. Raises UserError
-    naming the file and the tensors on a missing tensor, an unexpected one or a wrong shape.
-    Run :func:`parity` afterwards: it proves the result.
+    Reads config.json (:func:`read_hf_config`) and every safetensors shard, in whatever float dtype
+    they are stored (bf16, fp16, fp32, fp64), one tensor at a time, converting each into the fp32
+    parameter of the same name; weights stored in another dtype than config.json's ``dtype`` /
+    ``torch_dtype`` are read as stored, with one info line saying so. The embedding keeps the
+    checkpoint's row count (Qwen pads it beyond the tokenizer). A tied model ignores a stored
+    ``lm_head.weight``, as transformers does; ``rotary_emb.inv_freq`` buffers of old checkpoints
+    are recomputed, not read. Raises UserError, one line naming the file and what to do, for a
+    file that is cut short or not safetensors, an index that is not JSON, a missing shard, a
+    quantized or integer tensor (I8, U8, packed 4-bit, F8), a tensor with no place in the
+    architecture, a shape config.json does not imply, or a missing tensor. Run :func:`parity`
+    afterwards: it proves the result.
     """
-    from safetensors import safe_open
-
     folder = Path(folder)
     cfg = read_hf_config(folder)
     files = _weight_files(folder)
@@ -231,13 +294,19 @@ def load_hf_folder(folder: str | Path, device: torch.device | str = "cpu") -> Mi
     model.reset_rope(device)
     params = dict(model.named_parameters())  # a tied lm_head appears once, as the embedding
     loaded: set[str] = set()
+    stored: set[str] = set()
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
+        with _open_safetensors(file) as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if name.endswith("rotary_emb.inv_freq") or (
                     cfg.tie_word_embeddings and name == "lm_head.weight"
                 ):
                     continue
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in FLOAT_DTYPES:
+                    raise UserError(
+                        f"{file}: tensor {name} is stored as {dtype} (quantized or not a weight); {FLOAT_ONLY}"
+                    )
                 p = params.get(name)
                 if p is None:
                     raise UserError(
@@ -247,15 +316,23 @@ def load_hf_folder(folder: str | Path, device: torch.device | str = "cpu") -> Mi
                 t = f.get_tensor(name)
                 if tuple(t.shape) != tuple(p.shape):
                     raise UserError(
-                        f"{file}: tensor {name} has shape {tuple(t.shape)}, config.json implies {tuple(p.shape)}"
+                        f"{file}: tensor {name} has shape {tuple(t.shape)}, config.json implies "
+                        f"{tuple(p.shape)}: the weights and config.json are not of one model; {REDOWNLOAD} (or fix config.json)"
                     )
                 with torch.no_grad():
                     p.copy_(t)
                 loaded.add(name)
+                stored.add(FLOAT_DTYPES[dtype])
     if missing := sorted(set(params) - loaded):
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise UserError(
-            f"{folder}: tensors missing from the safetensors files: {', '.join(missing[:5])}{more}"
+            f"{folder}: tensors missing from the safetensors files: {', '.join(missing[:5])}{more}; {REDOWNLOAD}"
+        )
+    declared = _declared_dtype(folder)
+    if declared is not None and stored != {declared}:
+        log.info(
+            f"{folder}: weights stored as {', '.join(sorted(stored))}, config.json says {declared}: "
+            "read as stored and converted to float32"
         )
     return model.eval()
 
@@ -279,6 +356,39 @@ def to_hf(model: MiniGPTForCausalLM):
     if model.config.tie_word_embeddings:
         hf.tie_weights()
     return hf.float().eval()
+
+
+# --------------------------------------------------------------------------- the files beside the weights
+
+# What a transformers folder holds beside its weights that describes the model: config.json,
+# generation_config.json (stop ids, sampling settings) and the tokenizer's own files. tokenizer.json
+# itself travels in every checkpoint (dataset.tokenizer.tokenizer_to_dict); the weights index
+# describes files that an export writes anew, and an earlier export's minigpt.json its own run.
+CARRIED_SUFFIXES = (".json", ".jinja", ".txt")
+NOT_CARRIED = frozenset({"model.safetensors.index.json", "tokenizer.json", EXPORT_META})
+CARRIED_MAX_BYTES = 8 << 20  # Qwen2.5's vocab.json, the largest such file we know, is 2.7 MB
+
+
+def source_files(folder: str | Path) -> dict[str, str]:
+    """``{file name: text}`` of the files in a transformers folder that describe the model beside
+    its weights: every top-level ``*.json``, ``*.jinja`` and ``*.txt`` (config.json,
+    generation_config.json, tokenizer_config.json, special_tokens_map.json, added_tokens.json,
+    chat_template.jinja, vocab.json, merges.txt, ...) except tokenizer.json, the weights index and
+    :data:`EXPORT_META`: the set scripts/export_hf.py writes back for an imported model
+    (trainer.weights.load stores it in the model's meta). A file over :data:`CARRIED_MAX_BYTES` or not UTF-8 is left out, with
+    one info line naming it. Raises nothing."""
+    files: dict[str, str] = {}
+    for f in sorted(Path(folder).iterdir()):
+        if not f.is_file() or f.suffix not in CARRIED_SUFFIXES or f.name in NOT_CARRIED:
+            continue
+        size = f.stat().st_size
+        try:
+            if size > CARRIED_MAX_BYTES:
+                raise ValueError(f"{size} bytes, over {CARRIED_MAX_BYTES}")
+            files[f.name] = f.read_text(encoding="utf-8")
+        except ValueError as e:  # too large, or not UTF-8 text
+            log.info(f"{f}: not carried to an export ({_first_line(e)})")
+    return files
 
 
 # --------------------------------------------------------------------------- parity proof

@@ -27,8 +27,9 @@ from typing import Any
 
 from dataset.tokenizer import encode_texts, load_tokenizer
 from model.errors import UserError
-from model.hf import PARITY_TEXT, load_hf_folder, parity
+from model.hf import PARITY_TEXT, load_hf_folder, parity, source_files
 from trainer.checkpoint import available, load_model
+from trainer.config import DEFAULT_SEQ_LEN
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Source:
     @property
     def label(self) -> str:
         if self.kind == "hub":
-            return self.repo_id + (f"@{self.revision}" if self.revision else "")
+            return f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
         return str(self.path)
 
 
@@ -123,6 +124,7 @@ def hub_folder(source: Source, flag: str = "--from_weight") -> Path:
     Hugging Face cache, or found there. Unreachable Hub: one line saying how to go local."""
     from huggingface_hub import snapshot_download
 
+    assert source.repo_id is not None  # resolve() sets it for every "hub" source
     try:
         return Path(snapshot_download(source.repo_id, revision=source.revision, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # noqa: BLE001 - no network, unknown repo, gated model, ...
@@ -145,6 +147,21 @@ def imported_source(meta: dict | None) -> dict | None:
     return None
 
 
+def trained_context(meta: dict, max_positions: int) -> int:
+    """The context a checkpoint is scored with, which scripts/export_hf.py writes as the export's
+    ``max_position_embeddings`` (where lm-evaluation-harness reads it):
+
+    - a model this project pretrained: the sequence length it was trained with (its meta
+      ``max_seq_len``, else the trainers' default), at most its positions;
+    - a model imported from transformers, and everything mid-trained from it: the source's
+      ``max_position_embeddings`` (the context it was pretrained for; mid-training on shorter rows
+      does not shrink it), so the original and the mid-trained model are scored alike.
+    """
+    if imported_source(meta) is not None:
+        return max_positions
+    return min(int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), max_positions)
+
+
 @dataclass
 class Loaded:
     """A model and its tokenizer, from any :class:`Source`."""
@@ -160,11 +177,14 @@ def load(source: Source, flag: str = "--from_weight") -> Loaded:
     folder's own tokenizer, and is proven at once: its logits must equal transformers' own
     forward on a fixed prompt (fp32) within B = 1e-4 x max(1, max |logit|), logged as
     ``parity vs transformers: ...``; above B it is a UserError, so a mis-converted model is never
-    trained or scored."""
+    trained or scored. Its meta (``source: transformers``, found again by :func:`imported_source`
+    in every descendant checkpoint) carries the folder's description files
+    (:func:`model.hf.source_files`) for the export."""
+    folder = hub_folder(source, flag) if source.kind == "hub" else source.path
+    assert folder is not None  # resolve() sets the path of every local source
     if source.kind == "checkpoint":
-        model, tok, ckpt = load_model(source.path)
-        return Loaded(model, tok, {**ckpt["meta"], "path": str(source.path)}, source.path)
-    folder = source.path if source.kind == "hf" else hub_folder(source, flag)
+        model, tok, ckpt = load_model(folder)
+        return Loaded(model, tok, {**ckpt["meta"], "path": str(folder)}, folder)
     model = load_hf_folder(folder)
     tok = load_tokenizer(folder)
     if len(tok) > model.config.vocab_size:
@@ -192,5 +212,8 @@ def load(source: Source, flag: str = "--from_weight") -> Loaded:
         "architecture": model.config.architecture,
         "parity_max_abs_diff": proof.max_abs_diff,
         "parity_bound": proof.bound,
+        # config.json, generation_config.json, the tokenizer's own files: every descendant checkpoint
+        # keeps this meta under "parent", and scripts/export_hf.py writes them back
+        "source_files": source_files(folder),
     }
-    return Loaded(model, tok, meta, Path(folder))
+    return Loaded(model, tok, meta, folder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -349,7 +350,7 @@ def test_planted_mismatches_are_caught(folders, prompt_ids, name):
     # a corrupted weight: two query heads swapped in one layer (a permutation bug), and a
     # single element off by a little
     for corrupt in ("swap_heads", "one_element"):
-        model = load_hf_folder(folder)
+        model: Any = load_hf_folder(folder)
         with torch.no_grad():
             if corrupt == "swap_heads":
                 w = model.model.layers[1].self_attn.q_proj.weight

@@ -40,6 +40,13 @@ def test_folder_has_safetensors_config_tokenizer_and_no_remote_code(exported):
     assert not any(n.endswith((".bin", ".py", ".tmp")) for n in names)
     config = json.loads((exported / "config.json").read_text())
     assert config["model_type"] == "llama" and "auto_map" not in config
+    # a model pretrained here has no source folder: config and generation config are built from it
+    assert config["max_position_embeddings"] == 128  # the trained context
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (1, 2, 0)
+    assert not {"imported_from", "changed_from_source"} & set(
+        json.loads((exported / "minigpt.json").read_text())
+    )
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
 
 

@@ -2,8 +2,10 @@
 
 Tiny models of each family are built with transformers' own config classes and random weights
 (save_pretrained), with a real BPE tokenizer trained on TinyStories saved beside them: Llama with
-a BOS (tied, llama3 RoPE scaling), Qwen2 (q/k/v biases, untied, no BOS) and Qwen3 (q/k norm,
-head_dim != hidden/heads, no BOS, a vocabulary above 65,536 ids).
+a BOS (tied, llama3 RoPE scaling), Qwen2 (q/k/v biases, untied, no BOS, a ChatML template,
+max_window_layers 2 and a generation_config.json with two stop ids and sampling settings, as
+Qwen2.5-Instruct ships) and Qwen3 (q/k norm, head_dim != hidden/heads, no BOS, a vocabulary above
+65,536 ids).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from typing import Any
 
 import pytest
 import torch
@@ -33,22 +36,32 @@ def tokenizer(folder, bos: bool, big: bool = False):
     texts = [t for t, _ in iter_docs(shared_file("tinystories", "validation_first1000.jsonl"))][:600]
     base = train_tokenizer(texts, 400, folder / "bpe")
     t = Tokenizer.from_str(base.backend_tokenizer.to_str())
-    specials = ["<|endoftext|>"] + (["<|begin_of_text|>"] if bos else [])
+    specials = ["<|endoftext|>"] + (["<|begin_of_text|>"] if bos else ["<|im_start|>", "<|im_end|>"])
     t.add_special_tokens(specials)
     if big:
         t.add_special_tokens([f"<|extra_{i}|>" for i in range(66_000)])
         t.add_tokens([AddedToken(w, normalized=False) for w in (" the", " and", " was", " to")])
-    return PreTrainedTokenizerFast(
+    tok = PreTrainedTokenizerFast(
         tokenizer_object=t,
         bos_token="<|begin_of_text|>" if bos else None,
         eos_token="<|endoftext|>",
         pad_token=None if bos else "<|endoftext|>",
     )
+    if not bos:
+        tok.chat_template = CHATML
+    return tok
+
+
+CHATML = (
+    "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}{% endif %}"
+)
 
 
 def build(folder, family: str):
     """A tiny random model of ``family`` with its tokenizer, saved as a transformers folder."""
     from transformers import (
+        GenerationConfig,
         LlamaConfig,
         LlamaForCausalLM,
         Qwen2Config,
@@ -58,7 +71,7 @@ def build(folder, family: str):
     )
 
     tok = tokenizer(folder, bos=family == "llama", big=family == "qwen3")
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=len(tok) + 8,  # padded beyond the tokenizer, as Qwen does
         hidden_size=64,
         intermediate_size=128,
@@ -67,19 +80,29 @@ def build(folder, family: str):
         num_key_value_heads=2,
         max_position_embeddings=256,
     )
+    top_level_theta: dict[str, Any] = {"rope_theta": 1e6}  # the older keyword, which transformers converts
     torch.manual_seed(0)
+    model: Any
     if family == "llama":
         rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True, rope_parameters=rope))
     elif family == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False, rope_theta=1e6))
+        cfg = Qwen2Config(**common, tie_word_embeddings=False, **top_level_theta, max_window_layers=2)
+        model = Qwen2ForCausalLM(cfg)
         with torch.no_grad():  # biases that matter
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.1)
+        eot, im_end = tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")
+        model.generation_config = GenerationConfig(
+            eos_token_id=[im_end, eot], pad_token_id=eot, do_sample=True, temperature=0.7, top_p=0.8, top_k=20,
+            repetition_penalty=1.05,
+        )  # fmt: skip
     else:
-        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, tie_word_embeddings=True, rope_theta=1e6))
+        model = Qwen3ForCausalLM(
+            Qwen3Config(**common, head_dim=32, tie_word_embeddings=True, **top_level_theta)
+        )
         with torch.no_grad():
             for layer in model.model.layers:
                 layer.self_attn.q_norm.weight.normal_(1, 0.2)
@@ -147,9 +170,9 @@ def test_midtrain_from_a_transformers_folder_and_resume(family, mixture, tmp_pat
     run += ["--dtype", "float32", "--eval_interval", "3"]
     proc = run_script(*midtrain(cfg, data, out, *run, "--save_weight", "full"))
     line = next(x for x in proc.stdout.splitlines() if x.startswith("parity vs transformers:"))
-    diff, bound = re.fullmatch(
-        r"parity vs transformers: max abs logit diff (\S+) \(bound (\S+)\)", line
-    ).groups()
+    match = re.fullmatch(r"parity vs transformers: max abs logit diff (\S+) \(bound (\S+)\)", line)
+    assert match, line
+    diff, bound = match.groups()
     assert float(diff) <= float(bound), line
     arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
     assert f"Starting from {arch}" in proc.stdout
@@ -205,20 +228,40 @@ def test_export_round_trips_and_eval_scores_the_folder_natively(family, mixture,
     out, export = tmp_path / "out", tmp_path / "export"
     run = ["--from_weight", str(folder), "--batch_size", "4", "--max_seq_len", "64", "--max_steps", "2"]
     run_script(*midtrain(cfg, data, out, *run, "--learning_rate", "1e-30", "--save_weight", "still"))
-    run_script("scripts/export_hf.py", "--weight", str(out / "still_64.pth"), "--output_dir", str(export))
+    proc = run_script(
+        "scripts/export_hf.py", "--weight", str(out / "still_64.pth"), "--output_dir", str(export)
+    )
+    # the source's files come back: only the dtype of the stored weights (bf16 in, float32 out) changes
+    changed = "config.json dtype bfloat16 -> float32"
+    assert (
+        f"files of {folder} written back (" in proc.stdout
+        and f"as they were except {changed}\n" in proc.stdout
+    )
+    c_src, c_dst = (json.loads((d / "config.json").read_text()) for d in (folder, export))
+    assert {k for k in c_src.keys() | c_dst.keys() if c_src.get(k) != c_dst.get(k)} == {"dtype"}
+    assert (c_src["dtype"], c_dst["dtype"]) == ("bfloat16", "float32")
+    assert (export / "generation_config.json").read_text() == (folder / "generation_config.json").read_text()
+    assert json.loads((export / "minigpt.json").read_text())["changed_from_source"] == [
+        changed.removeprefix("config.json ")
+    ]
 
     src = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     dst = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
     assert type(dst) is type(src)
-    for key in ("tie_word_embeddings", "attention_bias", "max_position_embeddings", "vocab_size"):
-        assert getattr(dst.config, key, None) == getattr(src.config, key, None), key
-
-    def head_dim(c):  # Qwen2's is implied by hidden / heads; ours writes it out
-        return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-
-    assert head_dim(dst.config) == head_dim(src.config)
-    assert dst.config.rope_parameters == src.config.rope_parameters
     src_tok, dst_tok = AutoTokenizer.from_pretrained(str(folder)), AutoTokenizer.from_pretrained(str(export))
+    # generate() stops where the source's does (Qwen2: at the end of a turn too, as Qwen2.5-Instruct)
+    assert dst.generation_config.to_dict() == src.generation_config.to_dict()
+    if family == "qwen2":
+        assert dst.generation_config.eos_token_id == [
+            src_tok.convert_tokens_to_ids("<|im_end|>"),
+            src_tok.eos_token_id,
+        ]
+        assert dst.generation_config.do_sample and dst.generation_config.top_k == 20
+    if src_tok.chat_template:
+        msgs = [{"role": "user", "content": "Hi"}]
+        assert dst_tok.apply_chat_template(msgs, tokenize=False) == src_tok.apply_chat_template(
+            msgs, tokenize=False
+        )
     assert dst_tok(PARITY_TEXT)["input_ids"] == src_tok(PARITY_TEXT)["input_ids"]  # no BOS added
     assert (dst_tok.bos_token, dst_tok.eos_token, dst_tok.pad_token) == (
         src_tok.bos_token,

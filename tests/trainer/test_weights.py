@@ -7,7 +7,8 @@ import os
 import pytest
 
 from model.errors import UserError
-from trainer.weights import Source, find_checkpoint, resolve
+from trainer.config import DEFAULT_SEQ_LEN
+from trainer.weights import Source, find_checkpoint, imported_source, resolve, trained_context
 
 
 @pytest.fixture
@@ -83,3 +84,15 @@ def test_a_folder_without_config_does_not_hide_a_checkpoint_name(runs, tmp_path)
 def test_without_the_hub_a_hub_id_is_refused_not_downloaded(runs):
     with pytest.raises(UserError, match=r"--weight org/model: no local folder or checkpoint .*--no_hub"):
         resolve("org/model", "unused", flag="--weight", hub=False)
+
+
+def test_the_scoring_context_of_our_models_and_of_imported_ones():
+    """Our models: the trained sequence length (capped by the positions); anything descending from
+    a transformers folder: the source's own max_position_embeddings, however short its rows were."""
+    imported = {"stage": "imported", "source": "transformers", "path": "/models/q"}
+    child = {"stage": "midtrain", "max_seq_len": 64, "parent": {"stage": "midtrain", "parent": imported}}
+    assert imported_source(child) is imported and imported_source({"stage": "pretrain"}) is None
+    assert trained_context(child, 32768) == 32768
+    assert trained_context({"stage": "pretrain", "max_seq_len": 256}, 4096) == 256
+    assert trained_context({"stage": "pretrain", "max_seq_len": 8192}, 4096) == 4096
+    assert trained_context({"stage": "pretrain"}, 4096) == DEFAULT_SEQ_LEN == 512

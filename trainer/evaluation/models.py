@@ -21,7 +21,7 @@ from model.errors import UserError
 from model.hf import EXPORT_META
 from model.model import KVCache, MiniGPTForCausalLM
 from trainer import runtime, weights
-from trainer.config import DEFAULT_SEQ_LEN
+from trainer.weights import trained_context
 
 log = logging.getLogger(__name__)
 
@@ -201,21 +201,6 @@ class ModelSpec:
 
     kind: str  # "weight" | "hf"
     value: str
-
-
-def trained_context(meta: dict, max_positions: int) -> int:
-    """The context a checkpoint is scored with, which scripts/export_hf.py writes as the export's
-    ``max_position_embeddings`` (where lm-evaluation-harness reads it):
-
-    - a model this project pretrained: the sequence length it was trained with (its meta
-      ``max_seq_len``, else the trainers' default), at most its positions;
-    - a model imported from transformers, and everything mid-trained from it: the source's
-      ``max_position_embeddings`` (the context it was pretrained for; mid-training on shorter rows
-      does not shrink it), so the original and the mid-trained model are scored alike.
-    """
-    if weights.imported_source(meta) is not None:
-        return max_positions
-    return min(int(meta.get("max_seq_len") or DEFAULT_SEQ_LEN), max_positions)
 
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
