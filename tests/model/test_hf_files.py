@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from model.errors import UserError
-from tests.helpers import SHARED, SHARED_DATA, _require, bad, load_script
+from tests.helpers import bad, field_case3, load_script, shared_file
 from trainer import weights
 from trainer.checkpoint import atomic_torch_save, weights_state
 
@@ -36,12 +36,12 @@ FAMILIES = ("llama3", "qwen2", "qwen3")
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory) -> Path:
     """OUT/{llama3,qwen2,qwen3}, written by the field cases' own builder (a few seconds)."""
-    path = _require(SHARED / "field-cases3" / "make_hf_models.py")
+    path = field_case3("make_hf_models.py")
     spec = importlib.util.spec_from_file_location("make_hf_models", path)
     assert spec is not None and spec.loader is not None
     builder: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
-    builder.DATA = _require(SHARED_DATA / "tinystories" / "validation_first1000.jsonl")
+    builder.DATA = shared_file("tinystories", "validation_first1000.jsonl")
     root = tmp_path_factory.mktemp("fc3")
     builder.build(root)
     return root
