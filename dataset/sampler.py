@@ -29,8 +29,9 @@ class StepPlan:
     segment) or ``default_rng([seed + e, k]).permutation`` (several). Step s of a segment uses
     its next G rows; micro-batch m of rank r takes the ``batch_size`` slice at offset
     ``(m * world + r) * batch`` of them, so N ranks see exactly the rows one process with an
-    N-times larger batch would. A slice with no row left (a short last step) yields ``[EMPTY]``,
-    so every rank runs the same number of forward passes. A run that resumes at step k reads
+    N-times larger batch would. A slice short of rows (a short last step) is filled up with
+    ``EMPTY`` (a row without targets), so every rank runs the same number of forward passes, all
+    of the same shape (a compiled model never sees a new one). A run that resumes at step k reads
     the same rows it would have read without stopping (:meth:`sampler` from step k).
     """
 
@@ -83,7 +84,7 @@ class StepPlan:
             for m in range(self.accum):
                 off = (m * self.world + self.rank) * self.batch
                 mine = rows[off : off + self.batch].tolist()
-                yield mine or [EMPTY]
+                yield mine + [EMPTY] * (self.batch - len(mine))
 
     def sampler(self, start_step: int, total_steps: int) -> StepSampler:
         """The DataLoader batch sampler of :meth:`micro_batches`."""

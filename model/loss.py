@@ -64,7 +64,7 @@ def linear_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     rows: int | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    grad_scale: float = 1.0,
+    grad_scale: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """Per-token cross entropy of the linear head ``hidden @ weight.T + bias`` against ``targets``.
 
@@ -80,7 +80,8 @@ def linear_cross_entropy(
         bias: optional (V,) LM head bias (none of our models has one).
         rows: tokens per chunk; None: :func:`chunk_rows` (``chunk_bytes`` of transient logits).
         grad_scale: the factor the caller multiplies ``losses.sum()`` by before backward (a
-            training step's 1 / target count): the forward prepares that gradient. Any other
+            training step's 1 / target count): the forward prepares that gradient. A float or a
+            0-dim tensor (what a compiled model passes, so that its value is no compile guard). Any other
             incoming gradient is still exact (module docstring); this one is the fastest, and
             rounded in bf16 as in the plain path.
 
@@ -117,6 +118,7 @@ def linear_cross_entropy(
         raise ValueError(
             f"linear_cross_entropy: bias must be (V,) = {tuple(weight.shape[:1])}, got {tuple(bias.shape)}"
         )
+    grad_scale = float(grad_scale)
     dt = compute_dtype(hidden, weight)
     n_rows = rows if rows is not None else chunk_rows(weight.shape[0], dt, chunk_bytes)
     if n_rows < 1:

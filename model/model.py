@@ -325,7 +325,7 @@ class MiniGPTForCausalLM(nn.Module):
         positions: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
-        grad_scale: float = 1.0,
+        grad_scale: float | torch.Tensor = 1.0,
     ) -> torch.Tensor:
         """Logits of shape (B, T, vocab) for input_ids of shape (B, T) (see :meth:`forward_hidden`).
 
@@ -333,7 +333,7 @@ class MiniGPTForCausalLM(nn.Module):
         (B, T) fp32 nats, 0 where ignored, computed by the fused chunked LM head + loss
         (:func:`model.loss.linear_cross_entropy`: never the (tokens, vocab) logits); ``grad_scale``
         is the factor the caller multiplies the losses' sum by before backward (the fastest exact
-        gradient; any other is exact too)."""
+        gradient; any other is exact too), a 0-dim tensor under torch.compile (no guard on it)."""
         h = self.forward_hidden(input_ids, cache, positions=positions, doc_ids=doc_ids)
         if targets is None:
             return self.lm_head(h)

@@ -47,7 +47,7 @@ MAY_CHANGE_ON_RESUME = NOT_RESTORED | frozenset(
         "wandb_project",
         "wandb_run_name",
         "num_workers",
-        "use_compile",
+        "compile",
         "loss",
         "activation_checkpointing",
         "peak_tflops",
@@ -98,7 +98,7 @@ class TrainConfig:
     use_wandb: bool
     wandb_project: str
     wandb_run_name: str | None
-    use_compile: bool
+    compile: str  # "auto" (trainer.parallel.compile_choice), "on" (--use_compile), "off" (--no_compile)
     loss: str
     num_workers: int
     seed: int
@@ -289,7 +289,21 @@ def _runtime_flags(g) -> None:
         action="store_true",
         help="recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute)",
     )
-    g.add_argument("--use_compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--use_compile",
+        dest="compile",
+        action="store_const",
+        const="on",
+        default="auto",
+        help="torch.compile the model (default: on CUDA; on CPU where it pays, trainer/parallel.py's rule)",
+    )
+    g.add_argument(
+        "--no_compile",
+        dest="compile",
+        action="store_const",
+        const="off",
+        help="train eagerly (no torch.compile)",
+    )
     g.add_argument(
         "--loss",
         default="fused",

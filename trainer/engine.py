@@ -33,7 +33,7 @@ from trainer import runtime
 from trainer.cli import setup_logging
 from trainer.config import TrainConfig
 from trainer.metrics import MetricsLog, run_summary
-from trainer.parallel import Parallel, world_group_for_one_process
+from trainer.parallel import Parallel, compile_choice, disable_compile, world_group_for_one_process
 from trainer.progress import RunReport
 from trainer.schedule import Schedule, describe_length_change, stretched
 from trainer.start import Start
@@ -134,8 +134,11 @@ class Trainer(RunReport):
         self.paths = ckpt.checkpoint_paths(
             cfg.save_dir, cfg.checkpoint_dir, cfg.save_weight, self.model.config.hidden_size
         )
+        self.compile_on, self.compile_why = compile_choice(
+            cfg.compile, device, self.model.num_params(), self.total
+        )
         self.parallel = Parallel(
-            self.model, cfg.strategy, info, device, cfg.activation_checkpointing, cfg.use_compile
+            self.model, cfg.strategy, info, device, cfg.activation_checkpointing, self.compile_on
         )
         self.train_model = self.parallel.train_model
         self.optimizer = _optimizer(self.model, cfg, device)  # after sharding: over the shards
@@ -272,7 +275,8 @@ class Trainer(RunReport):
             with self.parallel.accumulating(sync):
                 with self.session.autocast():
                     if self.cfg.loss == "fused":  # the chunked LM head + loss, its gradient prepared
-                        grad_scale = scale * (self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+                        factor = scale * (self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+                        grad_scale = torch.tensor(factor, dtype=torch.float64)  # a value, not a compile guard
                         loss = self.train_model(x, targets=y, grad_scale=grad_scale, **layout).sum()
                     else:
                         logits = self.train_model(x, **layout)
@@ -390,7 +394,9 @@ class Trainer(RunReport):
         for micro_batches in self._micro_batches():
             if self.step >= self.stop_at or self.validator.stop_reason:
                 break
-            last = self.train_step(micro_batches)
+            last = (
+                self._first_step(micro_batches) if self.step == run_step0 else self.train_step(micro_batches)
+            )
             bar.update(1)
             interval_tokens += last["tokens"]
             if self.step % cfg.log_interval == 0 or self.step == self.stop_at:
@@ -410,6 +416,28 @@ class Trainer(RunReport):
             interval_t0 += time.perf_counter() - pause_t0  # throughput counts training time only
         bar.close()
         return self._finish(time.perf_counter() - run_t0)
+
+    def _first_step(self, micro_batches: list[tuple[torch.Tensor, ...]]) -> dict:
+        """The run's first step: compiled, it says how long compilation took, and if compiling
+        fails it says so in one line and the run goes on eagerly."""
+        if not self.compile_on:
+            return self.train_step(micro_batches)
+        t0 = time.perf_counter()
+        try:
+            out = self.train_step(micro_batches)
+        except (UserError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of dynamo/inductor (no compiler, an unsupported op)
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            log.warning(
+                f"warning: torch.compile failed ({type(e).__name__}: {first}); training eagerly instead"
+            )
+            disable_compile()
+            self.compile_on = False
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.train_step(micro_batches)
+        log.info(f"torch.compile: the first step took {time.perf_counter() - t0:.1f} s, compilation included")
+        return out
 
     def _finish(self, seconds: float) -> dict:
         finished = self.step >= self.total

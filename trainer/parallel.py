@@ -35,6 +35,42 @@ from trainer.runtime import DistInfo
 STRATEGIES = ("ddp", "fsdp")
 
 
+# torch.compile on the CPU pays once the time it saves per step, over the run, exceeds its
+# compilation time. COMPILE_RULE holds the rule read off scripts/dev/bench_train.py on our 2-core
+# AVX-512 bf16 CPU (README "Benchmarks"): the smallest model (parameters) and run (optimizer steps
+# after the first) for which "auto" compiles. CUDA always compiles under "auto".
+COMPILE_RULE = {"min_params": 50_000_000, "min_steps": 200}
+
+
+def compile_choice(setting: str, device: torch.device, params: int, steps: int) -> tuple[bool, str]:
+    """(compile or not, why) for ``--use_compile`` ("on"), ``--no_compile`` ("off") or neither ("auto":
+    on CUDA; on the CPU for at least COMPILE_RULE's parameters and steps)."""
+    if setting == "on":
+        return True, "--use_compile"
+    if setting == "off":
+        return False, "--no_compile"
+    if device.type == "cuda":
+        return True, "the CUDA default; --no_compile to train eagerly"
+    big, long = params >= COMPILE_RULE["min_params"], steps >= COMPILE_RULE["min_steps"]
+    if big and long:
+        return True, (
+            f"CPU, {params / 1e6:.0f}M parameters and {steps} steps: compilation pays (COMPILE_RULE); "
+            "--no_compile to train eagerly"
+        )
+    why = "fewer parameters" if not big else "fewer steps"
+    return False, (
+        f"eager on the CPU for {why} than compilation pays for ({COMPILE_RULE['min_params'] / 1e6:.0f}M "
+        f"parameters and {COMPILE_RULE['min_steps']} steps, trainer/parallel.py COMPILE_RULE); --use_compile to compile"
+    )
+
+
+def disable_compile() -> None:
+    """Run every module torch.compile wrapped eagerly from now on (the fallback when compiling fails)."""
+    import torch._dynamo
+
+    torch._dynamo.config.disable = True
+
+
 class Parallel:
     """The model as the step runs it (``train_model``), and what each strategy needs around it."""
 

@@ -41,6 +41,8 @@ class RunReport:
     parallel: Any
     optimizer: Any
     device: Any
+    compile_on: bool
+    compile_why: str
 
     def _announce(self) -> None:
         cfg, model, info = self.cfg, self.model, self.info
@@ -49,7 +51,7 @@ class RunReport:
         log.info(
             f"Model: {model.num_params() / 1e6:.2f}M parameters ({model.config.hidden_size}x{model.config.num_hidden_layers}, "
             f"vocab {model.config.vocab_size}) | device {self.device} x{info.world_size} | {cfg.dtype}"
-            f"{' + compile' if cfg.use_compile else ''}"
+            f"{' + compile' if self.compile_on else ''}"
         )
         log.info(
             f"Data: {self.train_data.num_tokens:,} tokens, {self.train_data.num_rows:,} rows of {cfg.max_seq_len} | global batch "
@@ -57,6 +59,9 @@ class RunReport:
         )
         self.packing = self.train_data.stats()
         log.info(f"{self.packing.line()} | attention: {cfg.attention}")
+        log.info(
+            f"torch.compile: {'on' if self.compile_on else 'off'} ({self.compile_why}) | loss: {cfg.loss}"
+        )
         planned = cfg.epochs * self.steps_per_epoch
         if self.total < planned:
             log.info(

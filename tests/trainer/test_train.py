@@ -219,3 +219,34 @@ def test_the_fused_loss_trains_as_the_plain_loss(tokenizer_dir, tmp_path):
         b = [r[k] for r in runs["plain"] if r["kind"] == kind for k in keys]
         assert len(a) == len(b) > 2
         assert a == pytest.approx(b, abs=1e-5, rel=1e-5), kind
+
+
+@pytest.mark.slow
+def test_compile_compiles_once_and_a_failed_compile_trains_eagerly(tokenizer_dir, tmp_path):
+    """--use_compile on a run whose epoch ends on a short step (filler rows keep the shapes): one
+    compilation, no recompiles (TORCH_LOGS=recompiles prints none), the compile time said, losses
+    those of eager training (fp32, 1e-4). With a C++ compiler that fails, one warning line and the
+    run goes on eagerly with the eager losses exactly."""
+    data = tmp_path / "small.jsonl"
+    with open(shared_file(*STORIES.split("/"))) as f:
+        data.write_text("".join(next(f) for _ in range(60)))
+    common = ["--max_seq_len", "64", "--batch_size", "8", "--dtype", "float32", "--epochs", "1"]
+
+    def train(name: str, *extra: str, env: dict | None = None):
+        out = tmp_path / name
+        args = pretrain_args(tokenizer_dir, out, *common, *extra)
+        args[args.index("--data_path") + 1] = str(data)
+        proc = run_script(*args, env={**ONE_THREAD, **(env or {})})
+        return proc, [r["loss"] for r in metrics(out) if r["kind"] == "train"]
+
+    _, eager = train("eager", "--no_compile")
+    proc, compiled = train("compiled", "--use_compile", env={"TORCH_LOGS": "recompiles"})
+    log = proc.stdout + proc.stderr
+    assert "torch.compile: on (--use_compile)" in log and "torch.compile: the first step took" in log
+    assert "Recompiling" not in log and "recompil" not in proc.stderr.lower(), proc.stderr[-2000:]
+    assert len(compiled) == len(eager) >= 3
+    assert compiled == pytest.approx(eager, abs=1e-4)
+    proc, fallback = train("fallback", "--use_compile", env={"CXX": "/bin/false"})
+    lines = [x for x in (proc.stdout + proc.stderr).splitlines() if "torch.compile failed" in x]
+    assert len(lines) == 1 and lines[0].endswith("training eagerly instead"), lines
+    assert fallback == eager
