@@ -4,9 +4,12 @@
 
 prepare_dataset (pretrain data, the base mixture) -> train_tokenizer -> prepare_dataset (one
 mixture per replay share; shares are of tokens) -> train_pretrain (once) -> train_midtrain
-(each variant x seed, all on the same held-out set) -> eval_llm (MMLU-format accuracy) ->
-out/ablation/<name>/report.md, a JSON of every number and PNG plots. Finished steps are kept: re-running the command continues an
-interrupted study (--fresh starts over).
+(each variant x seed, all on the same held-out set) -> eval_llm (MMLU-format accuracy, and
+pass@1 / GSM8K where the config names their data) -> out/ablation/<name>/report.md, a JSON of
+every number and PNG plots. With ``start_from:`` (a model folder or checkpoint) there is no
+tokenizer to train and nothing to pretrain: every variant mid-trains that model with its own
+tokenizer, and it is the base the variants are compared with. Finished steps are kept:
+re-running the command continues an interrupted study (--fresh starts over).
 """
 
 from __future__ import annotations
@@ -101,11 +104,23 @@ class Study:
 
 
 def prepare_inputs(study: Study) -> dict[str, Path]:
-    """Prepare the pretrain data and the base mixture (the tokenizer's text, the held-out set)."""
-    mixtures = {"pretrain": study.cfg.pretrain_data, "base": study.cfg.midtrain_data}
+    """Prepare the pretrain data (unless the study starts from a model) and the base mixture (the
+    tokenizer's text, the held-out set)."""
+    mixtures = {"base": study.cfg.midtrain_data}
+    if study.cfg.pretrain_data is not None:
+        mixtures["pretrain"] = study.cfg.pretrain_data
     for key, path in mixtures.items():
         study.prepare(key, path)
     return mixtures
+
+
+def start_hidden(start: Path) -> int:
+    """The hidden size of the model a study starts from (names its runs' files)."""
+    if start.is_dir():
+        return int(json.loads((start / "config.json").read_text())["hidden_size"])
+    from trainer.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(start)["model_config"]["hidden_size"])
 
 
 def prepare_variants(study: Study, tok_dir: Path) -> dict[str, Path]:
@@ -198,24 +213,26 @@ def main() -> None:
         heldout.append(build_heldout(study))
 
     study.phase("prepare", do_prepare)
-    tok = out / "tokenizer"
-    study.phase(
-        "tokenizer",
-        lambda: study.run(
+    tok = cfg.start_from if cfg.start_from is not None else out / "tokenizer"
+    pretrain_data = cfg.pretrain_data
+    if pretrain_data is not None:
+        study.phase(
             "tokenizer",
-            "scripts/train_tokenizer.py",
-            [
-                "--data_path",
-                str(prepared(study, cfg.pretrain_data, "train")),
-                "--data_path",
-                str(prepared(study, cfg.midtrain_data, "train")),
-                "--vocab_size",
-                str(cfg.vocab_size),
-                "--output_dir",
-                str(tok),
-            ],
-        ),
-    )
+            lambda: study.run(
+                "tokenizer",
+                "scripts/train_tokenizer.py",
+                [
+                    "--data_path",
+                    str(prepared(study, pretrain_data, "train")),
+                    "--data_path",
+                    str(prepared(study, cfg.midtrain_data, "train")),
+                    "--vocab_size",
+                    str(cfg.vocab_size),
+                    "--output_dir",
+                    str(tok),
+                ],
+            ),
+        )
     study.phase("prepare", lambda: mixtures.update(prepare_variants(study, tok)))
     common = [
         "--save_dir",
@@ -226,9 +243,11 @@ def main() -> None:
         str(out / "cache"),
     ]
     pre_args = study.scaled(cfg.pretrain_args)
-    hidden = int(pre_args.get("hidden_size", 512))
+    hidden = start_hidden(cfg.start_from) if cfg.start_from else int(pre_args.get("hidden_size", 512))
+    base_weight = str(cfg.start_from) if cfg.start_from else "pretrain"
 
     def do_pretrain() -> None:
+        assert pretrain_data is not None
         if finished(study, "pretrain", hidden):
             study.reuse("pretrain", "pretrain")
             return
@@ -237,7 +256,7 @@ def main() -> None:
             "trainer/train_pretrain.py",
             [
                 "--data_path",
-                str(prepared(study, cfg.pretrain_data, "train")),
+                str(prepared(study, pretrain_data, "train")),
                 "--val_path",
                 str(heldout[0]),
                 "--tokenizer_path",
@@ -247,7 +266,8 @@ def main() -> None:
             ],
         )
 
-    study.phase("pretrain", do_pretrain)
+    if pretrain_data is not None:
+        study.phase("pretrain", do_pretrain)
 
     runs = [(v, s) for v in cfg.variants for s in cfg.seeds]
 
@@ -274,7 +294,7 @@ def main() -> None:
                 "--val_path",
                 str(heldout[0]),
                 "--from_weight",
-                "pretrain",
+                base_weight,
                 "--save_weight",
                 key,
                 "--seed",
@@ -293,7 +313,7 @@ def main() -> None:
     eval_json = out / "eval" / "mmlu.json"
 
     def do_eval() -> None:
-        weights = ["pretrain", *(run_key(v, s) for v, s in runs)]
+        weights = [base_weight, *(run_key(v, s) for v, s in runs)]
         eargs = [
             "--save_dir",
             str(study.weights),

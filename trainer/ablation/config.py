@@ -11,7 +11,18 @@ import yaml
 from model.errors import UserError, check_keys
 from trainer.config import midtrain_parser, pretrain_parser
 
-TOP_KEYS = {"name", "seeds", "data", "tokenizer", "pretrain", "midtrain", "variants", "eval", "jobs"}
+TOP_KEYS = {
+    "name",
+    "seeds",
+    "data",
+    "tokenizer",
+    "pretrain",
+    "start_from",
+    "midtrain",
+    "variants",
+    "eval",
+    "jobs",
+}
 DATA_KEYS = {"pretrain", "midtrain", "replay_source", "total_tokens", "mbpp", "mbpp_rows"}
 EVAL_KEYS = {"mmlu", "mmlu_dev", "mmlu_limit", "shots"}
 VARIANT_KEYS = {"name", "replay", "args", "label"}
@@ -30,7 +41,10 @@ class ExperimentConfig:
     path: Path
     name: str
     seeds: list[int]
-    pretrain_data: Path  # mixture YAML prepared for pretraining
+    # start_from: every variant mid-trains this model (a transformers folder or a checkpoint, what
+    # --from_weight takes) with its own tokenizer; no tokenizer is trained and nothing pretrained
+    start_from: Path | None
+    pretrain_data: Path | None  # mixture YAML prepared for pretraining (None with start_from)
     midtrain_data: Path  # the base mid-training mixture; variants change its replay ratio
     replay_source: str
     mbpp: Path | None
@@ -70,7 +84,13 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     where = str(path)
-    check_keys(raw, TOP_KEYS, file=where, required=("seeds", "data", "pretrain", "midtrain", "variants"))
+    check_keys(raw, TOP_KEYS, file=where, required=("seeds", "data", "midtrain", "variants"))
+    start_from = raw.get("start_from")
+    if (start_from is None) == (raw.get("pretrain") is None):
+        raise UserError(
+            f"{where}: give exactly one of pretrain: (the study pretrains its own model) or start_from: "
+            "(a model folder or checkpoint every variant mid-trains)"
+        )
     base = path.parent
 
     def rel(p: str | None) -> Path | None:
@@ -81,7 +101,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         DATA_KEYS,
         "data",
         file=where,
-        required=("pretrain", "midtrain", "replay_source", "total_tokens"),
+        required=("midtrain", "replay_source", "total_tokens", *(() if start_from else ("pretrain",))),
     )
     ev = check_keys(raw.get("eval") or {}, EVAL_KEYS, "eval", file=where)
     seeds = raw["seeds"]
@@ -99,13 +119,14 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: variant names repeat: {names}")
-    pretrain = check_keys(raw["pretrain"], {"args"}, "pretrain", file=where)
+    pretrain = check_keys(raw.get("pretrain") or {}, {"args"}, "pretrain", file=where)
     midtrain = check_keys(raw["midtrain"], {"args"}, "midtrain", file=where)
     cfg = ExperimentConfig(
         path=path,
         name=str(raw.get("name") or path.stem),
         seeds=seeds,
-        pretrain_data=(base / data["pretrain"]).resolve(),
+        start_from=(base / start_from).resolve() if start_from else None,
+        pretrain_data=(base / data["pretrain"]).resolve() if data.get("pretrain") else None,
         midtrain_data=(base / data["midtrain"]).resolve(),
         replay_source=str(data["replay_source"]),
         mbpp=rel(data.get("mbpp")),
@@ -128,7 +149,8 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     from dataset.mixture import load_mixture_config
 
     base_mix = load_mixture_config(cfg.midtrain_data)
-    load_mixture_config(cfg.pretrain_data)
+    if cfg.pretrain_data is not None:
+        load_mixture_config(cfg.pretrain_data)
     if cfg.replay_source not in {s.name for s in base_mix.sources}:
         raise UserError(
             f"{where}: data.replay_source {cfg.replay_source!r} is not a source of {cfg.midtrain_data}"
