@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import model.loss
 from model import MiniGPTForCausalLM, ModelConfig
 from model.loss import IGNORE_INDEX, chunk_rows, head_losses, linear_cross_entropy
 
@@ -216,6 +217,16 @@ def test_bf16_autocast_is_as_close_to_plain_as_plain_is_to_fp32():
         assert float((f - p).norm()) <= bf16_error, name
 
 
+def test_the_weight_gradient_added_block_by_block_is_the_same(monkeypatch):
+    """In bf16 each chunk's weight gradient is added in blocks of WEIGHT_BLOCK vocabulary rows
+    (4096: one block at V = 300); blocks of 7 (the last one short) give the same numbers."""
+    h, w, b, y = inputs(bias=True)
+    fused = lambda h, w, y, b: linear_cross_entropy(h, w, y, bias=b, rows=16)  # noqa: E731
+    whole = run(fused, h, w, b, y, autocast=True)
+    monkeypatch.setattr(model.loss, "WEIGHT_BLOCK", 7)
+    assert_close_fp32(run(fused, h, w, b, y, autocast=True), whole)
+
+
 def test_bf16_hidden_states_and_gradients_keep_their_dtypes():
     h, w, _, y = inputs()
     hb = h.bfloat16().requires_grad_()
@@ -289,9 +300,9 @@ def test_no_gradient_work_under_no_grad():
 
 
 def test_chunk_rows_rule():
-    assert chunk_rows(151_936, torch.bfloat16) == 588  # 512 MiB / (151,936 x 6 bytes)
-    assert chunk_rows(49_152, torch.bfloat16) == 1820
-    assert chunk_rows(49_152, torch.float32) == 2730  # 4 bytes per entry in fp32
+    assert chunk_rows(151_936, torch.bfloat16) == 1177  # 1 GiB / (151,936 x 6 bytes)
+    assert chunk_rows(49_152, torch.bfloat16) == 3640
+    assert chunk_rows(49_152, torch.float32) == 5461  # 4 bytes per entry in fp32
     assert chunk_rows(151_936, torch.bfloat16, chunk_bytes=1) == 1
     r = chunk_rows(151_936, torch.bfloat16, 64 << 20)
     assert r * 151_936 * 6 <= 64 << 20 < (r + 1) * 151_936 * 6
