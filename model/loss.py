@@ -85,9 +85,11 @@ def linear_cross_entropy(
         bias: optional (V,) LM head bias (none of our models has one).
         rows: tokens per chunk; None: :func:`chunk_rows` (``chunk_bytes`` of transient logits).
         grad_scale: the factor the caller multiplies ``losses.sum()`` by before backward (a
-            training step's 1 / target count): the forward prepares that gradient. Any other
-            incoming gradient is still exact (module docstring); this one is the fastest, and
-            rounded in bf16 as in the plain path.
+            training step's 1 / target count, times GradScaler's scale under fp16): the forward
+            prepares that gradient. Any other incoming gradient is still exact (module
+            docstring); this one is the fastest, and rounded in bf16 as in the plain path. In
+            fp16 a uniform incoming gradient other than ``grad_scale`` is recomputed rather than
+            rescaled, since the prepared one may have underflowed.
 
     Returns:
         (N,) fp32 losses in nats (fp64 for fp64 inputs), 0 where the target is ignored.
@@ -184,14 +186,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         go = grad_losses if every else grad_losses[counted]
         # an expanded scalar (sum()'s backward) is uniform without reading it; else compare values
         uniform = grad_losses.stride(0) == 0 or go.numel() == 0 or bool((go == go[0]).all())
-        grads, ctx.grads = ctx.grads, None  # in-place rescaling below: never hand them out twice
-        if not uniform:
+        # fp16's narrow range: gradients prepared for another scale may have lost their small
+        # values (what GradScaler guards against), so they are recomputed with the incoming one
+        rescale = uniform and not (dt == torch.float16 and go.numel() and not bool(go[0] == grad_scale))
+        grads, ctx.grads = ctx.grads, None  # rescaled in place below: never handed out twice
+        if not rescale:
             _, gh, gw, gb = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, go, need)
         else:
             if grads is None:  # a second backward through a retained graph: prepare them again
-                grads = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, grad_scale, need)[
-                    1:
-                ]
+                grads = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, grad_scale, need)
+                grads = grads[1:]
             gh, gw, gb = grads
             if go.numel():
                 c = go[0] / grad_scale  # 1 for the prepared sum: then exact

@@ -39,11 +39,12 @@ def plain(h, w, y, b=None):
     return F.cross_entropy(F.linear(h, w, b).float(), y, ignore_index=IGNORE_INDEX, reduction="none")
 
 
-def run(fn, h0, w0, b0, y, weights=None, scale=1.0, autocast=False):
-    """Losses and the gradients of sum(weights * losses) * scale (weights None: the plain sum)."""
+def run(fn, h0, w0, b0, y, weights=None, scale=1.0, autocast=False, dtype=torch.bfloat16):
+    """Losses and the gradients of sum(weights * losses) * scale (weights None: the plain sum),
+    the forward under autocast to ``dtype`` when ``autocast``."""
     h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
     b = b0.clone().requires_grad_() if b0 is not None else None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=dtype, enabled=autocast):
         losses = fn(h, w, y, b)
     total = losses.sum() if weights is None else (losses * weights).sum()
     (total * scale).backward()
@@ -318,3 +319,31 @@ def test_bad_arguments_are_refused():
         linear_cross_entropy(h, w[:, :-1], y)
     with pytest.raises(ValueError, match="grad_scale"):
         linear_cross_entropy(h, w, y, grad_scale=0.0)
+
+
+def test_fp16_gradients_prepared_for_another_scale_are_recomputed():
+    """fp16 autocast with a GradScaler-like factor S on the backward that the forward was not told
+    of: the prepared gradients (scale / N, underflowing in fp16) are not rescaled by S but
+    recomputed with scale x S folded in, as the plain fp16 path computes them."""
+    h, w, _, y = inputs(seed=7)
+    scale, big = 1 / 4096, 2.0**16
+    half = dict(scale=scale * big, autocast=True, dtype=torch.float16)
+    fp32 = run(plain, h, w, None, y, scale=scale * big)
+    plain16 = run(plain, h, w, None, y, **half)
+    told = run(
+        lambda h, w, y, b: linear_cross_entropy(h, w, y, rows=7, grad_scale=scale * big),
+        h,
+        w,
+        None,
+        y,
+        **half,
+    )
+    untold = run(
+        lambda h, w, y, b: linear_cross_entropy(h, w, y, rows=7, grad_scale=scale), h, w, None, y, **half
+    )
+    for name, a, p, t, u in zip(
+        ("losses", "hidden grad", "weight grad"), fp32, plain16, told, untold, strict=True
+    ):
+        fp16_error = float((p - a).norm())
+        assert 0 < fp16_error, name
+        assert float((t - p).norm()) <= fp16_error and float((u - p).norm()) <= fp16_error, name
