@@ -1,7 +1,8 @@
 """Where an eager bf16 training step on the CPU goes, and what the dtype casts cost: side by side.
 
     python scripts/dev/bench_casts.py [--steps 3] [--variants autocast,autocast+fusedloss,...] [--profile]
-                                      [--compile autocast,autocast+fusedloss+fusedadamw]
+                                      [--compile autocast,autocast+fusedloss+fusedadamw] [--components 5]
+                                      [--threads N]
 
 The SmolLM2-135M shape (hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, vocab 49,152,
 tied embeddings) at 4 rows x 512 tokens, random token ids (a step's time does not depend on them),
@@ -23,7 +24,10 @@ is a base and optional "+" features:
                   passes fused=True on CUDA only).
   --compile V,..  each variant V with torch.compile (the engine's --use_compile: the model; with
                   +fusedloss its forward_hidden, the loss staying eager), one process each: compile
-                  time (the first step) and steady-state step time.
+                  time (the first step), then steps alternating with the same variant eager.
+  --components N  what each alternative removes, each part timed on its own on one thread (least
+                  CPU seconds of N runs): the weight casts autocast makes and their bf16copy
+                  counterparts, clipping + the AdamW step (fused or not), the LM head + loss.
 
 The eager variants alternate step by step in one process (each its own copy of the same initial
 model), so they share the machine's load; after one warm-up step, the min and median wall and CPU
@@ -77,8 +81,10 @@ class Bf16Copies:
                         master = nn.Parameter(p.detach().clone())
                         p.data = p.data.to(torch.bfloat16)
                         self.pairs.append((p, master))
-        copies = {id(p) for p, _ in self.pairs}
-        self.params = [p for p in model.parameters() if id(p) not in copies] + [m for _, m in self.pairs]
+        # the model's parameters in their order, each copy replaced by its master: clipping sums
+        # the gradient norms in this order, so the same order gives the same numbers
+        masters = {id(p): m for p, m in self.pairs}
+        self.params = [masters.get(id(p), p) for p in model.parameters()]
 
     def grads_to_masters(self) -> None:
         for p, m in self.pairs:
@@ -191,19 +197,99 @@ def eager(variants: list[str], steps: int, want_profile: bool) -> None:
 
 
 def compiled(variant: str, steps: int) -> dict:
+    """The variant compiled and eager, from the same initial model, alternating step by step after
+    the compiled one's first step (the compilation) and one eager warm-up step."""
     torch.manual_seed(0)
-    r = Run(variant, MiniGPTForCausalLM(CFG))
+    base = MiniGPTForCausalLM(CFG)
+    eager_run, r = Run(variant, copy.deepcopy(base)), Run(variant, base)
     if r.fused_loss:  # the loss is torch.compiler.disable'd: compile what precedes it
         r.model.forward_hidden = torch.compile(r.model.forward_hidden)  # type: ignore[method-assign]
     else:
         r.model = torch.compile(r.model)  # type: ignore[assignment]
-    t = [r.step(*batch(s)) for s in range(steps + 1)]
-    return {
-        "first_s": t[0][0],
-        "wall": min(x[0] for x in t[1:]),
-        "cpu": min(x[1] for x in t[1:]),
-        "losses": r.losses,
+    first = r.step(*batch(0))[0]
+    eager_run.step(*batch(0))
+    t: dict[str, list[list[float]]] = {"eager": [], "compiled": []}
+    for s in range(1, steps + 1):
+        t["eager"].append(eager_run.step(*batch(s)))
+        t["compiled"].append(r.step(*batch(s)))
+    out = {k: [min(x[i] for x in v) for i in (0, 1)] for k, v in t.items()}
+    return {"first_s": first, **out, "losses": r.losses, "eager_losses": eager_run.losses}
+
+
+def timed(fn, reps: int) -> float:
+    """The least CPU seconds of ``reps`` calls (after one untimed call)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        c0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c0)
+    return best
+
+
+def components(reps: int) -> None:
+    """What each alternative removes, timed on its own (least CPU seconds of ``reps`` runs, one thread
+    each: no thread waits on another, so other jobs on the machine disturb the figure least)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(CFG)
+    x, y = batch(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+    del logits
+    weights = [m.weight for layer in model.model.layers for m in layer.modules() if isinstance(m, nn.Linear)]
+    n_w = sum(w.numel() for w in weights)
+    grads16 = [w.grad.to(torch.bfloat16) for w in weights if w.grad is not None]
+    copies16 = [w.detach().to(torch.bfloat16) for w in weights]
+    masters_grad = [torch.empty_like(w) for w in weights]
+    rows = {
+        "autocast: the forward's weight casts (fp32 -> new bf16)": lambda: [
+            w.to(torch.bfloat16) for w in weights
+        ],
+        "autocast: the backward's weight-gradient casts (bf16 -> new fp32)": lambda: [
+            g.float() for g in grads16
+        ],
+        "bf16copy: refresh (fp32 master -> the bf16 copy, in place)": lambda: [
+            c.copy_(w.detach()) for c, w in zip(copies16, weights, strict=True)
+        ],
+        "bf16copy: gradients to masters (bf16 -> kept fp32, in place)": lambda: [
+            m.copy_(g) for m, g in zip(masters_grad, grads16, strict=True)
+        ],
     }
+    print(
+        f"\ncomponents: least CPU seconds of {reps} runs, 1 thread ({n_w / 1e6:.1f}M decoder-layer weights)"
+    )
+    for name, fn in rows.items():
+        print(f"  {name:<66} {timed(fn, reps):6.3f}", flush=True)
+    params = list(model.parameters())
+    for fused in (False, True):
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+
+        def opt_step(opt=opt) -> None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        print(f"  {'clip + AdamW step, fused=' + str(fused):<66} {timed(opt_step, reps):6.3f}", flush=True)
+    h = model.forward_hidden(x).detach().requires_grad_()
+    scale = 1.0 / y.numel()
+
+    def loss_step(fused: bool) -> None:
+        h.grad = model.lm_head.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                loss = head_losses(model.lm_head, h, y, grad_scale=scale).sum()
+            else:
+                logits = model.lm_head(h)
+        if not fused:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+        (loss * scale).backward()
+
+    for fused in (False, True):
+        label = "LM head + loss, forward + backward, " + ("fused" if fused else "plain")
+        print(f"  {label:<66} {timed(lambda fused=fused: loss_step(fused), reps):6.3f}", flush=True)
+    torch.set_num_threads(threads)
 
 
 def main() -> None:
@@ -214,10 +300,14 @@ def main() -> None:
     )
     p.add_argument("--compile", default="", help="comma-separated variants to also time under torch.compile")
     p.add_argument("--profile", action="store_true", help="print the top ops of one step")
+    p.add_argument("--components", type=int, default=0, help="time each part on its own, this many runs")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--compiled_child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.compiled_child:
         print(json.dumps(compiled(args.compiled_child, args.steps)))
         return
@@ -236,17 +326,33 @@ def main() -> None:
     n = CFG.num_params()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SmolLM2-135M shape ({n / 1e6:.1f}M "
           f"parameters), {ROWS} x {SEQ} tokens, bf16 autocast, AdamW")  # fmt: skip
+    if args.components:
+        components(args.components)
     if variants:
         eager(variants, args.steps, args.profile)
     for v in to_compile:
-        cmd = [sys.executable, __file__, "--compiled_child", v, "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--compiled_child",
+            v,
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise UserError(f"torch.compile run of {v} failed: {proc.stderr.strip().splitlines()[-1:]}")
         c = json.loads(proc.stdout.strip().splitlines()[-1])
-        losses = " ".join(f"{x:.6f}" for x in c["losses"])
-        print(f"\ncompiled {v}: first step (compiling) {c['first_s']:.1f} s, then (min) {c['wall']:.2f} s/step, "
-              f"{c['cpu']:.2f} cpu-s/step; losses {losses}", flush=True)  # fmt: skip
+        (ew, ec), (cw, cc) = c["eager"], c["compiled"]
+        print(
+            f"\ncompiled {v}: first step (compiling) {c['first_s']:.1f} s; then, min of {args.steps} steps "
+            f"alternating with eager: compiled {cw:.2f} s / {cc:.2f} cpu-s, eager {ew:.2f} s / {ec:.2f} cpu-s "
+            f"({ew / cw:.2f}x / {ec / cc:.2f}x)"
+        )
+        print(f"  losses compiled {' '.join(f'{x:.6f}' for x in c['losses'])}")
+        print(f"  losses eager    {' '.join(f'{x:.6f}' for x in c['eager_losses'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The LM head + cross entropy of one training micro-batch: the plain path vs model/loss.py, side by side.
 
     python scripts/dev/bench_loss.py [--shapes qwen3-0.6b,smollm2-135m] [--dtypes bf16,fp32] [--reps 2]
-                                     [--sweep_mib 64,128,256,512,1024]
+                                     [--sweep_mib 128,256,512,1024,2048] [--threads N]
 
 plain: what trainer/engine.py runs today: ``logits = F.linear(h, W)`` (under bf16 autocast, or fp32),
 ``F.cross_entropy(logits.float(), y, reduction="sum")``, ``(loss * scale).backward()``, with the
@@ -13,11 +13,11 @@ an fp32 parameter; every target is counted.
 Peak memory: each variant runs once in a fresh process and reports its peak RSS (getrusage) minus
 the RSS before the loss (torch imported, ``h``, ``W`` and the targets made): the loss's own peak,
 the weight's fp32 gradient included (both variants make it). Time: the two variants alternate in one
-further process (one untimed run each, then ``--reps`` rounds), median seconds per forward+backward,
-so both see the same load on a shared machine; wall seconds, and the process's CPU seconds (less
-sensitive to other jobs taking a core). ``--sweep_mib``: the fused path in bf16 at each chunk
-budget (model.loss.chunk_rows), peak and time from one fresh process each (one run, then
-``--reps`` timed).
+further process (one untimed run each, then ``--reps`` rounds), so both see the same load on a
+shared machine; the least seconds per forward + backward (the run least disturbed by other jobs),
+wall and the process's CPU seconds (less sensitive to other jobs taking a core). ``--sweep_mib``:
+the fused path in bf16 at each chunk budget (model.loss.chunk_rows), peak and time from one fresh
+process each (one run, then ``--reps`` timed).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -89,11 +88,11 @@ def child(spec: dict) -> dict:
         for _ in range(spec["reps"])
     ]
     wall, cpu = zip(*times, strict=True) if times else ([first[0]], [first[1]])
-    return {"peak": peak, "wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+    return {"peak": peak, "wall": min(wall), "cpu": min(cpu)}
 
 
 def timing(spec: dict) -> dict:
-    """In one process: plain and fused alternate (one untimed run each first); median seconds."""
+    """In one process: plain and fused alternate (one untimed run each first); min seconds."""
     hidden, weight, targets = setup(spec["shape"])
     dtype = DTYPES[spec["dtype"]]
     times: dict[str, list[tuple[float, float]]] = {"plain": [], "fused": []}
@@ -102,11 +101,11 @@ def timing(spec: dict) -> dict:
             s = step(variant, dtype, hidden, weight, targets, spec["chunk_bytes"])
             if r:
                 times[variant].append(s)
-    return {k: [statistics.median(x) for x in zip(*v, strict=True)] for k, v in times.items()}
+    return {k: [min(x) for x in zip(*v, strict=True)] for k, v in times.items()}
 
 
 def spawn(mode: str, **spec) -> dict:
-    cmd = [sys.executable, __file__, f"--{mode}", json.dumps(spec)]
+    cmd = [sys.executable, __file__, f"--{mode}", json.dumps(spec), "--threads", str(torch.get_num_threads())]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(
@@ -124,11 +123,14 @@ def main() -> None:
         "--chunk_mib", type=int, default=DEFAULT_CHUNK_BYTES // MiB, help="the fused path's budget"
     )
     p.add_argument(
-        "--sweep_mib", default="64,128,256,512,1024", help="chunk budgets to time (bf16); '' for none"
+        "--sweep_mib", default="128,256,512,1024,2048", help="chunk budgets to time (bf16); '' for none"
     )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--timing", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child or args.timing:
         print(json.dumps(child(json.loads(args.child)) if args.child else timing(json.loads(args.timing))))
         return
