@@ -33,10 +33,15 @@ import torch
 from torch import nn
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index, and dataset.packed's
-# Bytes of one chunk's transient logits (see :func:`chunk_rows`). Measured on our 2-core AVX-512
-# bf16 CPU with scripts/dev/bench_loss.py (the time vs chunk size table): smaller chunks cost
-# time there, because each chunk adds its (vocab, hidden) weight gradient into the fp32 total.
-DEFAULT_CHUNK_BYTES = 512 * 2**20
+# Bytes of one chunk's transient logits (see :func:`chunk_rows`). Each chunk also adds its
+# (vocab, hidden) weight gradient into the fp32 total, a pass over V x H that does not shrink with
+# the chunk: on our 2-core AVX-512 bf16 CPU, scripts/dev/bench_loss.py's sweep at the Qwen3-0.6B head
+# (4 x 1024 tokens, vocab 151,936, bf16) measured 35 / 23 / 19 / 14 / 13 CPU-seconds per forward +
+# backward at 128 / 256 / 512 / 1024 / 2048 MiB (28 / 14 / 7 / 4 / 2 chunks) for a peak of 1.1 / 1.2 /
+# 1.5 / 2.0 / 3.0 GiB, against 14 CPU-seconds and 8.4 GiB for the plain path. 1 GiB: the plain
+# path's time at a quarter of its memory.
+DEFAULT_CHUNK_BYTES = 1 << 30
+WEIGHT_BLOCK = 4096  # vocabulary rows per block of a chunk's weight gradient (16-bit matmuls)
 
 
 def chunk_rows(vocab_size: int, compute_dtype: torch.dtype, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -45,8 +50,8 @@ def chunk_rows(vocab_size: int, compute_dtype: torch.dtype, chunk_bytes: int = D
     A chunk of r tokens holds r x vocab fp32 logits (the log-sum-exp, then the softmax and the
     logits' gradient, in place) and, when the matmuls run in a 16-bit dtype, r x vocab 16-bit
     logits (cast to fp32) then their 16-bit gradient (cast for the two gradient matmuls): 6 bytes
-    per token and vocabulary entry in bf16/fp16, 4 in fp32. E.g. 512 MiB at vocab 151,936 in bf16:
-    588 tokens; at vocab 49,152: 1,820.
+    per token and vocabulary entry in bf16/fp16, 4 in fp32. E.g. 1 GiB at vocab 151,936 in bf16:
+    1,177 tokens; at vocab 49,152: 3,640.
     """
     per_row = vocab_size * (
         4 + (0 if compute_dtype == torch.float32 else torch.finfo(compute_dtype).bits // 8)
@@ -80,25 +85,29 @@ def linear_cross_entropy(
         bias: optional (V,) LM head bias (none of our models has one).
         rows: tokens per chunk; None: :func:`chunk_rows` (``chunk_bytes`` of transient logits).
         grad_scale: the factor the caller multiplies ``losses.sum()`` by before backward (a
-            training step's 1 / target count): the forward prepares that gradient. A float or a
-            0-dim tensor (what a compiled model passes, so that its value is no compile guard). Any other
-            incoming gradient is still exact (module docstring); this one is the fastest, and
-            rounded in bf16 as in the plain path.
+            training step's 1 / target count, times GradScaler's scale under fp16): the forward
+            prepares that gradient. A float or a 0-dim tensor (what a compiled model passes, so
+            that its value is no compile guard). Any other incoming gradient is still exact (module
+            docstring); this one is the fastest, and rounded in bf16 as in the plain path. In
+            fp16 a uniform incoming gradient other than ``grad_scale`` is recomputed rather than
+            rescaled, since the prepared one may have underflowed.
 
     Returns:
-        (N,) fp32 losses in nats (fp64 for fp64 inputs), 0 where the target is ignored. Differentiable with respect to
-        ``hidden``, ``weight`` and ``bias`` for any incoming gradient (module docstring).
+        (N,) fp32 losses in nats (fp64 for fp64 inputs), 0 where the target is ignored.
+        Differentiable with respect to ``hidden``, ``weight`` and ``bias`` for any incoming
+        gradient (module docstring).
 
     Precision: the matmuls run in the caller's autocast dtype when autocast is on for the
     tensors' device (as ``nn.Linear`` would under it: inputs cast to it), else in the promoted
     dtype of ``hidden`` and ``weight``; the log-sum-exp, the softmax and the gradient totals are
     fp32. Gradients come back in each input's dtype.
 
-    Memory, beyond the inputs: one chunk's logits (``rows`` x V x 6 bytes in bf16, x 4 in fp32);
-    the weight cast to the compute dtype when it differs (V x H, as autocast's cast); with
-    gradients, the weight's gradient total in fp32 (V x H x 4) plus, in bf16, one chunk's
-    (V, H) product before it is added, and the (N, H) hidden gradient, held from the forward to
-    the backward. Never the (N, V) logits in any dtype.
+    Memory, beyond the inputs: one chunk's logits (``rows`` x V x 6 bytes in bf16, x 4 in fp32,
+    two buffers reused by every chunk); the weight cast to the compute dtype when it differs
+    (V x H, as autocast's cast); with gradients, the weight's gradient in fp32 (V x H x 4, the
+    gradient autograd hands on) and, in bf16, a block of ``WEIGHT_BLOCK`` x H of it in bf16 and
+    fp32 before it is added; the (N, H) hidden gradient. The gradients are held from the forward
+    to the backward. Never the (N, V) logits in any dtype.
 
     Raises:
         ValueError: mismatched shapes, ``rows`` < 1, ``grad_scale`` 0 or not finite, or a counted
@@ -179,14 +188,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         go = grad_losses if every else grad_losses[counted]
         # an expanded scalar (sum()'s backward) is uniform without reading it; else compare values
         uniform = grad_losses.stride(0) == 0 or go.numel() == 0 or bool((go == go[0]).all())
-        grads, ctx.grads = ctx.grads, None  # in-place rescaling below: never hand them out twice
-        if not uniform:
+        # fp16's narrow range: gradients prepared for another scale may have lost their small
+        # values (what GradScaler guards against), so they are recomputed with the incoming one
+        rescale = uniform and not (dt == torch.float16 and go.numel() and not bool(go[0] == grad_scale))
+        grads, ctx.grads = ctx.grads, None  # rescaled in place below: never handed out twice
+        if not rescale:
             _, gh, gw, gb = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, go, need)
         else:
             if grads is None:  # a second backward through a retained graph: prepare them again
-                grads = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, grad_scale, need)[
-                    1:
-                ]
+                grads = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, grad_scale, need)
+                grads = grads[1:]
             gh, gw, gb = grads
             if go.numel():
                 c = go[0] / grad_scale  # 1 for the prepared sum: then exact
@@ -209,41 +220,60 @@ def _rows(hidden: torch.Tensor, counted: torch.Tensor, every: bool) -> torch.Ten
 def _chunks(h, weight, bias, y, dt, rows, go, need):
     """Losses of the counted tokens (n,) fp32 and, for each of hidden/weight/bias that ``need``
     says, the gradient (fp32, fp64 for fp64 ``dt``; None where not needed) of sum(go * losses),
-    ``go`` a float or an (n,) tensor. Runs with autocast off: every operand is cast to ``dt`` here."""
-    n, v = h.shape[0], weight.shape[0]
-    fp32 = torch.promote_types(dt, torch.float32)  # fp64 stays fp64 (for gradcheck)
-    with torch.autocast(h.device.type, enabled=False):
-        hc_all, w = h.to(dt), weight.to(dt)
+    ``go`` a float or an (n,) tensor. Runs with autocast off: every operand is cast to ``dt`` here.
+
+    Per chunk of c tokens, on two buffers made once (c x V in ``dt``, c x V fp32; one buffer when
+    ``dt`` is fp32), every step in place: the logits, cast to fp32; their row max m and target
+    logit; e = exp(logits - m); the row sum S, so loss = log S + m - target; then e[y] -= S and
+    e *= go / S, the logits' gradient go * (softmax - onehot(y)), cast to ``dt`` over the logits.
+    (Mixed-dtype ops with ``out=`` would save no pass: on the CPU they cast through temporaries.)
+    """
+    n, v, width = h.shape[0], weight.shape[0], h.shape[1]
+    acc = torch.promote_types(dt, torch.float32)  # fp32; fp64 stays fp64 (for gradcheck)
+    dev = h.device
+    with torch.autocast(dev.type, enabled=False):
+        hs, w = h.to(dt), weight.to(dt)
         b = bias.to(dt) if bias is not None else None
-        losses = torch.empty(n, dtype=fp32, device=h.device)
-        gh = torch.empty(n, h.shape[1], dtype=fp32, device=h.device) if need[0] else None
-        gw = torch.zeros(v, h.shape[1], dtype=fp32, device=h.device) if need[1] else None
-        gb = torch.zeros(v, dtype=fp32, device=h.device) if need[2] and bias is not None else None
+        losses = torch.empty(n, dtype=acc, device=dev)
+        gh = torch.empty(n, width, dtype=acc, device=dev) if need[0] else None
+        gw = torch.zeros(v, width, dtype=acc, device=dev) if need[1] else None
+        gb = torch.zeros(v, dtype=acc, device=dev) if need[2] and b is not None else None
+        r = max(min(rows, n), 1)
+        logits_buf = torch.empty(r, v, dtype=dt, device=dev)
+        e_buf = logits_buf if dt == acc else torch.empty(r, v, dtype=acc, device=dev)
+        # a block of a chunk's weight gradient in dt, then in fp32, before it is added: no
+        # mixed-dtype addmm on the CPU, and a mixed-dtype add would cast through a (V, H) temporary
+        blk = min(v, WEIGHT_BLOCK)
+        prod = torch.empty(blk, width, dtype=dt, device=dev) if gw is not None and dt != acc else None
+        prod32 = torch.empty(blk, width, dtype=acc, device=dev) if prod is not None else None
         for s in range(0, n, rows):
-            hc, yc = hc_all[s : s + rows], y[s : s + rows]
-            logits = hc @ w.T if b is None else torch.addmm(b, hc, w.T)
-            z = logits.to(fp32)  # the same tensor when dt is fp32
-            del logits
-            lse = torch.logsumexp(z, dim=1)
-            losses[s : s + rows] = lse - z.gather(1, yc[:, None]).squeeze(1)
+            hc, yc = hs[s : s + rows], y[s : s + rows, None]
+            logits, e = logits_buf[: len(yc)], e_buf[: len(yc)]
+            if b is None:
+                torch.mm(hc, w.T, out=logits)
+            else:
+                torch.addmm(b, hc, w.T, out=logits)
+            if dt != acc:
+                e.copy_(logits)
+            m = e.amax(1, keepdim=True)
+            target = e.gather(1, yc)
+            e.sub_(m).exp_()
+            total = e.sum(1, keepdim=True)
+            losses[s : s + rows] = (total.log() + m - target).squeeze(1)
             if not any(need):
                 continue
-            # d loss_i / d logits_i = softmax_i - onehot(y_i): in place on the fp32 logits
-            z.sub_(lse[:, None]).exp_()
-            z.scatter_add_(1, yc[:, None], z.new_full((len(yc), 1), -1.0))
-            if not isinstance(go, float):
-                z.mul_(go[s : s + rows, None])
-            elif go != 1.0:
-                z.mul_(go)
+            e.scatter_add_(1, yc, -total)
+            e.mul_((go if isinstance(go, float) else go[s : s + rows, None]) / total)
             if gb is not None:
-                gb += z.sum(0)
-            g = z.to(dt)
-            del z
+                gb += e.sum(0)
+            g = logits.copy_(e) if dt != acc else e  # rounded once to dt, over the logits
             if gh is not None:
                 gh[s : s + rows] = g @ w
             if gw is not None:
-                if dt == fp32:  # in place
+                if prod is None or prod32 is None:  # fp32: accumulate in place
                     gw.addmm_(g.T, hc)
-                else:  # no mixed-dtype addmm on CPU: the chunk's product in dt, added in fp32
-                    gw += g.T @ hc
+                    continue
+                for j in range(0, v, blk):
+                    part = torch.mm(g[:, j : j + blk].T, hc, out=prod[: min(blk, v - j)])
+                    gw[j : j + blk] += prod32[: len(part)].copy_(part)
     return losses, gh, gw, gb

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import model.loss
 from model import MiniGPTForCausalLM, ModelConfig
 from model.loss import IGNORE_INDEX, chunk_rows, head_losses, linear_cross_entropy
 
@@ -38,11 +39,12 @@ def plain(h, w, y, b=None):
     return F.cross_entropy(F.linear(h, w, b).float(), y, ignore_index=IGNORE_INDEX, reduction="none")
 
 
-def run(fn, h0, w0, b0, y, weights=None, scale=1.0, autocast=False):
-    """Losses and the gradients of sum(weights * losses) * scale (weights None: the plain sum)."""
+def run(fn, h0, w0, b0, y, weights=None, scale=1.0, autocast=False, dtype=torch.bfloat16):
+    """Losses and the gradients of sum(weights * losses) * scale (weights None: the plain sum),
+    the forward under autocast to ``dtype`` when ``autocast``."""
     h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
     b = b0.clone().requires_grad_() if b0 is not None else None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=dtype, enabled=autocast):
         losses = fn(h, w, y, b)
     total = losses.sum() if weights is None else (losses * weights).sum()
     (total * scale).backward()
@@ -216,6 +218,16 @@ def test_bf16_autocast_is_as_close_to_plain_as_plain_is_to_fp32():
         assert float((f - p).norm()) <= bf16_error, name
 
 
+def test_the_weight_gradient_added_block_by_block_is_the_same(monkeypatch):
+    """In bf16 each chunk's weight gradient is added in blocks of WEIGHT_BLOCK vocabulary rows
+    (4096: one block at V = 300); blocks of 7 (the last one short) give the same numbers."""
+    h, w, b, y = inputs(bias=True)
+    fused = lambda h, w, y, b: linear_cross_entropy(h, w, y, bias=b, rows=16)  # noqa: E731
+    whole = run(fused, h, w, b, y, autocast=True)
+    monkeypatch.setattr(model.loss, "WEIGHT_BLOCK", 7)
+    assert_close_fp32(run(fused, h, w, b, y, autocast=True), whole)
+
+
 def test_bf16_hidden_states_and_gradients_keep_their_dtypes():
     h, w, _, y = inputs()
     hb = h.bfloat16().requires_grad_()
@@ -289,9 +301,9 @@ def test_no_gradient_work_under_no_grad():
 
 
 def test_chunk_rows_rule():
-    assert chunk_rows(151_936, torch.bfloat16) == 588  # 512 MiB / (151,936 x 6 bytes)
-    assert chunk_rows(49_152, torch.bfloat16) == 1820
-    assert chunk_rows(49_152, torch.float32) == 2730  # 4 bytes per entry in fp32
+    assert chunk_rows(151_936, torch.bfloat16) == 1177  # 1 GiB / (151,936 x 6 bytes)
+    assert chunk_rows(49_152, torch.bfloat16) == 3640
+    assert chunk_rows(49_152, torch.float32) == 5461  # 4 bytes per entry in fp32
     assert chunk_rows(151_936, torch.bfloat16, chunk_bytes=1) == 1
     r = chunk_rows(151_936, torch.bfloat16, 64 << 20)
     assert r * 151_936 * 6 <= 64 << 20 < (r + 1) * 151_936 * 6
@@ -307,3 +319,31 @@ def test_bad_arguments_are_refused():
         linear_cross_entropy(h, w[:, :-1], y)
     with pytest.raises(ValueError, match="grad_scale"):
         linear_cross_entropy(h, w, y, grad_scale=0.0)
+
+
+def test_fp16_gradients_prepared_for_another_scale_are_recomputed():
+    """fp16 autocast with a GradScaler-like factor S on the backward that the forward was not told
+    of: the prepared gradients (scale / N, underflowing in fp16) are not rescaled by S but
+    recomputed with scale x S folded in, as the plain fp16 path computes them."""
+    h, w, _, y = inputs(seed=7)
+    scale, big = 1 / 4096, 2.0**16
+    half = dict(scale=scale * big, autocast=True, dtype=torch.float16)
+    fp32 = run(plain, h, w, None, y, scale=scale * big)
+    plain16 = run(plain, h, w, None, y, **half)
+    told = run(
+        lambda h, w, y, b: linear_cross_entropy(h, w, y, rows=7, grad_scale=scale * big),
+        h,
+        w,
+        None,
+        y,
+        **half,
+    )
+    untold = run(
+        lambda h, w, y, b: linear_cross_entropy(h, w, y, rows=7, grad_scale=scale), h, w, None, y, **half
+    )
+    for name, a, p, t, u in zip(
+        ("losses", "hidden grad", "weight grad"), fp32, plain16, told, untold, strict=True
+    ):
+        fp16_error = float((p - a).norm())
+        assert 0 < fp16_error, name
+        assert float((t - p).norm()) <= fp16_error and float((u - p).norm()) <= fp16_error, name
