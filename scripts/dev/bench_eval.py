@@ -63,8 +63,8 @@ def main() -> None:
     if not Path(args.tokenizer_data).is_file():
         raise UserError(f"--tokenizer_data {args.tokenizer_data}: not found")
 
-    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp_name:
+        tmp = Path(tmp_name)
         tok = train_tokenizer((t for t, _ in iter_docs(args.tokenizer_data)), 6400, tmp / "tok")
         cfg = ModelConfig(
             hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, vocab_size=len(tok)

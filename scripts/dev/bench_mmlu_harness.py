@@ -85,8 +85,8 @@ def harness_loglikelihoods(
     from lm_eval.tasks import TaskManager
 
     template_dir = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
-    with tempfile.TemporaryDirectory(prefix="bench_mmlu_tasks_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench_mmlu_tasks_") as tmp_name:
+        tmp = Path(tmp_name)
         subjects = write_subject_files(tmp, questions, dev)
         names = []
         for s in subjects:

@@ -202,7 +202,8 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
     ]
     for v in variants.values():
         cells = [
-            f"{_fmt(*v['final'][s])} ({_fmt(*v['delta_pct'][s], digits=1, signed=True)}%)" for s in sources
+            f"{_fmt(*v['final'][s])} ({_fmt(v['delta_pct'][s][0], v['delta_pct'][s][1], digits=1, signed=True)}%)"
+            for s in sources
         ]
         share = v["replay_token_share"]
         share_cell = f"{100 * share:.1f}%" if math.isfinite(share) else "-"
@@ -214,7 +215,10 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "| variant | spike |",
         "|---|---|",
     ]
-    lines += [f"| {v['label']} | {_fmt(*v['early_spike_replay'], signed=True)} |" for v in variants.values()]
+    lines += [
+        f"| {v['label']} | {_fmt(v['early_spike_replay'][0], v['early_spike_replay'][1], signed=True)} |"
+        for v in variants.values()
+    ]
     lines += [
         "",
         "## MMLU-format accuracy (answer-letter log-likelihood; chance = 25%)",
