@@ -61,7 +61,7 @@ from trainer.evaluation.data import (
     val_path_from_config,
 )
 from trainer.evaluation.gsm8k import load_or_note as load_gsm8k_or_note
-from trainer.evaluation.harness import require_lm_eval
+from trainer.evaluation.harness import task_manager
 from trainer.evaluation.models import ModelSpec, load_eval_model, unique_labels
 from trainer.evaluation.report import summary_rows, terminal_table, write_report
 from trainer.evaluation.sandbox import Limits, Sandbox, SandboxUnavailable
@@ -308,7 +308,7 @@ def load_data(args: argparse.Namespace, phase: str = "all", data: EvalData | Non
             data.gsm8k_test = test[: args.limit] if args.limit else test
             data.gsm8k_shots = args.gsm8k_shots
     if args.lm_eval_list and local:
-        require_lm_eval()
+        task_manager(tuple(args.lm_eval_list), args.lm_eval_include)  # unknown names: refused now
         data.lm_eval_tasks, data.lm_eval_include, data.lm_eval_limit = (
             args.lm_eval_list,
             args.lm_eval_include,

@@ -21,6 +21,7 @@ from an export's config.json. lm-evaluation-harness is the optional ``eval`` ext
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -146,10 +147,13 @@ def make_lm(em: EvalModel, batch_size: int, user_max: int | None = None):
     return EvalLM()
 
 
-def task_manager(tasks: list[str], include: str | None):
+@functools.lru_cache(maxsize=4)
+def task_manager(tasks: tuple[str, ...], include: str | None):
     """A TaskManager that knows ``tasks``: the ``include`` folder's alone when it has them all
     (indexing the harness's ~15k built-in task files takes ~10 s), else with the built-ins;
-    UserError naming any task neither has."""
+    UserError naming any task neither has. Built once per run (eval_llm checks the names before
+    it loads a model)."""
+    require_lm_eval()
     from lm_eval.tasks import TaskManager
 
     if include:
@@ -174,10 +178,10 @@ def run_lm_eval(
     limit: int | None = None,
     user_max: int | None = None,
 ) -> dict[str, Any]:
-    """lm-evaluation-harness's ``simple_evaluate`` of ``tasks`` on ``em``: {task: {metric: value,
-    "<metric>_stderr": its standard error, "n": documents}, "seconds", "version"}."""
+    """lm-evaluation-harness's ``simple_evaluate`` of ``tasks`` on ``em``: {"tasks": {task: {metric:
+    value, "<metric>_stderr": its standard error, "n": documents}}, "seconds", "version"}."""
     lm_eval = require_lm_eval()
-    tm = task_manager(tasks, include)
+    tm = task_manager(tuple(tasks), include)
     t0 = time.perf_counter()
     out = lm_eval.simple_evaluate(
         model=make_lm(em, batch_size, user_max),
@@ -189,7 +193,7 @@ def run_lm_eval(
         confirm_run_unsafe_code=False,
     )
     seconds = time.perf_counter() - t0
-    res: dict[str, Any] = {"seconds": seconds, "version": getattr(lm_eval, "__version__", "?")}
+    res: dict[str, Any] = {"tasks": {}, "seconds": seconds, "version": getattr(lm_eval, "__version__", "?")}
     n = out.get("n-samples", {})
     for task, metrics in out["results"].items():
         row: dict[str, Any] = {}
@@ -200,7 +204,11 @@ def run_lm_eval(
             name = name if flt in ("", "none") else f"{name} ({flt})"
             row[name] = float(value)
         row["n"] = (n.get(task) or {}).get("effective")
-        res[task] = row
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "n" and not k.endswith("_stderr"))
+        res["tasks"][task] = row
+        shown = ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in row.items()
+            if k not in ("n", "sample_len") and not k.endswith("_stderr")
+        )
         log.info(f"{em.label}: lm-eval {task}: {shown}")
     return res

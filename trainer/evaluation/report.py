@@ -59,18 +59,22 @@ def summary_rows(results: dict[str, dict], labels: list[str]) -> list[dict[str, 
     for flt in ("strict", "flexible"):
         key = f"gsm8k_exact_match_{flt}"
         add(f"GSM8K {k}-shot EM {flt}", "pct", "higher", (key, "value"), ci=(key, "ci95"))
-    for task in _ordered_keys(results, labels, "lm_eval"):
+    tasks: list[str] = []
+    for lab in labels:
+        for t in _get(results.get(lab, {}), ("lm_eval", "tasks")) or {}:
+            if t not in tasks:
+                tasks.append(t)
+    for task in tasks:
         metrics: list[str] = []
         for lab in labels:
-            for m in _get(results.get(lab, {}), ("lm_eval", task)) or {}:
-                if m not in metrics and m != "n" and not m.endswith("_stderr"):
+            for m in _get(results.get(lab, {}), ("lm_eval", "tasks", task)) or {}:
+                if m not in metrics and m not in ("n", "sample_len") and not m.endswith("_stderr"):
                     metrics.append(m)
         for m in metrics:
             kind = "pct" if m.split(" ")[0] in FRACTION_METRICS else "num"
             better = "lower" if "perplexity" in m or m.startswith("bits_per_byte") else "higher"
-            add(
-                f"lm-eval {task} {m}", kind, better, ("lm_eval", task, m), se=("lm_eval", task, f"{m}_stderr")
-            )
+            path = ("lm_eval", "tasks", task)
+            add(f"lm-eval {task} {m}", kind, better, (*path, m), se=(*path, f"{m}_stderr"))
     return rows
 
 
