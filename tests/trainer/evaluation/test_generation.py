@@ -64,7 +64,7 @@ def _reference(folder, prompts, until, max_gen):
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     max_length = model.config.max_position_embeddings
-    stops = [*until, tok.decode([tok.eos_token_id], skip_special_tokens=False)]
+    stops = [*until, str(tok.decode([tok.eos_token_id], skip_special_tokens=False))]
     out, truncated = [], 0
     for p in prompts:
         ids = tok(p)["input_ids"]
@@ -77,7 +77,7 @@ def _reference(folder, prompts, until, max_gen):
                 new.append(nxt)
                 if nxt == tok.eos_token_id:
                     break
-        text = tok.decode(new, skip_special_tokens=True)
+        text = str(tok.decode(new, skip_special_tokens=True))
         for s in stops:
             text = text.split(s)[0]
         out.append(text)
