@@ -1,9 +1,11 @@
-"""Evaluate one or more checkpoints side by side: language modelling per source, MMLU, code, samples.
+"""Evaluate one or more checkpoints side by side: language modelling per source, MMLU, code (loss and
+pass@1 by execution), GSM8K, any lm-evaluation-harness task, samples.
 
     python eval_llm.py --weight pretrain_512 --weight midtrain_512 \\
         --data_config config/data/midtrain/phase1/default.yaml
     python eval_llm.py --weight midtrain_512 --mmlu_path ../shared/data/mmlu --limit 500
     python eval_llm.py --weight midtrain_512 --hf_path out/hf/midtrain_512 --val_path FILE.jsonl
+    python eval_llm.py --code_selftest --humaneval_path ../shared/data/humaneval/HumanEval.jsonl.gz
 
 Models, repeatable, in command-line order, each rebuilt from its own files alone:
   --weight V    what the trainers' --from_weight takes (trainer/weights.py): a .pth path, a
@@ -13,7 +15,8 @@ Models, repeatable, in command-line order, each rebuilt from its own files alone
   --hf_path DIR a transformers folder scored through transformers' own forward (any decoder-only
                 architecture; slower)
 
-Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_code / --no_samples):
+Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_code / --no_exec /
+--no_gsm8k / --no_samples):
   language modelling  loss, perplexity, bits per byte per `source` of a val split: --val_path FILE.jsonl
                       or the prepared val split of --data_config ({prepared_dir}/{name}_val.jsonl)
   MMLU                accuracy from the answer letters' log-likelihood, --shots 0,5; cais/mmlu from the
@@ -21,11 +24,25 @@ Metrics (each on by default when its data is there; --no_lm / --no_mmlu / --no_c
                       file (+ --mmlu_dev FILE); rows {question, choices: [4], answer: 0-3 or A-D, subject}.
                       Prompt, tokens, truncation and scoring are lm-evaluation-harness's `mmlu` task
                       (--model hf): the same model gives the same per-question answers.
-  code                loss of the HumanEval / MBPP canonical solutions given their prompts, plus greedy
-                      HumanEval generations; from the Hub, or --humaneval_path / --mbpp_path files
+  code                loss of the HumanEval / MBPP canonical solutions given their prompts, greedy
+                      HumanEval samples, and pass@1: greedy completions as lm-evaluation-harness's
+                      `humaneval` (0-shot) and `mbpp` (3-shot, the 500 test tasks) tasks prompt, stop
+                      and assemble them, run with their tests in a sandbox (trainer/evaluation/
+                      sandbox.py; --exec_timeout CPU seconds each, --exec_workers at a time); from the
+                      Hub, or --humaneval_path / --mbpp_path files. --code_selftest runs the datasets'
+                      own solutions through the same sandbox instead of evaluating models.
+  GSM8K               exact match (strict "#### N" and flexible-extract) of greedy answers to
+                      lm-evaluation-harness's `gsm8k` prompt (--gsm8k_shots 5 examples drawn by its
+                      sampler); openai/gsm8k from the Hub, or --gsm8k_path (+ --gsm8k_train_path,
+                      default train.jsonl beside it); rows {question, answer}
+  lm-eval tasks       --lm_eval_tasks a,b: any lm-evaluation-harness task, run by the harness on this
+                      model (pip install -e ".[eval]"); --lm_eval_include DIR for local task YAMLs
   samples             greedy generations for fixed story / code / instruction / question prompts
-A Hub dataset that cannot be reached is skipped with one line; --no_hub never tries, and refuses a
---weight that could only be a Hub model.
+pass@1 and exact match come with 95% Wilson intervals. Generation follows the harness (context cut to
+the model's context minus the task's token cap; a cap that leaves no room gets half the context);
+--max_new_tokens caps every generation (the report says so). A Hub dataset that cannot be reached is
+skipped with one line naming it; --no_hub never tries, and refuses a --weight that could only be a
+Hub model. Flags, --device and local data files are checked before any model loads.
 
 Precision: --dtype float32 by default. bf16 scoring flips near-tie MMLU answers of small models
 (55 of 14,042 on a fresh 4.6M model; scripts/dev/bench_mmlu_harness.py), so it no longer gives the

@@ -45,6 +45,7 @@ from model.errors import UserError
 from model.model import MiniGPTForCausalLM
 from trainer.checkpoint import atomic_torch_save, weights_state
 from trainer.cli import run
+from trainer.evaluation.harness import export_folder
 from trainer.paths import REPO_ROOT
 from trainer.throughput import measure_matmul_flops
 
@@ -121,11 +122,7 @@ def main() -> None:
         report = tmp / "eval.json"
         folder = tmp / "hf_bench"
         if args.imported:
-            subprocess.run(
-                [sys.executable, str(REPO_ROOT / "scripts" / "export_hf.py"), "--weight", str(tmp / f"bench_{args.hidden_size}.pth"), "--output_dir", str(folder)],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            export_folder(tmp / f"bench_{args.hidden_size}.pth", folder)
         cmd = [sys.executable, str(REPO_ROOT / "eval_llm.py"), "--save_dir", str(tmp), "--weight", "bench"]
         cmd += ["--no_lm", "--no_samples", "--no_hub"]
         if args.task == "mmlu":

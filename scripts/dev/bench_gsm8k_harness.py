@@ -29,8 +29,6 @@ import argparse
 import ast
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +43,7 @@ from trainer.evaluation.codetasks import CodeTask
 from trainer.evaluation.data import Hub, load_code
 from trainer.evaluation.generation import generate_until, token_budget
 from trainer.evaluation.gsm8k import MAX_GEN, UNTIL, gsm8k_prompts, load_gsm8k, score
+from trainer.evaluation.harness import export_folder
 from trainer.evaluation.models import ModelSpec, load_eval_model
 from trainer.paths import REPO_ROOT
 
@@ -206,18 +205,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_gen_") as tmp_name:
         tmp = Path(tmp_name)
         folder = tmp / "hf"
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO_ROOT / "scripts" / "export_hf.py"),
-                "--weight",
-                str(path),
-                "--output_dir",
-                str(folder),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        export_folder(path, folder)
         models = {
             kind: load_eval_model(ModelSpec(kind, str(where)), "", None, "cpu", torch.float32, None)
             for kind, where in (("weight", path), ("hf", folder))

@@ -25,6 +25,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,20 @@ from trainer.evaluation.generation import HARNESS_MAX_GEN_TOKS, generate_until, 
 from trainer.evaluation.models import EvalModel
 
 log = logging.getLogger(__name__)
+
+
+def export_folder(weight: str | Path, folder: Path) -> Path:
+    """Export a checkpoint to a transformers ``folder`` as a user does: scripts/export_hf.py run as a
+    process (what the harness's ``--model hf`` is then pointed at). Raises CalledProcessError."""
+    import subprocess
+    import sys
+
+    from trainer.paths import REPO_ROOT
+
+    script = REPO_ROOT / "scripts" / "export_hf.py"
+    cmd = [sys.executable, str(script), "--weight", str(weight), "--output_dir", str(folder)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return folder
 
 
 def require_lm_eval():

@@ -35,6 +35,16 @@ def export_checkpoint(tmp: Path, tok, cfg: ModelConfig, context: int, seed: int 
     return path, tmp / "hf"
 
 
+def jsonl(path) -> list[dict]:
+    """The rows of a JSON-lines file (gzipped when its name ends in .gz), read plainly."""
+    import gzip
+    import json
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def lm_eval_or_skip():
     """lm_eval (the ``eval`` extra, in ``dev``): under CI=true its absence fails the test, elsewhere
     it skips (as tests.helpers.shared_file does for missing data)."""

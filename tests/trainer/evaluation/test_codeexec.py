@@ -4,7 +4,6 @@ exactly what they are built to score, and bad rows are refused in one line."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 
@@ -14,6 +13,7 @@ import torch
 from dataset.tokenizer import load_tokenizer
 from model.errors import UserError
 from tests.helpers import shared_file
+from tests.trainer.evaluation.support import jsonl
 from trainer.ablation.stats import wilson95
 from trainer.evaluation import gsm8k
 from trainer.evaluation.codeexec import pass_at_1, selftest
@@ -23,12 +23,6 @@ from trainer.evaluation.models import EvalModel
 from trainer.evaluation.sandbox import Limits, Sandbox
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def rows_of(path):
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +43,8 @@ def sandbox():
 def test_programs_are_the_harness_assembly(code):
     """HumanEval: prompt + completion (build_predictions), then code_eval's "\\n" + test +
     "\\ncheck(entry_point)"; MBPP: completion, "\\n", the first three asserts."""
-    he = rows_of(shared_file("humaneval", "HumanEval.jsonl.gz"))
-    mbpp = [r for r in rows_of(shared_file("mbpp", "mbpp.jsonl")) if 11 <= r["task_id"] <= 510]
+    he = jsonl(shared_file("humaneval", "HumanEval.jsonl.gz"))
+    mbpp = [r for r in jsonl(shared_file("mbpp", "mbpp.jsonl")) if 11 <= r["task_id"] <= 510]
     assert len(code["humaneval"].items) == 164 and len(code["mbpp"].items) == 500
     for row, t in zip(he, code["humaneval"].items, strict=True):
         assert t.task_id == row["task_id"] and t.prompt == row["prompt"]

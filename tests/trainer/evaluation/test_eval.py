@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import shutil
@@ -15,6 +14,7 @@ from dataset.tokenizer import load_tokenizer
 from model import MiniGPTForCausalLM, ModelConfig
 from model.errors import UserError
 from tests.helpers import ONE_THREAD, REPO, load_script, run_script, shared_file
+from tests.trainer.evaluation.support import jsonl
 from trainer.cli import run
 from trainer.evaluation.data import (
     DataUnavailable,
@@ -37,12 +37,6 @@ eval_llm = load_script("eval_llm.py", "eval_llm")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def jsonl(path):
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="module")
