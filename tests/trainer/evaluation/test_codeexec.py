@@ -144,6 +144,10 @@ def test_gsm8k_planted_model_scores_exactly(tok):
     assert r["predictions"]["strict"] == ["1234567"] * 5
     prompts = gsm8k.gsm8k_prompts(questions, train, 5)
     assert all(p.count("Question: ") == 6 and p.count("\n#### ") == 5 for p in prompts)
+    for empty in ("", " \n "):  # nothing, or only whitespace: wrong, not an error
+        r = gsm8k.gsm8k_eval(Planted(tok, {k: empty for k in key}), questions, train, 5, batch_size=2)
+        assert r["strict"]["correct"] == r["flexible"]["correct"] == 0 and r["empty"] == 5
+        assert r["predictions"]["strict"] == ["[invalid]"] * 5
 
 
 def test_gsm8k_examples_follow_the_harness_sampler():

@@ -174,3 +174,13 @@ def test_programs_run_in_parallel_and_results_keep_their_order():
     results = sandbox.run_all(programs)
     assert [r.output.splitlines()[0] for r in results] == [f"{i}" for i in range(7)]
     assert [r.passed for r in results] == [i % 3 != 0 for i in range(7)]
+
+
+def test_without_unshare_the_sandbox_says_why(tmp_path, monkeypatch):
+    """A machine without util-linux's unshare: one reason, which eval_llm turns into a note
+    ("pass@1 skipped: ...") and --code_selftest into a one-line error."""
+    from trainer.evaluation.sandbox import SandboxUnavailable
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SandboxUnavailable, match="needs util-linux's unshare, which is not on PATH"):
+        Sandbox()
