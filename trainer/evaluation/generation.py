@@ -53,13 +53,10 @@ def token_budget(max_len: int, task_max: int, user_max: int | None = None) -> Bu
         raise ValueError(f"a context of {max_len} tokens leaves no room to generate")
     new, note = task_max, ""
     if user_max is not None and user_max < new:
-        new, note = user_max, f"--max_new_tokens {user_max} (the task allows {task_max})"
+        new, note = user_max, f"--max_new_tokens {user_max}; the task allows {task_max}"
     if new >= max_len:
         new = max_len // 2
-        note = (
-            f"half the model's {max_len}-token context (the task allows {task_max} new tokens, "
-            "which leave no room for a prompt)"
-        )
+        note = f"half the model's {max_len}-token context; the task's {task_max} leave no room for a prompt"
     return Budget(max_len - new, new, note)
 
 
