@@ -1,6 +1,16 @@
-"""MMLU scoring benchmark: eval_llm.py on the 14,042 real MMLU test questions.
+"""Evaluation benchmarks: eval_llm.py on the real MMLU test questions, HumanEval and GSM8K problems.
 
     python scripts/dev/bench_eval.py [--mmlu_dir ../shared/data/mmlu] [--shots 0,5] [--limit N]
+    python scripts/dev/bench_eval.py --task humaneval [--batch_size 16] [--unbatched 16]
+    python scripts/dev/bench_eval.py --task gsm8k --limit 200
+    python scripts/dev/bench_eval.py --task selftest
+
+``--task humaneval`` / ``gsm8k`` time generation (pass@1 on all 164 HumanEval problems with their
+tests run in the sandbox; GSM8K 5-shot exact match) on the same freshly initialized checkpoint: a
+random model never writes a stop string, so every problem generates its whole token budget, the
+slowest case. ``--unbatched N`` also runs the first N problems one at a time (batch size 1) in the
+same run, for the speed-up of batched generation. ``--task selftest`` runs every canonical HumanEval
+and MBPP solution through the sandbox (eval_llm.py --code_selftest) and prints its lines.
 
 Builds a checkpoint of the default 512x8 model (26M parameters; vocabulary 6400 from a byte-level
 BPE trained on TinyStories) through the same code the trainers save with, then runs the real
@@ -35,10 +45,31 @@ from model.errors import UserError
 from model.model import MiniGPTForCausalLM
 from trainer.checkpoint import atomic_torch_save, weights_state
 from trainer.cli import run
+from trainer.evaluation.harness import export_folder
 from trainer.paths import REPO_ROOT
 from trainer.throughput import measure_matmul_flops
 
 SHARED = REPO_ROOT.parent / "shared" / "data"
+
+
+def generation_rows(report: dict) -> list[tuple[str, dict]]:
+    """(task, result) of every generation metric of every model in an eval_llm report."""
+    rows = []
+    for label, res in report["results"].items():
+        for name, r in (res.get("exec") or {}).items():
+            rows.append((f"{label} {name}", r))
+        if res.get("gsm8k"):
+            rows.append((f"{label} gsm8k", res["gsm8k"]))
+    return rows
+
+
+def selftest() -> None:
+    cmd = [sys.executable, str(REPO_ROOT / "eval_llm.py"), "--code_selftest", "--no_hub"]
+    cmd += ["--humaneval_path", str(SHARED / "humaneval" / "HumanEval.jsonl.gz")]
+    cmd += ["--mbpp_path", str(SHARED / "mbpp" / "mbpp.jsonl")]
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    print("\n".join(line for line in out.splitlines() if line.startswith(("humaneval:", "mbpp:"))))
 
 
 def main() -> None:
@@ -56,15 +87,22 @@ def main() -> None:
     p.add_argument(
         "--imported", action="store_true", help="also score the model as a transformers folder (see above)"
     )
+    p.add_argument("--task", default="mmlu", choices=["mmlu", "humaneval", "gsm8k", "selftest"])
+    p.add_argument(
+        "--unbatched", type=int, default=0, help="also generate for the first N problems one at a time"
+    )
     args = p.parse_args()
+    if args.task == "selftest":
+        selftest()
+        return
     mmlu = Path(args.mmlu_dir)
     if not (mmlu / "test.jsonl").is_file():
         raise UserError(f"--mmlu_dir {mmlu}: no test.jsonl there (MMLU from ../shared/data/mmlu)")
     if not Path(args.tokenizer_data).is_file():
         raise UserError(f"--tokenizer_data {args.tokenizer_data}: not found")
 
-    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp_name:
+        tmp = Path(tmp_name)
         tok = train_tokenizer((t for t, _ in iter_docs(args.tokenizer_data)), 6400, tmp / "tok")
         cfg = ModelConfig(
             hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, vocab_size=len(tok)
@@ -84,37 +122,50 @@ def main() -> None:
         report = tmp / "eval.json"
         folder = tmp / "hf_bench"
         if args.imported:
-            subprocess.run(
-                [sys.executable, str(REPO_ROOT / "scripts" / "export_hf.py"), "--weight", str(tmp / f"bench_{args.hidden_size}.pth"), "--output_dir", str(folder)],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-        cmd = [
-            sys.executable,
-            str(REPO_ROOT / "eval_llm.py"),
-            "--save_dir",
-            str(tmp),
-            "--weight",
-            "bench",
-            "--mmlu_path",
-            str(mmlu),
-            "--shots",
-            args.shots,
-            "--no_lm",
-            "--no_code",
-            "--no_samples",
-            "--no_hub",
-            "--output",
-            str(report),
-        ]
+            export_folder(tmp / f"bench_{args.hidden_size}.pth", folder)
+        cmd = [sys.executable, str(REPO_ROOT / "eval_llm.py"), "--save_dir", str(tmp), "--weight", "bench"]
+        cmd += ["--no_lm", "--no_samples", "--no_hub"]
+        if args.task == "mmlu":
+            cmd += ["--mmlu_path", str(mmlu), "--shots", args.shots, "--no_code", "--no_gsm8k"]
+        elif args.task == "humaneval":
+            cmd += ["--no_mmlu", "--no_gsm8k", "--code_samples", "0"]
+            cmd += ["--humaneval_path", str(SHARED / "humaneval" / "HumanEval.jsonl.gz")]
+        else:
+            cmd += ["--no_mmlu", "--no_code", "--gsm8k_path", str(SHARED / "gsm8k" / "test.jsonl")]
         if args.imported:
             cmd += ["--weight", str(folder), "--hf_path", str(folder)]
-        for flag in ("limit", "batch_size", "dtype", "device"):
+        for flag in ("dtype", "device"):
+            if getattr(args, flag) is not None:
+                cmd += [f"--{flag}", str(getattr(args, flag))]
+        one = [*cmd, "--output", str(tmp / "one.json"), "--batch_size", "1", "--limit", str(args.unbatched)]
+        cmd += ["--output", str(report)]
+        for flag in ("limit", "batch_size"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag}", str(getattr(args, flag))]
         print("$ " + " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         written = json.loads(report.read_text())
+        if args.task != "mmlu":
+            rows = generation_rows(written)
+            if args.unbatched:
+                print("$ " + " ".join(one[1:]), flush=True)
+                subprocess.run(one, check=True, stdout=subprocess.DEVNULL)
+                rows += [
+                    (f"{k} (batch 1)", r)
+                    for k, r in generation_rows(json.loads((tmp / "one.json").read_text()))
+                ]
+            print(f"\ngenerated greedily in {written['dtype']}, batch size {written['batch_size']}")
+            print(
+                f"{'run':<30} {'problems':>8} {'max new':>7} {'gen s':>7} {'q/s':>6} {'new tokens':>10} "
+                f"{'tokens/s':>8} {'tests s':>7}"
+            )
+            for name, r in rows:
+                print(
+                    f"{name[:30]:<30} {r['n']:>8} {r['max_new_tokens']:>7} {r['seconds']:>7.1f} "
+                    f"{r['questions_per_s']:>6.2f} {r['new_tokens']:>10,} {r['new_tokens'] / r['seconds']:>8.0f} "
+                    f"{r.get('exec_seconds', 0):>7.1f}"
+                )
+            return
         results = {label: r["mmlu"] for label, r in written["results"].items()}
     # forward FLOPs per scored token: 2N + the attention term (flops_per_token / 3, PaLM convention,
     # at the mean row length) less the LM head, which runs at one position per question

@@ -29,8 +29,6 @@ import argparse
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -42,6 +40,7 @@ from model.errors import UserError
 from trainer import runtime, weights
 from trainer.cli import run, setup_logging
 from trainer.evaluation.data import Hub, MCQuestion, load_mmlu, spread
+from trainer.evaluation.harness import export_folder
 from trainer.evaluation.mmlu import mmlu_loglikelihoods, mmlu_predictions
 from trainer.evaluation.models import ModelSpec, load_eval_model
 from trainer.paths import REPO_ROOT
@@ -85,8 +84,8 @@ def harness_loglikelihoods(
     from lm_eval.tasks import TaskManager
 
     template_dir = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
-    with tempfile.TemporaryDirectory(prefix="bench_mmlu_tasks_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench_mmlu_tasks_") as tmp_name:
+        tmp = Path(tmp_name)
         subjects = write_subject_files(tmp, questions, dev)
         names = []
         for s in subjects:
@@ -203,18 +202,7 @@ def main() -> None:
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_mmlu_") as tmp:
         folder = Path(tmp) / "hf"
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO_ROOT / "scripts" / "export_hf.py"),
-                "--weight",
-                str(path),
-                "--output_dir",
-                str(folder),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        export_folder(path, folder)
         for dtype in dtypes:
             for kind, spec in (
                 ("weight", ModelSpec("weight", str(path))),

@@ -38,6 +38,32 @@ def mmlu_counts(eval_json: Path) -> dict[str, tuple[int, int, float]]:
     return out
 
 
+GENERATION_KEYS = (  # eval_llm's per-model results: {"value", "ci95", "correct", "n"}
+    ("humaneval_pass@1", "HumanEval pass@1"),
+    ("mbpp_pass@1", "MBPP pass@1"),
+    ("gsm8k_exact_match_strict", "GSM8K EM (strict)"),
+    ("gsm8k_exact_match_flexible", "GSM8K EM (flexible)"),
+)
+
+
+def generation_counts(eval_json: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """{model label: {metric key: (correct, total)}} for the pass@1 / exact-match metrics an
+    eval_llm report has (none when the study evaluated without their data)."""
+    if not eval_json.is_file():
+        return {}
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for label, res in json.loads(eval_json.read_text()).get("results", {}).items():
+        got = {k: (int(res[k]["correct"]), int(res[k]["n"])) for k, _ in GENERATION_KEYS if k in res}
+        if got:
+            out[label] = got
+    return out
+
+
+def _pooled(counts: list[tuple[int, int]]) -> dict:
+    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return {"correct": k, "total": n, "wilson95": wilson95(k, n)}
+
+
 def _pooled_mmlu(counts: list) -> dict:
     """Questions pooled over runs: accuracy with its Wilson interval, mean letter probability."""
     k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
@@ -56,6 +82,7 @@ def collect(
     per_run: dict[str, dict] = {}
     sources: list[str] = []
     mmlu = mmlu_counts(eval_json)
+    gen = generation_counts(eval_json)
     for v, seed in runs:
         key = f"{v.name}_s{seed}"
         train, evals, summary = MetricsLog.read(_metrics_path(weights, key, hidden))
@@ -80,6 +107,7 @@ def collect(
             "token_share": summary.get("token_share", {}),
             "seconds": summary.get("seconds"),
             "mmlu": mmlu.get(f"{key}_{hidden}") or mmlu.get(key),
+            "generation": gen.get(f"{key}_{hidden}") or gen.get(key) or {},
         }
     pre_train, pre_evals, _ = MetricsLog.read(_metrics_path(weights, "pretrain", hidden))
     variants = {}
@@ -101,6 +129,11 @@ def collect(
         counts = [r["mmlu"] for r in rs if r["mmlu"]]
         if counts:
             agg["mmlu"] = _pooled_mmlu(counts)
+        agg["generation"] = {
+            k: _pooled([r["generation"][k] for r in rs if k in r["generation"]])
+            for k, _ in GENERATION_KEYS
+            if any(k in r["generation"] for r in rs)
+        }
         variants[v.name] = agg
     pre_mmlu = mmlu.get(f"pretrain_{hidden}") or mmlu.get("pretrain")
     return {
@@ -115,6 +148,10 @@ def collect(
             "steps": max((r["step"] for r in pre_train), default=0),
             "final_eval": pre_evals[-1] if pre_evals else None,
             "mmlu": _pooled_mmlu([pre_mmlu]) if pre_mmlu else None,
+            "generation": {
+                k: _pooled([c])
+                for k, c in (gen.get(f"pretrain_{hidden}") or gen.get("pretrain") or {}).items()
+            },
         },
         "variants": variants,
         "runs": per_run,
@@ -202,7 +239,8 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
     ]
     for v in variants.values():
         cells = [
-            f"{_fmt(*v['final'][s])} ({_fmt(*v['delta_pct'][s], digits=1, signed=True)}%)" for s in sources
+            f"{_fmt(*v['final'][s])} ({_fmt(v['delta_pct'][s][0], v['delta_pct'][s][1], digits=1, signed=True)}%)"
+            for s in sources
         ]
         share = v["replay_token_share"]
         share_cell = f"{100 * share:.1f}%" if math.isfinite(share) else "-"
@@ -214,7 +252,10 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "| variant | spike |",
         "|---|---|",
     ]
-    lines += [f"| {v['label']} | {_fmt(*v['early_spike_replay'], signed=True)} |" for v in variants.values()]
+    lines += [
+        f"| {v['label']} | {_fmt(v['early_spike_replay'][0], v['early_spike_replay'][1], signed=True)} |"
+        for v in variants.values()
+    ]
     lines += [
         "",
         "## MMLU-format accuracy (answer-letter log-likelihood; chance = 25%)",
@@ -237,6 +278,7 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
 
     lines.append(acc_row("pretrained", pre.get("mmlu")))
     lines += [acc_row(v["label"], v.get("mmlu")) for v in variants.values()]
+    lines += generation_table(pre, variants)
     tps = [r["tokens_per_sec"] for r in results["runs"].values()]
     reused = results.get("reused_runs", {})
 
@@ -268,6 +310,39 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def generation_table(pre: dict, variants: dict) -> list[str]:
+    """Markdown for the pass@1 / exact-match metrics the evaluation had data for (none: nothing)."""
+    shown = [
+        (k, title)
+        for k, title in GENERATION_KEYS
+        if k in pre.get("generation", {}) or any(k in v.get("generation", {}) for v in variants.values())
+    ]
+    if not shown:
+        return []
+    lines = [
+        "",
+        "## Generation (greedy; problems pooled over seeds; [95% Wilson])",
+        "",
+        "pass@1 runs each completion with its tests in eval_llm's sandbox; GSM8K is 5-shot exact "
+        "match. Small models score 0 here: the rows are shown so that a change would show.",
+        "",
+        "| model | " + " | ".join(t for _, t in shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+
+    def cell(m: dict | None) -> str:
+        if not m:
+            return "-"
+        p, lo, hi = m["wilson95"]
+        return f"{m['correct']} / {m['total']} = {100 * p:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    for label, gen in [("pretrained", pre.get("generation", {}))] + [
+        (v["label"], v.get("generation", {})) for v in variants.values()
+    ]:
+        lines.append(f"| {label} | " + " | ".join(cell(gen.get(k)) for k, _ in shown) + " |")
+    return lines
 
 
 def write_report(

@@ -13,7 +13,7 @@ texts, the non-test tasks of a full MBPP file) are counted in a log line, never 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from dataset.formats import mmlu_answer_letter
 from dataset.io import is_json_file, iter_docs, iter_jsonl
 from dataset.sources import first_line, quiet_datasets
 from model.errors import UserError
+from trainer.evaluation.codetasks import CodeTask, humaneval_tasks, mbpp_tasks
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,17 @@ def load_local_rows(path: str | Path, what: str) -> list[dict[str, Any]]:
     Raises UserError: ``file:line: what; what to do`` from the JSON reader, one line naming the
     file for a missing, unknown, unreadable or empty parquet/CSV file.
     """
+    return [row for _, row in load_local_located(path, what)]
+
+
+def load_local_located(path: str | Path, what: str) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`load_local_rows` with where each row is: ``file:line`` for JSON files, ``file: row N``
+    (1-based, after the header) for parquet and CSV; for error messages about one row."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} file not found")
     if is_json_file(path):
-        return [row for _, row in iter_jsonl(path)]
+        return [(f"{path}:{lineno}", row) for lineno, row in iter_jsonl(path)]
     builder = _BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise UserError(f"{path}: unknown {what} file type; use .jsonl, .jsonl.gz, .json, .parquet or .csv")
@@ -69,7 +76,7 @@ def load_local_rows(path: str | Path, what: str) -> list[dict[str, Any]]:
         ) from None
     if len(ds) == 0:
         raise UserError(f"{path}: no {what} rows; give a {builder} file with rows")
-    return ds.to_list()
+    return [(f"{path}: row {i}", row) for i, row in enumerate(ds.to_list(), 1)]
 
 
 def _is_connection_error(e: BaseException) -> bool:
@@ -78,37 +85,57 @@ def _is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (ConnectionError, TimeoutError)) or "couldn't reach" in text or "offline" in text
 
 
+QUICK_FAILURE_S = 2.0  # a Hub failure this fast (offline mode, no DNS) costs nothing to retry
+
+
 class Hub:
-    """Loads default datasets from the Hugging Face Hub; after one connection failure it stops
-    trying (each attempt can take ~25 s of retries), and ``enabled=False`` never tries."""
+    """Loads default datasets from the Hugging Face Hub; ``enabled=False`` never tries.
+
+    Each dataset's note names that dataset and its own error. After a slow connection failure
+    (each attempt can take ~25 s of retries) the next datasets are not tried, and their notes say
+    which dataset the Hub did not answer for; after a quick one (HF_HUB_OFFLINE=1, no DNS) each
+    dataset is tried, since a cached copy may still load.
+    """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self.unreachable: str | None = None
+        self.unreachable: str | None = None  # "repo (error)" of the last slow connection failure
 
     def rows(self, repo: str, config: str | None, split: str, what: str, local_flag: str) -> list[dict]:
+        return [row for _, row in self.located(repo, config, split, what, local_flag)]
+
+    def located(
+        self, repo: str, config: str | None, split: str, what: str, local_flag: str
+    ) -> list[tuple[str, dict]]:
+        """(``repo split row N``, row) per row of a Hub dataset; DataUnavailable (one line that
+        names ``repo`` and says how to pass local files) when it cannot be loaded."""
         hint = f"pass {local_flag} to use local files"
         if not self.enabled:
             raise DataUnavailable(f"{what} skipped: no {local_flag} given and --no_hub is set")
         if self.unreachable:
             raise DataUnavailable(
-                f"{what} skipped: the Hugging Face Hub is unreachable ({self.unreachable}); {hint}"
+                f"{what} skipped: {repo} was not tried, the Hugging Face Hub did not answer for "
+                f"{self.unreachable}; {hint}"
             )
+        import time
+
         from datasets import load_dataset
 
+        t0 = time.monotonic()
         try:
             with quiet_datasets(progress=False):
                 ds = load_dataset(repo, config, split=split)
         except Exception as e:  # noqa: BLE001 - no network, offline mode, a renamed dataset, ...
             if _is_connection_error(e):
-                self.unreachable = first_line(e)
+                if time.monotonic() - t0 > QUICK_FAILURE_S:
+                    self.unreachable = f"{repo} ({first_line(e)})"
                 raise DataUnavailable(
-                    f"{what} skipped: cannot reach {repo} on the Hugging Face Hub ({self.unreachable}); {hint}"
+                    f"{what} skipped: cannot reach {repo} on the Hugging Face Hub ({first_line(e)}); {hint}"
                 ) from None
             raise DataUnavailable(
                 f"{what} skipped: cannot load {repo} from the Hub ({first_line(e)}); {hint}"
             ) from None
-        return ds.to_list()
+        return [(f"{repo} {split} row {i}", row) for i, row in enumerate(ds.to_list(), 1)]
 
 
 # --------------------------------------------------------------------------- validation documents
@@ -271,10 +298,16 @@ def _require(row: dict, names: tuple[str, ...], at: str) -> None:
             raise UserError(f"{at}: missing string field '{name}'")
 
 
-def humaneval_problems(rows: list[dict], where: str) -> list[CodeProblem]:
+def _locations(rows: list[dict], where: str, locs: list[str] | None) -> list[str]:
+    return locs if locs is not None else [f"{where}: row {i}" for i in range(1, len(rows) + 1)]
+
+
+def humaneval_problems(rows: list[dict], where: str, locs: list[str] | None = None) -> list[CodeProblem]:
+    """HumanEval rows (prompt, canonical_solution) for the solution loss; ``locs`` names each
+    row (``file:line``) in errors, else ``where: row N``."""
     out = []
-    for i, row in enumerate(rows, 1):
-        _require(row, ("prompt", "canonical_solution"), f"{where}: row {i}")
+    for i, (row, at) in enumerate(zip(rows, _locations(rows, where, locs), strict=True), 1):
+        _require(row, ("prompt", "canonical_solution"), at)
         out.append(CodeProblem(str(row.get("task_id", i)), row["prompt"], row["canonical_solution"]))
     return out
 
@@ -291,19 +324,26 @@ def mbpp_prompt(text: str, tests: list[str]) -> str:
     return ALPACA_TEMPLATE_NO_INPUT.format(instruction=instruction, output="")
 
 
-def mbpp_problems(rows: list[dict], where: str) -> list[CodeProblem]:
-    """MBPP rows (text, code, test_list); a full 974-task file is cut to the test split (11-510)."""
+def mbpp_test_split(rows: list[dict], locs: list[str], where: str) -> tuple[list[dict], list[str]]:
+    """A full 974-task file cut to the test split (task_ids 11-510), said in a log line; a file of
+    just the test split (or any other subset) stays as it is."""
     ids = {row.get("task_id") for row in rows}
-    if set(MBPP_TEST_IDS) < ids:  # more than the test split: cut to it (a file of just the test split stays)
-        n_all = len(rows)
-        rows = [row for row in rows if row.get("task_id") in MBPP_TEST_IDS]
-        log.info(
-            f"{where}: the full MBPP set ({n_all} rows); scoring its test split, task_ids "
-            f"{MBPP_TEST_IDS.start}-{MBPP_TEST_IDS.stop - 1}: {len(rows)} rows"
-        )
+    if not set(MBPP_TEST_IDS) < ids:
+        return rows, locs
+    keep = [i for i, row in enumerate(rows) if row.get("task_id") in MBPP_TEST_IDS]
+    log.info(
+        f"{where}: the full MBPP set ({len(rows)} rows); scoring its test split, task_ids "
+        f"{MBPP_TEST_IDS.start}-{MBPP_TEST_IDS.stop - 1}: {len(keep)} rows"
+    )
+    return [rows[i] for i in keep], [locs[i] for i in keep]
+
+
+def mbpp_problems(rows: list[dict], where: str, locs: list[str] | None = None) -> list[CodeProblem]:
+    """MBPP rows (text, code, test_list) for the solution loss; a full 974-task file is cut to the
+    test split (:func:`mbpp_test_split`)."""
+    rows, locs = mbpp_test_split(rows, _locations(rows, where, locs), where)
     out = []
-    for i, row in enumerate(rows, 1):
-        at = f"{where}: row {i}"
+    for i, (row, at) in enumerate(zip(rows, locs, strict=True), 1):
         _require(row, ("text", "code"), at)
         tests = row.get("test_list") or []
         if not isinstance(tests, list):
@@ -316,23 +356,51 @@ def mbpp_problems(rows: list[dict], where: str) -> list[CodeProblem]:
     return out
 
 
+@dataclass
+class CodeData:
+    """The code sets found: problems for the solution loss, tasks to execute (when asked for),
+    where each set came from, and a note per set that was skipped."""
+
+    problems: dict[str, list[CodeProblem]] = field(default_factory=dict)
+    tasks: dict[str, CodeTask] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
 def load_code(
-    humaneval_path: str | None, mbpp_path: str | None, hub: Hub
-) -> tuple[dict[str, list[CodeProblem]], dict[str, str], list[str]]:
-    """({"humaneval": [...], "mbpp": [...]}, where each came from, notes for skipped sets)."""
-    sets: dict[str, list[CodeProblem]] = {}
-    where: dict[str, str] = {}
-    notes: list[str] = []
-    for name, path, (repo, config), flag, parse in (
-        ("humaneval", humaneval_path, HUMANEVAL_HUB, "--humaneval_path", humaneval_problems),
-        ("mbpp", mbpp_path, MBPP_HUB, "--mbpp_path", mbpp_problems),
+    humaneval_path: str | None,
+    mbpp_path: str | None,
+    hub: Hub,
+    execute: bool = False,
+    only: list[str] | None = None,
+) -> CodeData:
+    """HumanEval and MBPP (or the sets named in ``only``) from local files or the Hub. With
+    ``execute``, also the pass@1 tasks (:mod:`trainer.evaluation.codetasks`), which need more
+    fields: a row without them is a UserError naming its file and line."""
+    out = CodeData()
+    for name, path, (repo, config), flag in (
+        ("humaneval", humaneval_path, HUMANEVAL_HUB, "--humaneval_path"),
+        ("mbpp", mbpp_path, MBPP_HUB, "--mbpp_path"),
     ):
-        if path is not None:
-            sets[name], where[name] = parse(load_local_rows(path, name), str(path)), str(path)
+        if only is not None and name not in only:
             continue
         try:
-            sets[name] = parse(hub.rows(repo, config, "test", name, flag), repo)
-            where[name] = f"{repo} from the Hub"
+            located = (
+                load_local_located(path, name) if path else hub.located(repo, config, "test", name, flag)
+            )
         except DataUnavailable as e:
-            notes.append(str(e))
-    return sets, where, notes
+            out.notes.append(str(e))
+            continue
+        where = str(path) if path else repo
+        rows, locs = [r for _, r in located], [loc for loc, _ in located]
+        if name == "humaneval":
+            out.problems[name] = humaneval_problems(rows, where, locs)
+            if execute:
+                out.tasks[name] = humaneval_tasks(rows, locs)
+        else:
+            rows, locs = mbpp_test_split(rows, locs, where)
+            out.problems[name] = mbpp_problems(rows, where, locs)
+            if execute:
+                out.tasks[name] = mbpp_tasks(rows, locs)
+        out.where[name] = where if path else f"{repo} from the Hub"
+    return out

@@ -24,7 +24,8 @@ def _batches(order: list[int], pos: list[list[int]], batch_size: int, vocab: int
     """Indices in ``order`` (most positions first) cut into batches; rows with many positions
     and a big vocabulary get smaller batches so the (positions x vocab) fp32 logits stay under
     ~1 GiB."""
-    out, cur = [], []
+    out: list[list[int]] = []
+    cur: list[int] = []
     for i in order:
         limit = max(1, min(batch_size, LOGITS_BUDGET // max(1, len(pos[cur[0] if cur else i]) * vocab)))
         if len(cur) >= limit:
@@ -113,7 +114,7 @@ def lm_per_source(em: EvalModel, docs: list[Doc], batch_size: int) -> dict[str, 
     out = {}
     for key in sorted(acc, key=lambda s: (s == "all", s)):
         a = acc[key]
-        out[key] = {**_loss_stats(a[0], a[1], a[2], a[3]), "docs": a[4]}
+        out[key] = {**_loss_stats(a[0], int(a[1]), a[2], int(a[3])), "docs": a[4]}
     return out
 
 

@@ -205,7 +205,8 @@ def mmlu_loglikelihoods(
         group.sort(key=lambda it: -max(map(len, it.rows)))
         b = 0
         while b < len(group):
-            chunk, n_rows = [], 0
+            chunk: list[_Item] = []
+            n_rows = 0
             while b < len(group) and (not chunk or n_rows + len(group[b].rows) <= batch_size):
                 chunk.append(group[b])
                 n_rows += len(group[b].rows)
@@ -249,7 +250,7 @@ def accuracy_stats(correct: Sequence[bool], subjects: Sequence[str]) -> dict[str
     for c, s in zip(correct, subjects, strict=True):
         per[s][0] += int(c)
         per[s][1] += 1
-    subj = {s: {"acc": a / m, "n": m} for s, (a, m) in sorted(per.items())}
+    subj: dict[str, dict[str, Any]] = {s: {"acc": a / m, "n": m} for s, (a, m) in sorted(per.items())}
 
     def se(acc: float, m: int) -> float:
         return math.sqrt(acc * (1 - acc) / (m - 1)) if m > 1 else 0.0

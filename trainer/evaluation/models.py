@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from trainer import runtime, weights
 from trainer.weights import trained_context
 
 log = logging.getLogger(__name__)
+
+StopFn = Callable[[list[int]], bool]  # a generated row so far -> whether it has ended
 
 
 class EvalModel:
@@ -70,7 +72,14 @@ class EvalModel:
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: StopFn | None = None
+    ) -> list[list[int]]:
+        """Greedy continuations (token ids, fp32 argmax) of each prompt, generated side by side:
+        a row ends at its end-of-text token (included) or when ``stop(tokens so far)`` is true,
+        after ``max_new_tokens`` at most. Each row is exactly what the prompt alone would give:
+        prompts are left-padded, the padding masked (and, for our model, positions counted from
+        each prompt's own start). Prompts must fit in the model's positions with the new tokens."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -99,8 +108,7 @@ class EvalModel:
         ids = self.prompt_start() + self.encode([prompt])[0]
         # prompt + continuation within the scoring context; the prompt keeps at least half of it
         ids = ids[-max(self.max_len - max_new_tokens, self.max_len // 2) :]
-        with self.autocast():
-            new = self._generate(ids, min(max_new_tokens, self.max_len - len(ids)))
+        new = self.generate_batch([ids], min(max_new_tokens, self.max_len - len(ids)))[0]
         if self.eos_id is not None and self.eos_id in new:
             new = new[: new.index(self.eos_id)]
         return self.tokenizer.decode(new, skip_special_tokens=True)
@@ -155,10 +163,58 @@ class MiniGPTEval(EvalModel):
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(h)
 
-    def _generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        x = torch.tensor([ids], device=self.device)
-        out = self.model.generate(x, max_new_tokens, temperature=0.0, eos_token_id=self.eos_id)
-        return out[0, len(ids) :].tolist()
+    @torch.no_grad()
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: StopFn | None = None
+    ) -> list[list[int]]:
+        """Left padding is a document of its own (``doc_ids`` 0, the prompt 1) and each prompt's
+        positions start at 0, so the block-causal mask and RoPE make every row exactly the prompt
+        alone; finished rows leave the batch (their cache rows are dropped)."""
+        b, width = len(prompts), max(len(p) for p in prompts)
+        if b == 0 or max_new_tokens <= 0:
+            return [[] for _ in prompts]
+        dev = self.device
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        docs = torch.zeros((b, width), dtype=torch.long)
+        pos = torch.zeros((b, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            docs[i, width - len(p) :] = 1
+            pos[i, width - len(p) :] = torch.arange(len(p))
+        ids, docs, pos = ids.to(dev), docs.to(dev), pos.to(dev)
+        cache = KVCache(self.model.config, b, width + max_new_tokens, dev, self._cache_dtype())
+        rows = torch.arange(b, device=dev)
+        out: list[list[int]] = [[] for _ in prompts]
+        alive = list(range(b))  # original index of each row still in the batch
+        last = pos[:, -1]
+        with self.autocast():
+            h = self.model.forward_hidden(
+                ids, cache, at=(rows, torch.full_like(rows, width - 1)), positions=pos, doc_ids=docs
+            )
+            for step in range(max_new_tokens):
+                nxt = self._head(h).float().argmax(dim=-1)
+                keep = []
+                for j, tok in enumerate(nxt.tolist()):
+                    i = alive[j]
+                    out[i].append(tok)
+                    done = tok == self.eos_id or (stop is not None and stop(out[i]))
+                    if not done:
+                        keep.append(j)
+                if not keep or step == max_new_tokens - 1:
+                    break
+                if len(keep) < len(alive):
+                    sel = torch.tensor(keep, device=dev)
+                    cache.k = [k[sel] for k in cache.k]
+                    cache.v = [v[sel] for v in cache.v]
+                    assert cache.docs is not None
+                    cache.docs = cache.docs[sel]
+                    nxt, last = nxt[sel], last[sel]
+                    alive = [alive[j] for j in keep]
+                last = last + 1
+                h = self.model.forward_hidden(
+                    nxt[:, None], cache, positions=last[:, None], doc_ids=torch.ones_like(last)[:, None]
+                )[:, -1]
+        return out
 
 
 class HFEval(EvalModel):
@@ -182,17 +238,52 @@ class HFEval(EvalModel):
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(h)
 
-    def _generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        x = torch.tensor([ids], device=self.device)
-        out = self.model.generate(
-            x,
-            attention_mask=torch.ones_like(x),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-        )
-        return out[0, len(ids) :].tolist()
+    @torch.no_grad()
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: StopFn | None = None
+    ) -> list[list[int]]:
+        """transformers' ``generate`` (greedy, the model's own end-of-text ids from its generation
+        config, as lm-evaluation-harness calls it) on the left-padded batch with its attention
+        mask; ``stop`` is checked per row by a stopping criterion."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        b, width = len(prompts), max(len(p) for p in prompts)
+        if b == 0 or max_new_tokens <= 0:
+            return [[] for _ in prompts]
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+
+        class Rows(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                assert stop is not None
+                gen = input_ids[:, width:].tolist()
+                return torch.tensor([stop(g) for g in gen], dtype=torch.bool, device=input_ids.device)
+
+        with self.autocast():
+            out = self.model.generate(
+                ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+                stopping_criteria=StoppingCriteriaList([Rows()]) if stop is not None else None,
+            )
+        ends = self._eos_ids()
+        result = []
+        for row in out[:, width:].tolist():
+            cut = next((j + 1 for j, t in enumerate(row) if t in ends), len(row))
+            result.append(row[:cut])
+        return result
+
+    def _eos_ids(self) -> set[int]:
+        """The end-of-text ids ``generate`` stops at: the generation config's, else the tokenizer's."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = self.eos_id
+        return set(eos if isinstance(eos, list) else [eos]) - {None}
 
 
 @dataclass(frozen=True)
@@ -226,7 +317,7 @@ def load_eval_model(
     spec: ModelSpec,
     save_dir: str,
     hidden_size: int | None,
-    device: str,
+    device: str | torch.device,
     dtype: torch.dtype,
     max_len: int | None,
     hub: bool = True,
@@ -263,7 +354,7 @@ def load_eval_model(
     return MiniGPTEval(model, label, str(got.path), got.tokenizer, context, device, dtype, info)
 
 
-def load_hf_dir(path: str, device: str, dtype: torch.dtype, max_len: int | None) -> HFEval:
+def load_hf_dir(path: str, device: str | torch.device, dtype: torch.dtype, max_len: int | None) -> HFEval:
     """A transformers folder in fp32 weights (computing in ``dtype``). Its context: ``max_len``,
     else the trained context scripts/export_hf.py recorded (minigpt.json), else the one
     lm-evaluation-harness would use (:func:`harness_max_length`). UserError for a folder

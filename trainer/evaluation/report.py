@@ -7,6 +7,7 @@ and, with exactly two models, a delta column (second minus first) that says whic
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,15 @@ def summary_rows(results: dict[str, dict], labels: list[str]) -> list[dict[str, 
     """
     rows: list[dict[str, Any]] = []
 
-    def add(metric: str, kind: str, better: str, get, se=None) -> None:
+    def add(metric: str, kind: str, better: str, get, se=None, ci=None) -> None:
         values = {lab: _get(results.get(lab, {}), get) for lab in labels}
         if all(v is None for v in values.values()):
             return
         row = {"metric": metric, "kind": kind, "better": better, "values": values}
         if se:
             row["se"] = {lab: _get(results.get(lab, {}), se) for lab in labels}
+        if ci:
+            row["ci"] = {lab: _get(results.get(lab, {}), ci) for lab in labels}
         rows.append(row)
 
     sources = _ordered_keys(results, labels, "lm")
@@ -49,7 +52,34 @@ def summary_rows(results: dict[str, dict], labels: list[str]) -> list[dict[str, 
     for name in _ordered_keys(results, labels, "code"):
         add(f"{name} solution loss", "loss", "lower", ("code", name, "loss"))
         add(f"{name} solution bpb", "bpb", "lower", ("code", name, "bpb"))
+    for name in _ordered_keys(results, labels, "exec"):
+        key = f"{name}_pass@1"
+        add(f"{name} pass@1", "pct", "higher", (key, "value"), ci=(key, "ci95"))
+    k = next((r["gsm8k"]["shots"] for r in results.values() if "gsm8k" in r), None)
+    for flt in ("strict", "flexible"):
+        key = f"gsm8k_exact_match_{flt}"
+        add(f"GSM8K {k}-shot EM {flt}", "pct", "higher", (key, "value"), ci=(key, "ci95"))
+    tasks: list[str] = []
+    for lab in labels:
+        for t in _get(results.get(lab, {}), ("lm_eval", "tasks")) or {}:
+            if t not in tasks:
+                tasks.append(t)
+    for task in tasks:
+        metrics: list[str] = []
+        for lab in labels:
+            for m in _get(results.get(lab, {}), ("lm_eval", "tasks", task)) or {}:
+                if m not in metrics and m not in ("n", "sample_len") and not m.endswith("_stderr"):
+                    metrics.append(m)
+        for m in metrics:
+            kind = "pct" if m.split(" ")[0] in FRACTION_METRICS else "num"
+            better = "lower" if "perplexity" in m or m.startswith("bits_per_byte") else "higher"
+            path = ("lm_eval", "tasks", task)
+            add(f"lm-eval {task} {m}", kind, better, (*path, m), se=(*path, f"{m}_stderr"))
     return rows
+
+
+# lm-evaluation-harness metrics that are proportions (shown as percentages)
+FRACTION_METRICS = {"acc", "acc_norm", "exact_match", "mc1", "mc2", "f1", "pass@1", "pass_at_1", "em"}
 
 
 def _get(d: dict, path: tuple[str, ...]):
@@ -91,6 +121,9 @@ def fmt_value(row: dict, label: str) -> str:
         return "-"
     if row["kind"] == "pct":
         se = (row.get("se") or {}).get(label)
+        ci = (row.get("ci") or {}).get(label)
+        if ci is not None:
+            return f"{_num(v, 'pct')}% [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]"
         return f"{_num(v, 'pct')}%" + (f" ±{se * 100:.2f}" if se is not None else "")
     return _num(v, row["kind"])
 
@@ -191,7 +224,9 @@ def markdown_report(report: dict, chart_name: str | None) -> str:
         "Loss is nats per token (the end-of-document token included), ppl = exp(loss), bpb = bits per "
         "UTF-8 byte of text (comparable across tokenizers). MMLU: the answer letter with the highest "
         f"log-likelihood after the prompt; random is {RANDOM_MMLU:.0%}; ± is one standard error; "
-        "P(A-D) is the probability mass the model puts on the four letters.",
+        "P(A-D) is the probability mass the model puts on the four letters. pass@1 (HumanEval, MBPP) "
+        "and GSM8K exact match: greedy generation as lm-evaluation-harness's tasks define it; "
+        "[low, high] is the 95% Wilson interval over the problems.",
     ]
     shots_keys = _ordered_keys(results, labels, "mmlu")
     for shots in shots_keys:
@@ -219,6 +254,7 @@ def markdown_report(report: dict, chart_name: str | None) -> str:
                     f"from the left as lm-evaluation-harness does, predicted letters {r['pred_counts']}"
                 )
         md += [""] + [f"- {f}" for f in facts]
+    md += _generation_sections(report, labels)
     for section, title, prompts in (
         ("samples", "Samples (greedy)", report.get("sample_prompts", {})),
         ("code_samples", "HumanEval generations (greedy)", report.get("code_prompts", {})),
@@ -242,6 +278,67 @@ def markdown_report(report: dict, chart_name: str | None) -> str:
     return "\n".join(md) + "\n"
 
 
+def _generation_sections(report: dict, labels: list[str]) -> list[str]:
+    """Facts of the generation metrics (pass@1, GSM8K) per model: speed, token budget, how the
+    programs ended, and the lm-evaluation-harness tasks."""
+    results = report["results"]
+    md: list[str] = []
+    rows = []
+    for lab in labels:
+        res = results.get(lab, {})
+        parts = [(f"{n} pass@1", r) for n, r in (res.get("exec") or {}).items()]
+        if res.get("gsm8k"):
+            parts.append((f"GSM8K {res['gsm8k']['shots']}-shot", res["gsm8k"]))
+        for name, r in parts:
+            extra = r.get("status") and ", ".join(f"{k} {v}" for k, v in sorted(r["status"].items()))
+            rows.append(
+                [
+                    name,
+                    lab,
+                    f"{r['n']}",
+                    f"{r['seconds']:.1f} s ({r['questions_per_s']:.2f} q/s)"
+                    + (f" + tests {r['exec_seconds']:.1f} s" if "exec_seconds" in r else ""),
+                    f"{r['max_new_tokens']}" + (f" ({r['budget_note']})" if r.get("budget_note") else ""),
+                    f"{r['truncated']}",
+                    f"{r['hit_limit']}",
+                    f"{r['empty']}",
+                    extra or "-",
+                ]
+            )
+    if rows:
+        md += ["", "## Generation (pass@1, GSM8K)", ""]
+        md += _md_table(
+            [
+                "task",
+                "model",
+                "n",
+                "time",
+                "max new tokens",
+                "prompts cut",
+                "hit the cap",
+                "empty",
+                "programs",
+            ],
+            rows,
+            left=2,
+        )
+        sandbox = report.get("sandbox")
+        if sandbox:
+            md += [
+                "",
+                f"Programs ran in the sandbox ({sandbox['isolation']}; {sandbox['workers']} at a time, "
+                f"{sandbox['timeout']:g} CPU seconds, {sandbox['memory_mb']} MB each). A model that "
+                "scores 0 is shown as 0: a small model rarely writes a program that passes.",
+            ]
+    versions = {str((results.get(lab, {}).get("lm_eval") or {}).get("version")) for lab in labels} - {"None"}
+    if versions:
+        md += [
+            "",
+            f"lm-evaluation-harness {', '.join(sorted(versions))} ran the lm-eval rows on eval_llm's models.",
+        ]
+    return md
+
+
 def chart(report: dict, path: Path) -> bool:
     """A PNG of the main metrics (bpb per source, MMLU accuracy, code loss); False if there are none."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -249,7 +346,7 @@ def chart(report: dict, path: Path) -> bool:
 
     labels = [m["label"] for m in report["models"]]
     results = report["results"]
-    panels = []
+    panels: list[tuple[str, list[str], Callable[[str, str], tuple[Any, Any]]]] = []
     sources = _ordered_keys(results, labels, "lm")
     if sources:
         panels.append(
@@ -280,6 +377,16 @@ def chart(report: dict, path: Path) -> bool:
                 lambda lab, c: (_get(results[lab], ("code", c, "loss")), None),
             )
         )
+    gen = [r["metric"] for r in report.get("summary", []) if "ci" in r]
+    if gen:
+        rows_by = {r["metric"]: r for r in report["summary"]}
+
+        def gen_value(lab: str, m: str) -> tuple[float | None, tuple[float, float] | None]:
+            row = rows_by[m]
+            v, ci = row["values"].get(lab), (row.get("ci") or {}).get(lab)
+            return v, (v - ci[0], ci[1] - v) if v is not None and ci else None
+
+        panels.append(("pass@1 / exact match, 95% interval (higher is better)", gen, gen_value))
     if not panels:
         return False
     fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
@@ -292,6 +399,11 @@ def chart(report: dict, path: Path) -> bool:
             xs = [g + (i - (len(labels) - 1) / 2) * width for g in range(len(groups))]
             ys = [v if v is not None else 0.0 for v, _ in vals]
             errs = [e if e is not None else 0.0 for _, e in vals]
+            if any(isinstance(e, tuple) for e in errs):  # asymmetric (an interval)
+                low = [e[0] if isinstance(e, tuple) else 0.0 for e in errs]
+                high = [e[1] if isinstance(e, tuple) else 0.0 for e in errs]
+                ax.bar(xs, ys, width, label=lab, yerr=[low, high], capsize=3)
+                continue
             ax.bar(xs, ys, width, label=lab, yerr=errs if any(errs) else None, capsize=3)
         if title.startswith("MMLU"):
             ax.axhline(RANDOM_MMLU, color="gray", linestyle="--", linewidth=1, label="random (25%)")
@@ -299,11 +411,17 @@ def chart(report: dict, path: Path) -> bool:
         ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 3 else 0)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    legend = {}
+    legend: dict[str, Any] = {}
     for ax in axes:
         for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(name, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), fontsize=8)
+    fig.legend(
+        handles=list(legend.values()),
+        labels=list(legend),
+        loc="outside lower center",
+        ncols=len(legend),
+        fontsize=8,
+    )
     fig.suptitle(" vs ".join(labels), fontsize=11)
     fig.savefig(path, dpi=110, format="png")
     return True

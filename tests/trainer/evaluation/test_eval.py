@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import shutil
@@ -15,6 +14,7 @@ from dataset.tokenizer import load_tokenizer
 from model import MiniGPTForCausalLM, ModelConfig
 from model.errors import UserError
 from tests.helpers import ONE_THREAD, REPO, load_script, run_script, shared_file
+from tests.trainer.evaluation.support import jsonl
 from trainer.cli import run
 from trainer.evaluation.data import (
     DataUnavailable,
@@ -37,12 +37,6 @@ eval_llm = load_script("eval_llm.py", "eval_llm")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def jsonl(path):
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +171,8 @@ def test_lm_per_source_matches_direct_computation(model, tok, mixed_val, monkeyp
     res = lm_per_source(evalmodel(model, tok), docs, batch_size=3)
     assert set(res) == {"tinystories", "code", "all"}
     for source in ("tinystories", "code"):
-        nll = text_nll = tokens = n_bytes = 0
+        nll = text_nll = 0.0
+        tokens = n_bytes = 0
         for d in (d for d in docs if d.source == source):
             ids = [tok.bos_token_id] + tok.encode(d.text, add_special_tokens=False) + [tok.eos_token_id]
             with torch.no_grad():
@@ -258,6 +253,8 @@ def test_side_by_side_report(pretrained, tmp_path, mixed_val):
         str(shared_file("humaneval", "HumanEval.jsonl.gz")),
         "--mbpp_path",
         str(shared_file("mbpp", "mbpp.jsonl")),
+        "--gsm8k_path",
+        str(shared_file("gsm8k", "test.jsonl")),
         "--limit",
         "12",
         "--code_samples",
@@ -278,12 +275,26 @@ def test_side_by_side_report(pretrained, tmp_path, mixed_val):
     assert set(a["samples"]) == {"story", "code", "instruction", "question"} and len(a["code_samples"]) == 1
     # the same weights give the same numbers, whatever their name
     assert a["lm"] == b["lm"] and a["mmlu"]["1-shot"]["acc"] == b["mmlu"]["1-shot"]["acc"]
+    # pass@1 and GSM8K exact match side by side, with 95% intervals (a 0.2M model: 0, shown as 0)
+    for key in ("humaneval_pass@1", "mbpp_pass@1", "gsm8k_exact_match_strict", "gsm8k_exact_match_flexible"):
+        assert a[key] == b[key] and a[key]["n"] == 12 and a[key]["value"] == a[key]["correct"] / 12
+        lo, hi = a[key]["ci95"]
+        assert lo <= a[key]["value"] <= hi and hi > 0.2  # 12 problems: a wide interval
+    assert a["exec"]["humaneval"]["max_new_tokens"] == 8 and a["gsm8k"]["shots"] == 5
+    assert sum(a["exec"]["mbpp"]["status"].values()) == 12 and a["gsm8k"]["questions_per_s"] > 0
+    assert "--max_new_tokens 8 caps every generation" in " ".join(report["notes"])
+    assert report["sandbox"]["timeout"] == 3.0 and "namespaces" in report["sandbox"]["isolation"]
     metrics = [r["metric"] for r in report["summary"]]
     assert (
         "val tinystories loss" in metrics and "MMLU 0-shot acc" in metrics and "mbpp solution loss" in metrics
     )
+    assert {"humaneval pass@1", "mbpp pass@1", "GSM8K 5-shot EM strict", "GSM8K 5-shot EM flexible"} <= set(
+        metrics
+    )
+    assert "humaneval pass@1" in proc.stdout and "GSM8K 5-shot EM strict" in proc.stdout
     md = out.with_suffix(".md").read_text()
     assert "| metric | pretrain_64 | mid_64 |" in md and "## MMLU 1-shot by subject" in md
+    assert "## Generation (pass@1, GSM8K)" in md and "| mbpp pass@1 | mid_64 | 12 |" in md
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
@@ -318,11 +329,21 @@ def test_demo_style_run_skips_missing_data_with_a_note(pretrained, tmp_path, mix
     assert list(report["results"]["pretrain_64"]["mmlu"]) == ["0-shot"]
     assert report["results"]["pretrain_64"]["mmlu"]["0-shot"]["n"] == 6
     assert "code" not in report["results"]["pretrain_64"]
-    kshot, humaneval, mbpp = report["notes"]
+    kshot, humaneval, mbpp, gsm8k = report["notes"]
     assert kshot.startswith("MMLU k-shot skipped: no dev split beside")
-    assert "cannot reach openai/openai_humaneval on the Hugging Face Hub" in humaneval
-    assert "pass --humaneval_path" in humaneval and "pass --mbpp_path" in mbpp
-    assert "note: humaneval skipped" in proc.stdout and "MMLU 0-shot acc" in proc.stdout
+    # each Hub note names its own dataset and carries its own error (field report: the second
+    # and third notes quoted the first dataset's "Couldn't reach 'openai/openai_humaneval'")
+    for note, what, repo, flag in (
+        (humaneval, "humaneval", "openai/openai_humaneval", "--humaneval_path"),
+        (mbpp, "mbpp", "google-research-datasets/mbpp", "--mbpp_path"),
+        (gsm8k, "GSM8K", "openai/gsm8k", "--gsm8k_path"),
+    ):
+        assert note.startswith(f"{what} skipped: cannot reach {repo} on the Hugging Face Hub ("), note
+        assert note.endswith(f"); pass {flag} to use local files"), note
+        others = {"openai/openai_humaneval", "google-research-datasets/mbpp", "openai/gsm8k"} - {repo}
+        assert not any(o in note for o in others), note
+        assert f"note: {note}" in proc.stdout
+    assert "MMLU 0-shot acc" in proc.stdout
 
 
 def test_hub_loader_reads_a_dataset_folder_through_the_same_call(tmp_path):
@@ -347,6 +368,57 @@ def fails(capsys, argv) -> str:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+def test_what_needs_no_model_is_refused_before_any_model_is_loaded(pretrained, tmp_path, capsys):
+    """Field report: --device cuda:0 without CUDA was refused only after the model had loaded (and
+    its parity was proven). Flags, the device and the data files are checked first: with a model
+    name that cannot load, the error is still the device's or the data file's."""
+    err = fails(capsys, ["--weight", "nosuch", "--device", "cuda:99", "--no_hub"])
+    assert "--device cuda:99" in err and "nosuch" not in err, err
+    bad = _write(tmp_path / "gsm.jsonl", [{"question": "What is 1 + 1?"}])
+    err = fails(capsys, ["--weight", "nosuch", "--gsm8k_path", str(bad), "--gsm8k_shots", "0", "--no_hub"])
+    assert f"{bad}:1: field 'answer' must be a string" in err and "nosuch" not in err, err
+    good = _write(tmp_path / "gsm_ok.jsonl", [{"question": "What is 1 + 1?", "answer": "#### 2"}])
+    err = fails(capsys, ["--weight", "nosuch", "--gsm8k_path", str(good), "--no_hub"])
+    assert f"no {tmp_path / 'train.jsonl'}; pass --gsm8k_train_path" in err, err
+
+
+def test_code_selftest_runs_the_canonical_solutions(capsys):
+    """--code_selftest needs no model: each set's own solutions through the sandbox, one line each
+    (the full sets: scripts/dev/bench_eval.py --selftest)."""
+    args = [
+        "--code_selftest",
+        "--humaneval_path",
+        str(shared_file("humaneval", "HumanEval.jsonl.gz")),
+        "--mbpp_path",
+        str(shared_file("mbpp", "mbpp.jsonl")),
+        "--limit",
+        "6",
+        "--no_hub",
+    ]
+    run(lambda: eval_llm.main(args))
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in out if line.startswith(("humaneval:", "mbpp:"))] == [
+        "humaneval: 6/6 canonical solutions pass",
+        "mbpp: 6/6 canonical solutions pass",
+    ]
+    err = fails(capsys, ["--code_selftest", "--weight", "pretrain"])
+    assert "--code_selftest runs the datasets' own solutions, no model" in err
+
+
+def test_a_hub_note_after_a_slow_failure_names_its_own_dataset():
+    """After a slow connection failure the next datasets are not tried: their notes name
+    themselves and say which dataset the Hub did not answer for."""
+    hub = Hub()
+    hub.unreachable = "cais/mmlu (ConnectionError: Couldn't reach 'cais/mmlu' on the Hub)"
+    with pytest.raises(DataUnavailable) as e:
+        hub.located("openai/openai_humaneval", None, "test", "humaneval", "--humaneval_path")
+    assert str(e.value) == (
+        "humaneval skipped: openai/openai_humaneval was not tried, the Hugging Face Hub did not answer "
+        "for cais/mmlu (ConnectionError: Couldn't reach 'cais/mmlu' on the Hub); pass --humaneval_path "
+        "to use local files"
+    )
 
 
 def test_scoring_is_float32_unless_asked():

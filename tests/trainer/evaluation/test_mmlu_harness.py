@@ -20,14 +20,12 @@ import torch
 
 from dataset.formats import render_mmlu
 from dataset.tokenizer import load_tokenizer
-from model import MiniGPTForCausalLM, ModelConfig
 from model.errors import UserError
-from tests.helpers import load_script, shared_file
-from trainer.checkpoint import atomic_torch_save, weights_state
+from tests.helpers import shared_file
+from tests.trainer.evaluation.support import export_checkpoint, tiny_config
 from trainer.evaluation.data import MCQuestion, parse_mmlu_rows
 from trainer.evaluation.mmlu import letter_continuations, mmlu_eval, mmlu_loglikelihoods, mmlu_prompt
 from trainer.evaluation.models import EvalModel, MiniGPTEval, ModelSpec, load_eval_model
-from trainer.weights import Source
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +34,7 @@ CONTEXT = 384  # the trained context of the test model: some real prompts are lo
 # tasks/mmlu/default/_default_template_yaml of lm-evaluation-harness
 DOC_TO_TEXT = "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:"
 JINJA = jinja2.Environment(
-    loader=jinja2.BaseLoader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+    loader=jinja2.BaseLoader(), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
 )
 
 
@@ -94,32 +92,10 @@ def rows():
     return questions, dev
 
 
-def export_checkpoint(tmp, tok, cfg: ModelConfig, seed: int = 0):
-    """A random model saved as a checkpoint trained at CONTEXT tokens, and its export."""
-    torch.manual_seed(seed)
-    model = MiniGPTForCausalLM(cfg).eval()
-    path = tmp / f"m_{cfg.hidden_size}.pth"
-    atomic_torch_save(weights_state(model, tok, {"stage": "test", "max_seq_len": CONTEXT, "step": 0}), path)
-    export = load_script("scripts/export_hf.py", "export_hf")
-    export.export(Source("checkpoint", path), tmp / "hf", torch.float32)
-    return path, tmp / "hf"
-
-
-def tiny_config(vocab: int) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.1,  # peaky logits, so wrong positions or tokens would show
-    )
-
-
 @pytest.fixture(scope="module")
 def exported(tokenizer_dir, tmp_path_factory):
     tok = load_tokenizer(tokenizer_dir)
-    return export_checkpoint(tmp_path_factory.mktemp("harness"), tok, tiny_config(len(tok)))
+    return export_checkpoint(tmp_path_factory.mktemp("harness"), tok, tiny_config(len(tok)), CONTEXT)
 
 
 def test_prompt_is_the_harness_template_with_choices_as_they_are(rows):
@@ -187,7 +163,7 @@ def test_letters_of_several_tokens_are_scored_on_every_token(tmp_path, rows, mer
     tok = _tokenizer_without_single_letter_tokens(tmp_path, merges)
     assert len(tok.encode(" A", add_special_tokens=False)) == (1 if merges else 2)
     assert len(tok.encode(" B", add_special_tokens=False)) == 2
-    path, folder = export_checkpoint(tmp_path, tok, tiny_config(len(tok)), seed=1)
+    path, folder = export_checkpoint(tmp_path, tok, tiny_config(len(tok)), CONTEXT, seed=1)
     questions, dev = rows
     questions = [q for q in questions if len(mmlu_prompt(q, [])) < 300][:6]  # bytes are tokens here
     want, _ = harness_loglikelihoods(folder, questions, dev, 0)
