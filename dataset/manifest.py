@@ -206,7 +206,7 @@ def build_manifest(
     plan_entry, stages_record = plan_record(config, plan, picks, layout)
     check_plan(config, plan_entry, records)
 
-    extended = tok is not None or bool(config.stages)  # rows mode without stages: the manifest as before
+    extended = config.mix_by == "tokens" or bool(config.stages)  # rows mode without stages: no plan
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "name": config.name,

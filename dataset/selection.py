@@ -134,12 +134,14 @@ def select_source(
     def room() -> int:
         """Rows a streamed source may hand out now: no more than could all be needed, were every
         row in flight kept at the size of the largest row seen (rows: 1), so that reading stops
-        at the plan (a first row sizes the rest in tokens mode)."""
+        at the plan. In tokens mode also no more than the rows read so far (batches grow from one
+        row as the largest size seen becomes a better bound)."""
         flying = sum(map(len, in_flight))
-        per_row = 1 if not counting else largest
-        if per_row == 0:
+        if not counting:
+            return max(0, needed - got - flying)
+        if largest == 0:
             return 0 if flying else 1
-        return max(0, -(-(needed - got) // per_row) - flying)
+        return max(0, min(-(-(needed - got) // largest), read + 1) - flying)
 
     def local(rows: dict[str, list], spec: FormatSpec, filters: dict) -> Batch:
         return process_batch(rows, spec, filters, runner.evalset, runner.tokenizer, runner.spill_dir)  # type: ignore[arg-type]
@@ -286,7 +288,7 @@ def _picked(
     available = got if exact else (round(got * total / read) if total is not None else None)
     record = {
         "name": source.name,
-        **reader.record(),
+        **reader.record(read),
         "ratio": source.ratio,
         "filters": source.filters,
         "rows_total": total,

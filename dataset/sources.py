@@ -391,5 +391,5 @@ class MapReader:
     def total_rows(self, read: int) -> int | None:
         return len(self.ds)
 
-    def record(self) -> dict[str, Any]:
+    def record(self, read: int) -> dict[str, Any]:
         return {**ref_record(self.ref, self.ds, self.files), "streaming": False}

@@ -3,13 +3,14 @@
 A streamed source loads with ``datasets.load_dataset(..., streaming=True)`` (an
 ``IterableDataset``: a Hub dataset's files are fetched as they are read; local files the same
 way, through the same code). Its seeded order comes from datasets' shuffle buffer
-(``IterableDataset.shuffle(generator=..., buffer_size=shuffle_buffer)``: the order of the
-dataset's files is shuffled and rows are drawn at random from a buffer of ``shuffle_buffer``
-rows) instead of a permutation of every row, which would need the whole dataset. Reading stops
-when the source's plan is met: rows are handed to the workers in batches no larger than could
-all still be needed (:func:`dataset.selection.select_source`), so the rows taken from the source
-are the rows the selection read plus at most the shuffle buffer (plus, in tokens mode, rows
-that turn out larger than every row before them). What the selection keeps goes to the spill
+(``IterableDataset.shuffle(generator=..., buffer_size=shuffle_buffer, max_buffer_input_shards=1)``:
+the dataset's files (shards) are read one after another in a seeded order, and rows are drawn at
+random from a buffer of ``shuffle_buffer`` rows) instead of a permutation of every row, which
+would need the whole dataset. Reading stops when the source's plan is met: rows are handed to
+the workers in batches no larger than could all still be needed
+(:func:`dataset.selection.select_source`), so the rows taken from the dataset are at most the
+rows the selection read plus the shuffle buffer (plus, in tokens mode, the rest of a last batch
+when a row turns out larger than every row before it). What the selection keeps goes to the spill
 on disk (:mod:`dataset.spill`), so a stream that ends short of its plan is repeated from there,
 up to ``max_repeats``, exactly like a source read whole; no second pass over the stream.
 """
@@ -78,7 +79,11 @@ class StreamReader:
         self.exhausted = False
         self.info_rows = _info_rows(ds, ref)
         counted = ds.map(self._count)  # runs as each row is taken from the dataset, before the buffer
-        self.stream = counted.shuffle(generator=np.random.default_rng(seed), buffer_size=ref.shuffle_buffer)
+        # One input shard at a time (in a seeded order of shards): datasets' interleaving of
+        # several shards reads a row ahead in each, which would break the bound on rows taken.
+        self.stream = counted.shuffle(
+            generator=np.random.default_rng(seed), buffer_size=ref.shuffle_buffer, max_buffer_input_shards=1
+        )
 
     def _count(self, _row: dict) -> dict:
         self.pulled += 1
@@ -116,7 +121,11 @@ class StreamReader:
         metadata) when it has one, else None."""
         return self.pulled if self.read_to_end(read) else self.info_rows
 
-    def record(self) -> dict[str, Any]:
+    def record(self, read: int) -> dict[str, Any]:
+        """The manifest's record of the source: where it is, and ``streaming``, ``shuffle_buffer``,
+        ``rows_streamed`` (taken from the dataset, the buffer's rows included) and ``rows_unread``
+        (handed out in a last batch but not needed: tokens mode only), so that
+        ``rows_streamed <= rows_read + rows_unread + shuffle_buffer``."""
         if self.ref.dataset:
             ref: dict[str, Any] = {
                 "dataset": self.ref.dataset,
@@ -132,6 +141,7 @@ class StreamReader:
             "streaming": True,
             "shuffle_buffer": self.ref.shuffle_buffer,
             "rows_streamed": self.pulled,
+            "rows_unread": self.yielded - read,
         }
 
 
