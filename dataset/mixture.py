@@ -72,6 +72,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,7 @@ def prepare_mixture(
     out.mkdir(parents=True, exist_ok=True)
     spill = tempfile.mkdtemp(prefix=f".{config.name}.spill-", dir=out)
     try:
+        started = time.perf_counter()
         seen = HashSet() if config.dedup else None
         spills = Spills()
         picks: list[Picked] = []
@@ -331,7 +333,12 @@ def prepare_mixture(
         split_layout = layout(picks, len(plan), config.val_ratio)
         manifest = build_manifest(config, plan, picks, split_layout, tok, tok_ref, evalset, eval_records)
         stage_names = [st.name for st in config.stages] if config.stages else None
+        selected = time.perf_counter()
         write_outputs(paths, manifest, picks, split_layout, names, stage_names, spills.paths, tok)
+        log.info(
+            f"prepare: {sum(p.rows for p in picks):,} rows selected in {selected - started:.1f} s, written"
+            f"{' with their token stores' if tok is not None else ''} in {time.perf_counter() - selected:.1f} s"
+        )
     finally:
         close_writers(spill)
         shutil.rmtree(spill, ignore_errors=True)

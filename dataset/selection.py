@@ -132,28 +132,28 @@ def select_source(
     in_flight: deque[np.ndarray] = deque()  # row positions of the batches handed out, in order
 
     def room() -> int:
-        """Rows a streamed source may hand out now: no more than could all be needed, were every
-        row in flight kept at the size of the largest row seen (rows: 1), so that reading stops
-        at the plan. In tokens mode also no more than the rows read so far (batches grow from one
-        row as the largest size seen becomes a better bound)."""
+        """Rows to hand out now (0: wait for the batches in flight), so that reading stops at the
+        plan. A streamed source: no more than could all be needed, were every row in flight kept
+        at the size of the largest row seen (rows: 1), and in tokens mode no more than the rows
+        read so far (batches grow from one row as the largest size seen becomes a better bound).
+        A whole dataset: the rows still expected to be needed at the units per row read so far
+        (rows read past the plan are work thrown away, here the tokenizing of them)."""
         flying = sum(map(len, in_flight))
-        if not counting:
-            return max(0, needed - got - flying)
-        if largest == 0:
-            return 0 if flying else 1
-        return max(0, min(-(-(needed - got) // largest), read + 1) - flying)
+        if reader.streaming:
+            if not counting:
+                return max(0, needed - got - flying)
+            if largest == 0:
+                return 0 if flying else 1
+            return max(0, min(-(-(needed - got) // largest), read + 1) - flying)
+        if got == 0:
+            return sources.BATCH_SIZE
+        return max(0, math.ceil((needed - got) * read / got) - flying)
 
     def local(rows: dict[str, list], spec: FormatSpec, filters: dict) -> Batch:
         return process_batch(rows, spec, filters, runner.evalset, runner.tokenizer, runner.spill_dir)  # type: ignore[arg-type]
 
     def more() -> bool:
-        """Hand out another batch unless those in flight are expected to meet the plan (at the
-        units per row read so far, plus 10%): batches past the plan are work thrown away."""
-        if reader.streaming:
-            return room() > 0
-        if read == 0:
-            return True
-        return got + sum(map(len, in_flight)) * got / read < needed * 1.1
+        return room() > 0
 
     def tasks() -> Iterator[tuple]:
         for idx, rows in reader.batches(room):

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -375,11 +375,15 @@ class MapReader:
     def __init__(self, ds: Any, files: list[str], ref: DataRef, columns: list[str], rng: np.random.Generator):
         self.ds, self.files, self.ref, self.columns, self.rng = ds, files, ref, columns, rng
 
-    def batches(self, room: Any = None) -> Iterator[tuple[np.ndarray, dict[str, list]]]:
-        """``(row indices, rows)`` about BATCH_SIZE at a time (``room`` is for streams)."""
+    def batches(self, room: Callable[[], int]) -> Iterator[tuple[np.ndarray, dict[str, list]]]:
+        """``(row indices, rows)`` about BATCH_SIZE at a time, fewer when ``room()`` says fewer
+        are needed (the order of the rows is the same either way)."""
         reader = RowReader(self.ds, self.columns)
         for idx in row_order(len(self.ds), self.rng):
-            yield idx, reader[idx.tolist()]
+            while len(idx):
+                take = idx[: max(1, room())]
+                idx = idx[len(take) :]
+                yield take, reader[take.tolist()]
 
     def where(self, index: int) -> str:
         """``file:line`` of a row of local JSON files, else ``row N`` (0-based) of a dataset."""

@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 
 from dataset.mixture import format_summary, load_mixture_config, prepare_mixture, prepared_paths
+from dataset.store import default_num_proc
 from trainer.cli import run, setup_logging
 from trainer.paths import repo_path
 
 log = logging.getLogger("prepare_dataset")
-
-
-def default_num_proc() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="mixture YAML (see config/README.md)")
     p.add_argument("--output_dir", default=None, help="where to write (default: the repo's dataset/ folder)")
     p.add_argument(
-        "--num_proc", type=int, default=default_num_proc(), help="worker processes (default: CPUs, at most 8)"
+        "--num_proc",
+        type=int,
+        default=default_num_proc(),
+        help="worker processes that render, filter, decontaminate and tokenize rows (default: every core "
+        "this process may use)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs of this mixture")
     p.add_argument(
