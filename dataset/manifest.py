@@ -195,7 +195,7 @@ def build_manifest(
         record["train"] = sum(len(stage[i]) for stage in layout["train"])
         record["val"] = sum(len(stage[i]) for stage in layout["val"])
         if p.counted is None:
-            record["est_tokens"] = int(p.refs[:, 2].sum()) // BYTES_PER_TOKEN  # UTF-8 bytes / 4
+            record["est_tokens"] = int(p.refs["tbytes"].sum()) // BYTES_PER_TOKEN  # UTF-8 bytes / 4
         else:
             record["tokens"] = int(p.counted.sum())
     all_tokens = sum(r[token_key] for r in records) or 1

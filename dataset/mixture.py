@@ -3,25 +3,32 @@
 ``prepare_mixture`` runs, per source in config order:
 
 1. load (:mod:`dataset.sources`: local JSON through :mod:`dataset.io`, the reader every tool
-   uses; Hub ids, parquet and text files through ``datasets.load_dataset``);
-2. walk the rows in a seeded random order, rendering each (:mod:`dataset.formats`),
-   filtering (:mod:`dataset.filters`), dropping rows that overlap the evaluation sets
-   (:mod:`dataset.decontam`) and exact duplicates of rows kept so far, in this source
-   or an earlier one, until the source's plan is met or the source runs out (then rows
-   repeat, up to ``max_repeats`` uses each);
+   uses; Hub ids, parquet and text files through ``datasets.load_dataset``; a source with
+   ``streaming: true`` through datasets' streaming mode, :mod:`dataset.stream`);
+2. walk the rows in a seeded random order (a streamed source: from a shuffle buffer), rendering
+   each (:mod:`dataset.formats`), filtering (:mod:`dataset.filters`), dropping rows that overlap
+   the evaluation sets (:mod:`dataset.decontam`) and exact duplicates of rows kept so far, in
+   this source or an earlier one, and tokenizing the rows kept (with a tokenizer), until the
+   source's plan is met or the source runs out (then rows repeat, up to ``max_repeats`` uses
+   each). Workers write each kept row's text and token ids to a spill file on disk
+   (:mod:`dataset.spill`); the main process keeps a fixed-size record per row (its spill
+   reference, text hash and size; the dedup hashes, :mod:`dataset.dedup`), nothing per token;
 3. split train/validation by a hash of the text and interleave sources so every prefix
    of each file (of each stage) follows the mixture (:mod:`dataset.blend`);
-4. write ``{name}_train.jsonl``, ``{name}_val.jsonl`` and ``{name}_manifest.json``, each
-   atomically, the manifest last.
+4. write ``{name}_train.jsonl``, ``{name}_val.jsonl``, with a tokenizer their token stores
+   ``{name}_train.store/`` and ``{name}_val.store/`` (the documents tokenized once, as the
+   trainer would tokenize the JSONL, :mod:`dataset.outputs`), and ``{name}_manifest.json``,
+   renamed into place together, the manifest last.
 
-Only the rows needed are rendered and filtered, so time and memory follow the plan, not the
-size of the inputs. Results do not depend on ``num_proc``: workers process batches and the
-main process consumes them in order.
+Only the rows needed are read, rendered and filtered, so time follows the plan, not the size
+of the inputs, and memory holds a few numbers per row. Results do not depend on ``num_proc``:
+workers process batches and the main process consumes them in order.
 
 The plan, and the contract with the trainer
 -------------------------------------------
 ``mix_by: rows`` (the default): ``total_samples`` rows, a source's ``ratio`` is its share of
-rows. Files and manifest are exactly those of the format before ``mix_by`` existed.
+rows. A tokenizer given (``prepare_dataset.py --tokenizer_path``) tokenizes the rows into the
+token stores and gives each source's exact ``tokens`` in the manifest; the plan stays in rows.
 
 ``mix_by: tokens``: ``total_tokens`` tokens, a source's ``ratio`` is its share of tokens.
 Tokens are counted with the tokenizer the model trains with (``tokenizer:`` in the config,
@@ -29,7 +36,7 @@ or the ``tokenizer`` argument / ``prepare_dataset.py --tokenizer_path``, which w
 trainer trains on them, as targets: ``len(encode_texts(tok, [text])[0]) + doc_targets(tok)``
 (every token of a document but its first is a target: the text and EOS after a BOS, the text
 but its first token and EOS without one; :func:`dataset.tokenizer.doc_targets`), so the plan's
-shares are shares of what is trained.
+shares are shares of what is trained. The ids counted are the ids stored: tokenized once.
 
 ``stages:`` (either mode): ordered stages, each a ``fraction`` of the total with its own
 shares per source. Planned amounts are integers: stage totals ``allocate(total, fractions)``,
@@ -48,21 +55,27 @@ val files hold all rows of stage k before any of stage k+1, sources interleaved 
 by the deficit rule (of rows, or of tokens in tokens mode); with stages each row is
 ``{"text", "source", "stage"}``, else ``{"text", "source"}``.
 
-Manifest, with ``mix_by: tokens`` or ``stages`` (rows mode without stages writes none of it):
-``mix_by``, ``total_tokens``; ``tokenizer`` (``ref``, ``sha256``, ``targets_per_document``,
-``bos``) and ``tokenizer_sha256`` in tokens mode; ``plan`` = ``{unit, total, written, rule,
-sources: [...], stages: [...]}`` where each source entry has ``name, share, planned, written,
-written_share, rows, unique_rows, unique_available, available_exact, epochs, max_repeats,
-max_uses_per_row`` and each stage entry ``name, fraction, planned, written, rows, train_rows,
-val_rows, train_tokens, val_tokens, sources: [{name, share, planned, written, written_share,
-rows, train_rows, val_rows, train_tokens, val_tokens, epochs}]`` (amounts in ``unit``; token
-fields null in rows mode); and, with stages, ``stages`` = ``[{name, fraction, train_rows,
-val_rows, train_tokens, val_tokens}]`` in order. ``epochs`` = units used / unique units
-available after filters, dedup and decontamination; exact when the source was read to its end
-(``available_exact``), else extrapolated from the rows read. Above 4 epochs a warning (returns
+Manifest (``manifest_version`` MANIFEST_VERSION; :func:`find_prepared` refuses another):
+per source its data, ``streaming`` (a streamed source also ``shuffle_buffer``,
+``rows_streamed``: rows taken from the dataset, its buffer's included, and ``rows_unread``),
+the rows read, dropped, kept and selected; ``outputs`` = per split ``{file, rows, bytes, sha256}``
+plus, with a tokenizer, ``store`` = ``{folder, tokens, documents, tokenizer_sha256}``; with a
+tokenizer ``tokenizer`` (``ref``, ``sha256``, ``targets_per_document``, ``bos``) and
+``tokenizer_sha256``. With ``mix_by: tokens`` or ``stages``: ``mix_by``, ``total_tokens``;
+``plan`` = ``{unit, total, written, rule, sources: [...], stages: [...]}`` where each source entry
+has ``name, share, planned, written, written_share, rows, unique_rows, unique_available,
+available_exact, epochs, max_repeats, max_uses_per_row`` and each stage entry ``name, fraction,
+planned, written, rows, train_rows, val_rows, train_tokens, val_tokens, sources: [{name, share,
+planned, written, written_share, rows, train_rows, val_rows, train_tokens, val_tokens, epochs}]``
+(amounts in ``unit``; token fields null in rows mode); and, with stages, ``stages`` =
+``[{name, fraction, train_rows, val_rows, train_tokens, val_tokens}]`` in order. ``epochs`` =
+units used / unique units available after filters, dedup and decontamination; exact when the
+source was read to its end (``available_exact``), else extrapolated from the rows read (null
+for a streamed source of unknown size not read to its end). Above 4 epochs a warning (returns
 from repeated data fall after ~4 epochs: Muennighoff et al. 2023, "Scaling Data-Constrained
-Language Models"). :func:`find_prepared` checks the config sha256 and, when given, the
-tokenizer sha256.
+Language Models"). :func:`find_prepared` checks the manifest version, the config sha256 and,
+when given, the tokenizer sha256; :func:`mixture_stores` gives the trainer the stores, checked
+against its tokenizer and the JSONL files' sha256.
 """
 
 from __future__ import annotations
@@ -86,7 +99,7 @@ from dataset.mixture_config import (
     resolve_tokenizer_ref,
     stage_plan,
 )
-from dataset.once import build_once
+from dataset.once import build_once, from_rank0
 from dataset.outputs import PreparedPaths, check_output_dir, layout, prepared_paths, write_outputs
 from dataset.pool import Runner
 from dataset.selection import Picked, Spills, build_evalset, select_source
@@ -206,7 +219,12 @@ def mixture_stores(
     command = _command(config, paths.manifest.parent)
 
     def store(jsonl: Path, folder: Path) -> TokenStore:
-        if (folder / "meta.json").is_file():
+        # rank 0 decides, so that every process goes the same way (and through the same collectives)
+        if from_rank0(lambda: (folder / "meta.json").is_file()):
+            if not (folder / "meta.json").is_file():
+                raise UserError(
+                    f"{folder} not found on this node, but rank 0 has it; give every node the same prepared files"
+                )
             try:
                 return open_prepared_store(folder, jsonl, tokenizer, command)
             except UserError as e:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from dataset.blend import interleave, interleave_sized, val_mask
 from dataset.io import AtomicFiles
 from dataset.selection import Layout, Picked
-from dataset.spill import SpillReader
+from dataset.spill import REF_DTYPE, SpillReader
 from dataset.store import StoreWriter
 from model.errors import UserError
 
@@ -88,18 +88,19 @@ def layout(picks: list[Picked], n_stages: int, val_ratio: float) -> dict[str, La
     return out
 
 
-def ordered(picks: list[Picked], split: Layout) -> Iterator[tuple[int, int, int]]:
-    """``(stage, source, row)`` of one split's rows in file order: stage by stage, sources
-    interleaved by the deficit rule within a stage (of rows, or of tokens in tokens mode)."""
+def ordered(picks: list[Picked], split: Layout) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per stage ``k`` of one split: ``(k, the source of each row in file order, the rows' spill
+    references in that order)``: sources interleaved by the deficit rule within a stage (of
+    rows, or of tokens in tokens mode); each source's rows in its own order."""
     for k, per_source in enumerate(split):
         if picks[0].tokens is None:
             order = interleave([len(ix) for ix in per_source])
         else:
             order = interleave_sized([p.tokens[ix].tolist() for p, ix in zip(picks, per_source, strict=True)])  # type: ignore[index]
-        cursor = [0] * len(per_source)
-        for s in order.tolist():
-            yield k, s, int(per_source[s][cursor[s]])
-            cursor[s] += 1
+        refs = np.empty(len(order), dtype=REF_DTYPE)
+        for s, ix in enumerate(per_source):
+            refs[order == s] = picks[s].refs[ix]
+        yield k, order, refs
 
 
 def _write_split(
@@ -113,37 +114,38 @@ def _write_split(
     bar: Any,
 ) -> dict[str, Any]:
     """One split's rows as JSON lines into ``f`` (and, with ``store``, as documents into it); the
-    file's rows, bytes and sha256."""
+    file's rows, bytes and sha256. A line is ``json.dumps({"text", "source"[, "stage"]},
+    ensure_ascii=False)``, put together from the text's JSON string the worker spilled."""
     digest = hashlib.sha256()
     n = size = 0
-    ids: list[np.ndarray] = []
-    srcs: list[str] = []
-    stages: list[str | None] = []
-
-    def flush() -> None:
-        if store is not None and ids:
-            store.add_batch(np.concatenate(ids), [len(x) for x in ids], srcs, stages)
-        ids.clear()
-        srcs.clear()
-        stages.clear()
-
-    for k, s, i in ordered(picks, split):
-        text, tokens = reader.read(picks[s].refs[i])
+    for k, order, refs in ordered(picks, split):
         stage = stage_names[k] if stage_names is not None else None
-        row = {"text": text, "source": names[s]} | ({"stage": stage} if stage is not None else {})
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        f.write(line)
-        digest.update(line)
-        n += 1
-        size += len(line)
-        if store is not None:
-            ids.append(tokens)
-            srcs.append(names[s])
-            stages.append(stage)
-            if len(ids) == _STORE_BATCH:
-                flush()
-        bar.update(1)
-    flush()
+        extra = {"stage": stage} if stage is not None else {}
+        tails = [
+            json.dumps({"source": name} | extra, ensure_ascii=False)[1:].encode("utf-8") + b"\n"
+            for name in names
+        ]
+        for at in range(0, len(order), _STORE_BATCH):
+            ids: list[np.ndarray] = []
+            sources = order[at : at + _STORE_BATCH].tolist()
+            for s, (file, offset, nbytes, nids, _) in zip(
+                sources, refs[at : at + _STORE_BATCH].tolist(), strict=True
+            ):
+                text, tokens = reader.read(file, offset, nbytes, nids)
+                line = b'{"text": ' + text + b", " + tails[s]
+                f.write(line)
+                digest.update(line)
+                size += len(line)
+                ids.append(tokens)
+            if store is not None:
+                store.add_batch(
+                    np.concatenate(ids),
+                    [len(x) for x in ids],
+                    [names[s] for s in sources],
+                    [stage] * len(ids),
+                )
+            n += len(sources)
+            bar.update(len(sources))
     return {"rows": n, "bytes": size, "sha256": digest.hexdigest()}
 
 

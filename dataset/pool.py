@@ -21,7 +21,7 @@ from dataset.blend import text_hash
 from dataset.decontam import EvalNgrams, ngram_hashes_batch
 from dataset.filters import apply_filters
 from dataset.formats import FormatSpec, MissingFieldError, render_row
-from dataset.spill import writer_for
+from dataset.spill import REF_FIELDS, writer_for
 from dataset.tokenizer import doc_targets, encode_texts, token_dtype
 
 # Set in each worker process by _init_worker (and read only there): the evaluation
@@ -66,7 +66,7 @@ class Batch(NamedTuple):
     verdicts: list[str]  # "" keeps the row, else why it goes
     hashes: np.ndarray  # (n,) uint64 text hash (kept rows; else 0)
     tokens: np.ndarray  # (n,) int64 targets the row trains on (with a tokenizer; else 0)
-    refs: np.ndarray  # (n, 3) int64 offset, text bytes, ids in the spill file (kept rows)
+    refs: np.ndarray  # (n, 4) int64 offset, JSON bytes, ids, text bytes in the spill file (kept rows)
 
 
 def process_batch(
@@ -97,7 +97,7 @@ def process_batch(
     n = len(verdicts)
     hashes = np.zeros(n, dtype=np.uint64)
     tokens = np.zeros(n, dtype=np.int64)
-    refs = np.zeros((n, 3), dtype=np.int64)
+    refs = np.zeros((n, REF_FIELDS - 1), dtype=np.int64)
     ids: list[list[int] | None] = [None] * len(kept)
     extra = 0
     if tok is not None:

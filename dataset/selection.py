@@ -24,7 +24,7 @@ from dataset.formats import FormatSpec
 from dataset.mixture_config import MixtureConfig, SourceConfig
 from dataset.pool import Batch, Runner, eval_batch, pool_process_batch, process_batch
 from dataset.sources import MapReader
-from dataset.spill import REF_FIELDS
+from dataset.spill import REF_DTYPE, REF_FIELDS
 from dataset.stream import StreamReader, load_stream, stream_columns
 from model.errors import UserError
 
@@ -79,11 +79,11 @@ class Picked(NamedTuple):
     """One source's rows in output order (repeats included), with what the plan needs of them:
     fixed-size numbers per row, the texts and token ids staying in the spill (:mod:`dataset.spill`)."""
 
-    refs: np.ndarray  # (rows, 4) int64: spill file, offset, text bytes, ids
+    refs: np.ndarray  # (rows,) REF_DTYPE: spill file, offset, JSON bytes, ids, text bytes
     hashes: np.ndarray  # (rows,) uint64 text hash (the validation split, dedup)
-    tokens: np.ndarray | None  # (rows,) int64 tokens per row as trained (tokens mode), else None
-    counted: np.ndarray | None  # (rows,) int64 tokens per row as trained when a tokenizer is given
-    stage: np.ndarray  # (rows,) stage index per row
+    tokens: np.ndarray | None  # (rows,) int32 tokens per row as trained (tokens mode), else None
+    counted: np.ndarray | None  # (rows,) int32 tokens per row as trained when a tokenizer is given
+    stage: np.ndarray  # (rows,) int16 stage index per row
     available: int | None  # unique units after filters, dedup, decontamination (None: unknown)
     available_exact: bool  # the source was read to its end; else ``available`` is extrapolated
     record: dict[str, Any]
@@ -206,6 +206,14 @@ def select_source(
     return _picked(source, planned, config, reader, rng, kept, runner.tokenizer is not None, where)
 
 
+def _compact(refs: np.ndarray) -> np.ndarray:
+    """(rows, REF_FIELDS) int64 references as REF_DTYPE records (24 bytes a row)."""
+    out = np.empty(len(refs), dtype=REF_DTYPE)
+    for k, name in enumerate(("file", "offset", "nbytes", "nids", "tbytes")):
+        out[name] = refs[:, k]
+    return out
+
+
 def open_source(
     source: SourceConfig, where: str, cache_dir: str | None, rng: np.random.Generator
 ) -> MapReader | StreamReader:
@@ -223,7 +231,7 @@ def open_source(
 class Kept(NamedTuple):
     """What reading a source kept, in its reading order: a reference, hash and size per row."""
 
-    refs: array  # 4 int64 per row (REF_FIELDS)
+    refs: array  # REF_FIELDS int64 per row
     hashes: array  # uint64 per row
     tokens: array  # int64 per row: targets with a tokenizer, else 0
     read: int  # rows read
@@ -273,9 +281,9 @@ def _picked(
     # neighbours in the file do not stay neighbours in the output. Then every row once, extra
     # uses only if short.
     shuffle = rng.permutation(kept)
-    refs = np.frombuffer(kept_refs, dtype=np.int64).reshape(kept, REF_FIELDS)[shuffle]
+    refs = _compact(np.frombuffer(kept_refs, dtype=np.int64).reshape(kept, REF_FIELDS)[shuffle])
     hashes = np.frombuffer(kept_hashes, dtype=np.uint64)[shuffle]
-    sizes = np.frombuffer(kept_tokens, dtype=np.int64)[shuffle]
+    sizes = np.frombuffer(kept_tokens, dtype=np.int64)[shuffle].astype(np.int32)
     if counting:
         pick = repeat_until(sizes, needed, rng)
         units = sizes[pick]
@@ -303,12 +311,13 @@ def _picked(
         "repeat_factor": round(len(pick) / unique, 6),
         "max_uses_per_row": int(np.bincount(pick).max()),
     }
+    counted = sizes[pick] if tokenized else None
     return Picked(
         refs=refs[pick],
         hashes=hashes[pick],
-        tokens=units if counting else None,
-        counted=sizes[pick] if tokenized else None,
-        stage=assign_stages(units, planned),
+        tokens=counted if counting else None,
+        counted=counted,
+        stage=assign_stages(units, planned).astype(np.int16),
         available=available,
         available_exact=exact,
         record=record,

@@ -1,23 +1,31 @@
 """Kept rows on disk while a mixture is prepared: what keeps prepare_dataset's memory flat.
 
 The process that renders a row (a pool worker, or the main process with ``num_proc`` 1) appends
-its text (UTF-8) and, when a tokenizer is given, its token ids (the store's dtype) to its own
-spill file ``spill-<pid>.bin`` in a temporary folder beside the outputs; the main process keeps
-a fixed-size reference per row, ``(file, offset, text bytes, ids)``, and reads the rows back in
-output order when it writes the JSONL files and the token stores (:mod:`dataset.prepared`).
+its text, already encoded as the JSON string the output line holds (``json.dumps(text,
+ensure_ascii=False)`` in UTF-8: the serialising is done in parallel, not by the main process),
+and, when a tokenizer is given, its token ids (the store's dtype) to its own spill file
+``spill-<pid>.bin`` in a temporary folder beside the outputs; the main process keeps a
+fixed-size reference per row, ``(file, offset, JSON bytes, ids, text bytes)``, and reads the
+rows back in output order when it writes the JSONL files and the token stores
+(:mod:`dataset.outputs`).
 Memory then holds a few integers per row and nothing per token, however large the mixture; the
 disk holds each kept row once until the outputs are written, then the folder is removed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REF_FIELDS = 4  # file, offset, text bytes, ids per row
+REF_FIELDS = 5  # file, offset, JSON bytes, ids, UTF-8 bytes of the text, per row
+# A row's reference as the main process keeps it: 24 bytes (no row is 4 GB).
+REF_DTYPE = np.dtype(
+    [("file", "<u4"), ("offset", "<i8"), ("nbytes", "<u4"), ("nids", "<u4"), ("tbytes", "<u4")]
+)
 
 
 class SpillWriter:
@@ -30,9 +38,10 @@ class SpillWriter:
         self._f = open(self.path, "ab")
         self.offset = self._f.tell()
 
-    def write(self, text: str, ids: list[int] | None) -> tuple[int, int, int]:
-        """Append one row; its ``(offset, text bytes, ids)``."""
-        data = text.encode("utf-8")
+    def write(self, text: str, ids: list[int] | None) -> tuple[int, int, int, int]:
+        """Append one row (its text as a JSON string, then its ids); its ``(offset, JSON bytes,
+        ids, UTF-8 bytes of the text)``."""
+        data = json.dumps(text, ensure_ascii=False).encode("utf-8")
         at = self.offset
         self._f.write(data)
         n = 0
@@ -40,7 +49,7 @@ class SpillWriter:
             n = len(ids)
             self._f.write(np.asarray(ids, dtype=self.dtype).tobytes())
         self.offset += len(data) + n * self.dtype.itemsize
-        return at, len(data), n
+        return at, len(data), n, len(text.encode("utf-8"))
 
     def flush(self) -> None:
         self._f.flush()
@@ -74,11 +83,11 @@ class SpillReader:
         self.dtype = np.dtype(dtype)
         self._fds = [os.open(p, os.O_RDONLY) for p in paths]
 
-    def read(self, ref: np.ndarray | list[int]) -> tuple[str, np.ndarray]:
-        """``(text, ids)`` of the row with reference ``(file, offset, text bytes, ids)``."""
-        file, offset, nbytes, nids = (int(x) for x in ref)
+    def read(self, file: int, offset: int, nbytes: int, nids: int) -> tuple[bytes, np.ndarray]:
+        """``(text as a UTF-8 JSON string, ids)`` of the row with reference ``(file, offset, JSON
+        bytes, ids, ...)``."""
         data = os.pread(self._fds[file], nbytes + nids * self.dtype.itemsize, offset)
-        return data[:nbytes].decode("utf-8"), np.frombuffer(data, dtype=self.dtype, offset=nbytes)
+        return data[:nbytes], np.frombuffer(data, dtype=self.dtype, offset=nbytes)
 
     def close(self) -> None:
         for fd in self._fds:
