@@ -381,11 +381,13 @@ def summarize(results: list[dict], num_proc: int, cores: int) -> None:
                 f"{r['rss_main_mb']:.0f} ({r['rss_tree_mb']:.0f}) | {'; '.join(notes)} |"
             )
     for t in scales:
-        rows = best(t, "prepare rows")["wall"] + best(t, "start rows")["wall"]
-        toks = best(t, "prepare tokens")["wall"] + best(t, "start tokens")["wall"]
-        print(
-            f"{t / 1e6:,.0f}M tokens, pipeline (prepare + start, fresh caches): tokens {toks:.1f} s / rows {rows:.1f} s = {toks / rows:.2f}x"
-        )
+        for key, unit in (("wall", "s"), ("cpu", "CPU s")):
+            rows = best(t, "prepare rows", key)[key] + best(t, "start rows", key)[key]
+            toks = best(t, "prepare tokens", key)[key] + best(t, "start tokens", key)[key]
+            print(
+                f"{t / 1e6:,.0f}M tokens, pipeline (prepare + start, fresh caches), {key}: tokens {toks:.1f} {unit} / "
+                f"rows {rows:.1f} {unit} = {toks / rows:.2f}x"
+            )
     if len(scales) < 2:
         return
     lo, hi = scales[0], scales[-1]
