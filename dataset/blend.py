@@ -86,7 +86,7 @@ def interleave_sized(sizes: Sequence[Sequence[int]]) -> np.ndarray:
     return out
 
 
-def repeat_until(sizes: Sequence[int], needed: int, rng: np.random.Generator) -> np.ndarray:
+def repeat_until(sizes: Sequence[int] | np.ndarray, needed: int, rng: np.random.Generator) -> np.ndarray:
     """Indices into rows of the given sizes whose sizes sum to ``needed`` or just past it.
 
     The rows are used in passes: the first pass in their own order (they are already in a seeded
@@ -95,21 +95,21 @@ def repeat_until(sizes: Sequence[int], needed: int, rng: np.random.Generator) ->
     sum is in ``[needed, needed + size of that row)``. Passes used = ``ceil(needed / sum(sizes))``
     at most, which is the most uses of any row.
     """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    if needed <= 0 or not len(sizes):
+    size = np.asarray(sizes, dtype=np.int64)
+    if needed <= 0 or not len(size):
         return np.zeros(0, dtype=np.int64)
     parts: list[np.ndarray] = []
     total = 0
-    order = np.arange(len(sizes), dtype=np.int64)
+    order = np.arange(len(size), dtype=np.int64)
     while True:
-        cum = np.cumsum(sizes[order])
+        cum = np.cumsum(size[order])
         if total + int(cum[-1]) >= needed:
             stop = int(np.searchsorted(cum, needed - total, side="left"))
             parts.append(order[: stop + 1])
             return np.concatenate(parts)
         parts.append(order)
         total += int(cum[-1])
-        order = rng.permutation(len(sizes))
+        order = rng.permutation(len(size))
 
 
 def assign_stages(sizes: Sequence[int], planned: Sequence[int]) -> np.ndarray:
@@ -137,6 +137,17 @@ def is_val(hash64: int, val_ratio: float) -> bool:
     ``val_ratio`` or a larger one, whatever else the mixture holds, and never in both splits.
     """
     return hash64 < val_ratio * 2**64
+
+
+def val_mask(hashes: np.ndarray, val_ratio: float) -> np.ndarray:
+    """:func:`is_val` of many :func:`text_hash` values at once (uint64 array -> bool array), exact:
+    for an integer h, ``h < val_ratio x 2^64`` iff ``h < ceil(val_ratio x 2^64)``."""
+    bound = math.ceil(val_ratio * 2**64)
+    return (
+        np.asarray(hashes, dtype=np.uint64) < np.uint64(bound)
+        if bound < 2**64
+        else np.ones(len(hashes), bool)
+    )
 
 
 def repeat_order(kept: int, needed: int, rng: np.random.Generator) -> np.ndarray:

@@ -365,22 +365,47 @@ def atomic_dir(dst: str | Path, replace: bool = True) -> Iterator[Path]:
 
 
 class AtomicFiles:
-    """Write several files as ``.<name>.tmp`` siblings, then rename them all into place at once."""
+    """Write several files and folders as ``.<name>.tmp-<pid>`` siblings, then rename them all into
+    place at once (in the order they were opened: open the one that says "complete" last)."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[Path, Path]] = []
+        self.stale: list[Path] = []
 
     def open(self, path: Path) -> BinaryIO:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         self.pending.append((tmp, path))
         return open(tmp, "wb")
 
+    def folder(self, path: Path) -> Path:
+        """An empty temporary folder that becomes ``path`` (replacing it) on :meth:`commit`."""
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tmp.chmod(0o777 & ~_umask())
+        self.pending.append((tmp, path))
+        return tmp
+
+    def remove(self, path: Path) -> None:
+        """Remove ``path`` (a folder an earlier run wrote that this one does not) on :meth:`commit`."""
+        self.stale.append(path)
+
     def commit(self) -> None:
+        for path in self.stale:
+            shutil.rmtree(path, ignore_errors=True)
         for tmp, path in self.pending:
-            os.replace(tmp, path)
+            if tmp.is_dir():
+                replace_dir(tmp, path)
+            else:
+                os.replace(tmp, path)
         self.pending.clear()
+        self.stale.clear()
 
     def discard(self) -> None:
         for tmp, _ in self.pending:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         self.pending.clear()
+        self.stale.clear()

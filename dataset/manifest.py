@@ -19,7 +19,7 @@ from model.errors import UserError
 log = logging.getLogger("dataset.mixture")
 
 EPOCHS_WARN = 4  # Muennighoff et al. 2023: returns from repeated data fall after ~4 epochs
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: token stores beside the JSONL, streamed sources, spill-backed rows
 BYTES_PER_TOKEN = 4  # rough English BPE average; exact counts come after tokenization
 
 
@@ -38,11 +38,14 @@ def plan_record(
     def share(a: int, b: int) -> float:
         return round(a / b, 6) if b else 0.0
 
-    total_written = sum(units(p, np.ones(len(p.texts), dtype=bool)) for p in picks)
+    def epochs(written: int, p: Picked) -> float | None:
+        return round(written / p.available, 4) if p.available else None
+
+    total_written = sum(units(p, np.ones(p.rows, dtype=bool)) for p in picks)
     sources_out = []
     for i, (p, source) in enumerate(zip(picks, config.sources, strict=True)):
         planned = sum(row[i] for row in plan)
-        written = units(p, np.ones(len(p.texts), dtype=bool))
+        written = units(p, np.ones(p.rows, dtype=bool))
         sources_out.append(
             {
                 "name": source.name,
@@ -50,11 +53,11 @@ def plan_record(
                 "planned": planned,
                 "written": written,
                 "written_share": share(written, total_written),
-                "rows": len(p.texts),
+                "rows": p.rows,
                 "unique_rows": p.record["unique_selected"],
                 "unique_available": p.available,
                 "available_exact": p.available_exact,
-                "epochs": round(written / p.available, 4),
+                "epochs": epochs(written, p),
                 "max_repeats": source.max_repeats,
                 "max_uses_per_row": p.record["max_uses_per_row"],
             }
@@ -80,7 +83,7 @@ def plan_record(
                     "val_rows": val_rows,
                     "train_tokens": train_tokens,
                     "val_tokens": val_tokens,
-                    "epochs": round(written_k[i] / p.available, 4),
+                    "epochs": epochs(written_k[i], p),
                 }
             )
 
@@ -130,7 +133,7 @@ def check_plan(config: MixtureConfig, plan: dict[str, Any], records: list[dict[s
     unit = config.unit
     total_key = "total_tokens" if unit == "tokens" else "total_samples"
     for s in plan["sources"]:
-        if s["epochs"] > EPOCHS_WARN:
+        if s["epochs"] is not None and s["epochs"] > EPOCHS_WARN:
             log.warning(
                 f"warning: source {s['name']!r} is used for {s['epochs']:.2f} epochs ({s['written']} of "
                 f"{s['unique_available']} unique {unit}); returns from repeated data fall after ~{EPOCHS_WARN} "
@@ -191,10 +194,10 @@ def build_manifest(
     for i, (p, record) in enumerate(zip(picks, records, strict=True)):
         record["train"] = sum(len(stage[i]) for stage in layout["train"])
         record["val"] = sum(len(stage[i]) for stage in layout["val"])
-        if p.tokens is None:
-            record["est_tokens"] = sum(len(t.encode("utf-8")) for t in p.texts) // BYTES_PER_TOKEN
+        if p.counted is None:
+            record["est_tokens"] = int(p.refs["tbytes"].sum()) // BYTES_PER_TOKEN  # UTF-8 bytes / 4
         else:
-            record["tokens"] = int(p.tokens.sum())
+            record["tokens"] = int(p.counted.sum())
     all_tokens = sum(r[token_key] for r in records) or 1
     all_rows = sum(r["selected"] for r in records)
     for record in records:
@@ -203,7 +206,7 @@ def build_manifest(
     plan_entry, stages_record = plan_record(config, plan, picks, layout)
     check_plan(config, plan_entry, records)
 
-    extended = tok is not None or bool(config.stages)  # rows mode without stages: the manifest as before
+    extended = config.mix_by == "tokens" or bool(config.stages)  # rows mode without stages: no plan
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "name": config.name,
@@ -289,8 +292,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
     out = manifest.get("outputs", {})
     for split in ("train", "val"):
         if split in out:
+            store = out[split].get("store")
             lines.append(
                 f"{split:5s} {out[split]['rows']:>9,} rows  {out[split]['bytes'] / 1e6:8.1f} MB  {out[split]['file']}"
+                + (f"  token store {store['folder']} ({store['tokens']:,} tokens)" if store else "")
             )
     drops = "; ".join(
         f"{s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["dropped"].items() if v)
@@ -299,6 +304,12 @@ def format_summary(manifest: dict[str, Any]) -> str:
     )
     if drops:
         lines.append(f"filtered by: {drops}")
+    for s in manifest["sources"]:
+        if s.get("streaming"):
+            lines.append(
+                f"streamed: {s['name']}: {s['rows_streamed']:,} rows taken from the stream for {s['rows_read']:,} "
+                f"read (shuffle buffer {s['shuffle_buffer']:,})"
+            )
     d = manifest["decontamination"]
     if d["sets"]:
         lines.append(
@@ -342,7 +353,7 @@ def _plan_lines(manifest: dict[str, Any]) -> list[str]:
             f"{c['written']:,}",
             f"{100 * c['share']:.1f}%",
             f"{100 * c['written_share']:.1f}%",
-            f"{c['epochs']:.2f}" + ("" if exact[c["name"]] else "~"),
+            "?" if c["epochs"] is None else f"{c['epochs']:.2f}" + ("" if exact[c["name"]] else "~"),
             f"{c['rows']:,}",
             f"{train:,}",
             f"{val:,}",
@@ -355,5 +366,9 @@ def _plan_lines(manifest: dict[str, Any]) -> list[str]:
     rows += [cells("all", c, by_name[c["name"]]["train"], by_name[c["name"]]["val"]) for c in plan["sources"]]
     staged = "stages" in plan
     table = _table(head, rows, left=2) if staged else _table(head[1:], [r[1:] for r in rows])
-    note = "epochs ~: extrapolated from the rows read (the source was not read to its end)"
-    return [title, *table] + ([note] if any(r[6].endswith("~") for r in rows) else [])
+    notes = []
+    if any(r[6].endswith("~") for r in rows):
+        notes.append("epochs ~: extrapolated from the rows read (the source was not read to its end)")
+    if any(r[6] == "?" for r in rows):
+        notes.append("epochs ?: a streamed source not read to its end, of a dataset of unknown size")
+    return [title, *table, *notes]

@@ -3,25 +3,32 @@
 ``prepare_mixture`` runs, per source in config order:
 
 1. load (:mod:`dataset.sources`: local JSON through :mod:`dataset.io`, the reader every tool
-   uses; Hub ids, parquet and text files through ``datasets.load_dataset``);
-2. walk the rows in a seeded random order, rendering each (:mod:`dataset.formats`),
-   filtering (:mod:`dataset.filters`), dropping rows that overlap the evaluation sets
-   (:mod:`dataset.decontam`) and exact duplicates of rows kept so far, in this source
-   or an earlier one, until the source's plan is met or the source runs out (then rows
-   repeat, up to ``max_repeats`` uses each);
+   uses; Hub ids, parquet and text files through ``datasets.load_dataset``; a source with
+   ``streaming: true`` through datasets' streaming mode, :mod:`dataset.stream`);
+2. walk the rows in a seeded random order (a streamed source: from a shuffle buffer), rendering
+   each (:mod:`dataset.formats`), filtering (:mod:`dataset.filters`), dropping rows that overlap
+   the evaluation sets (:mod:`dataset.decontam`) and exact duplicates of rows kept so far, in
+   this source or an earlier one, and tokenizing the rows kept (with a tokenizer), until the
+   source's plan is met or the source runs out (then rows repeat, up to ``max_repeats`` uses
+   each). Workers write each kept row's text and token ids to a spill file on disk
+   (:mod:`dataset.spill`); the main process keeps a fixed-size record per row (its spill
+   reference, text hash and size; the dedup hashes, :mod:`dataset.dedup`), nothing per token;
 3. split train/validation by a hash of the text and interleave sources so every prefix
    of each file (of each stage) follows the mixture (:mod:`dataset.blend`);
-4. write ``{name}_train.jsonl``, ``{name}_val.jsonl`` and ``{name}_manifest.json``, each
-   atomically, the manifest last.
+4. write ``{name}_train.jsonl``, ``{name}_val.jsonl``, with a tokenizer their token stores
+   ``{name}_train.store/`` and ``{name}_val.store/`` (the documents tokenized once, as the
+   trainer would tokenize the JSONL, :mod:`dataset.outputs`), and ``{name}_manifest.json``,
+   renamed into place together, the manifest last.
 
-Only the rows needed are rendered and filtered, so time and memory follow the plan, not the
-size of the inputs. Results do not depend on ``num_proc``: workers process batches and the
-main process consumes them in order.
+Only the rows needed are read, rendered and filtered, so time follows the plan, not the size
+of the inputs, and memory holds a few numbers per row. Results do not depend on ``num_proc``:
+workers process batches and the main process consumes them in order.
 
 The plan, and the contract with the trainer
 -------------------------------------------
 ``mix_by: rows`` (the default): ``total_samples`` rows, a source's ``ratio`` is its share of
-rows. Files and manifest are exactly those of the format before ``mix_by`` existed.
+rows. A tokenizer given (``prepare_dataset.py --tokenizer_path``) tokenizes the rows into the
+token stores and gives each source's exact ``tokens`` in the manifest; the plan stays in rows.
 
 ``mix_by: tokens``: ``total_tokens`` tokens, a source's ``ratio`` is its share of tokens.
 Tokens are counted with the tokenizer the model trains with (``tokenizer:`` in the config,
@@ -29,7 +36,7 @@ or the ``tokenizer`` argument / ``prepare_dataset.py --tokenizer_path``, which w
 trainer trains on them, as targets: ``len(encode_texts(tok, [text])[0]) + doc_targets(tok)``
 (every token of a document but its first is a target: the text and EOS after a BOS, the text
 but its first token and EOS without one; :func:`dataset.tokenizer.doc_targets`), so the plan's
-shares are shares of what is trained.
+shares are shares of what is trained. The ids counted are the ids stored: tokenized once.
 
 ``stages:`` (either mode): ordered stages, each a ``fraction`` of the total with its own
 shares per source. Planned amounts are integers: stage totals ``allocate(total, fractions)``,
@@ -48,41 +55,43 @@ val files hold all rows of stage k before any of stage k+1, sources interleaved 
 by the deficit rule (of rows, or of tokens in tokens mode); with stages each row is
 ``{"text", "source", "stage"}``, else ``{"text", "source"}``.
 
-Manifest, with ``mix_by: tokens`` or ``stages`` (rows mode without stages writes none of it):
-``mix_by``, ``total_tokens``; ``tokenizer`` (``ref``, ``sha256``, ``targets_per_document``,
-``bos``) and ``tokenizer_sha256`` in tokens mode; ``plan`` = ``{unit, total, written, rule,
-sources: [...], stages: [...]}`` where each source entry has ``name, share, planned, written,
-written_share, rows, unique_rows, unique_available, available_exact, epochs, max_repeats,
-max_uses_per_row`` and each stage entry ``name, fraction, planned, written, rows, train_rows,
-val_rows, train_tokens, val_tokens, sources: [{name, share, planned, written, written_share,
-rows, train_rows, val_rows, train_tokens, val_tokens, epochs}]`` (amounts in ``unit``; token
-fields null in rows mode); and, with stages, ``stages`` = ``[{name, fraction, train_rows,
-val_rows, train_tokens, val_tokens}]`` in order. ``epochs`` = units used / unique units
-available after filters, dedup and decontamination; exact when the source was read to its end
-(``available_exact``), else extrapolated from the rows read. Above 4 epochs a warning (returns
+Manifest (``manifest_version`` MANIFEST_VERSION; :func:`find_prepared` refuses another):
+per source its data, ``streaming`` (a streamed source also ``shuffle_buffer``,
+``rows_streamed``: rows taken from the dataset, its buffer's included, and ``rows_unread``),
+the rows read, dropped, kept and selected; ``outputs`` = per split ``{file, rows, bytes, sha256}``
+plus, with a tokenizer, ``store`` = ``{folder, tokens, documents, tokenizer_sha256}``; with a
+tokenizer ``tokenizer`` (``ref``, ``sha256``, ``targets_per_document``, ``bos``) and
+``tokenizer_sha256``. With ``mix_by: tokens`` or ``stages``: ``mix_by``, ``total_tokens``;
+``plan`` = ``{unit, total, written, rule, sources: [...], stages: [...]}`` where each source entry
+has ``name, share, planned, written, written_share, rows, unique_rows, unique_available,
+available_exact, epochs, max_repeats, max_uses_per_row`` and each stage entry ``name, fraction,
+planned, written, rows, train_rows, val_rows, train_tokens, val_tokens, sources: [{name, share,
+planned, written, written_share, rows, train_rows, val_rows, train_tokens, val_tokens, epochs}]``
+(amounts in ``unit``; token fields null in rows mode); and, with stages, ``stages`` =
+``[{name, fraction, train_rows, val_rows, train_tokens, val_tokens}]`` in order. ``epochs`` =
+units used / unique units available after filters, dedup and decontamination; exact when the
+source was read to its end (``available_exact``), else extrapolated from the rows read (null
+for a streamed source of unknown size not read to its end). Above 4 epochs a warning (returns
 from repeated data fall after ~4 epochs: Muennighoff et al. 2023, "Scaling Data-Constrained
-Language Models"). :func:`find_prepared` checks the config sha256 and, when given, the
-tokenizer sha256.
+Language Models"). :func:`find_prepared` checks the manifest version, the config sha256 and,
+when given, the tokenizer sha256; :func:`mixture_stores` gives the trainer the stores, checked
+against its tokenizer and the JSONL files' sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import sys
-from collections.abc import Iterator
+import shutil
+import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
-from dataset.blend import interleave, interleave_sized, is_val
-from dataset.io import AtomicFiles
-from dataset.manifest import build_manifest, format_summary
+from dataset.dedup import HashSet
+from dataset.manifest import MANIFEST_VERSION, build_manifest, format_summary
 from dataset.mixture_config import (
     MixtureConfig,
     SourceConfig,
@@ -90,18 +99,24 @@ from dataset.mixture_config import (
     resolve_tokenizer_ref,
     stage_plan,
 )
+from dataset.once import build_once, from_rank0
+from dataset.outputs import PreparedPaths, check_output_dir, layout, prepared_paths, write_outputs
 from dataset.pool import Runner
-from dataset.selection import Layout, Picked, build_evalset, select_source
+from dataset.selection import Picked, Spills, build_evalset, select_source
 from dataset.sources import first_line
+from dataset.spill import close_writers
+from dataset.store import TokenStore, build_store, default_num_proc, open_prepared_store
 from dataset.tokenizer import doc_targets, load_tokenizer, tokenizer_sha256
 from model.errors import UserError
 
 __all__ = [
     "MixtureConfig",
+    "PreparedPaths",
     "SourceConfig",
     "find_prepared",
     "format_summary",
     "load_mixture_config",
+    "mixture_stores",
     "prepare_mixture",
     "prepared_data",
     "prepared_paths",
@@ -110,36 +125,32 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class PreparedPaths(NamedTuple):
-    train: Path  # {output_dir}/{name}_train.jsonl
-    val: Path  # {output_dir}/{name}_val.jsonl
-    manifest: Path  # {output_dir}/{name}_manifest.json
-
-
-def prepared_paths(config: MixtureConfig, output_dir: str | os.PathLike) -> PreparedPaths:
-    """The one place that knows how a prepared mixture's files are named."""
-    out = Path(output_dir)
-    return PreparedPaths(
-        out / f"{config.name}_train.jsonl",
-        out / f"{config.name}_val.jsonl",
-        out / f"{config.name}_manifest.json",
-    )
+def _command(config: MixtureConfig, output_dir: str | os.PathLike) -> str:
+    return f"python scripts/prepare_dataset.py --config {config.path} --output_dir {output_dir}"
 
 
 def find_prepared(
     config: MixtureConfig, output_dir: str | os.PathLike, tokenizer_sha256: str | None = None
 ) -> PreparedPaths:
     """The prepared files of ``config`` in ``output_dir``, checked: all three exist, the manifest
-    was written from this version of the config (its sha256) and, in tokens mode with
-    ``tokenizer_sha256`` given (the trainer's tokenizer, :func:`dataset.tokenizer.tokenizer_sha256`),
-    its tokens were counted with that tokenizer (None: that check is skipped). Otherwise a
-    one-line UserError naming both hashes and the command which (re)makes the files."""
+    is of this version's layout (MANIFEST_VERSION: an older one is refused here, the one place
+    that reads manifests for the trainers), was written from this version of the config (its
+    sha256) and, in tokens mode with ``tokenizer_sha256`` given (the trainer's tokenizer,
+    :func:`dataset.tokenizer.tokenizer_sha256`), its tokens were counted with that tokenizer (None:
+    that check is skipped). Otherwise a one-line UserError naming both values and the command
+    which (re)makes the files."""
     paths = prepared_paths(config, output_dir)
-    command = f"python scripts/prepare_dataset.py --config {config.path} --output_dir {output_dir}"
+    command = _command(config, output_dir)
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"{missing[0]} not found; prepare the mixture first: {command}")
     manifest = json.loads(paths.manifest.read_text())
+    version = manifest.get("manifest_version")
+    if version != MANIFEST_VERSION:
+        raise UserError(
+            f"{paths.manifest} is of manifest version {version}, written by an older prepare_dataset (this "
+            f"version reads {MANIFEST_VERSION}); re-run: {command} --overwrite"
+        )
     sha = manifest.get("config_sha256")
     if sha != config.sha256:
         raise UserError(
@@ -162,45 +173,86 @@ def prepared_data(
     prepared_dir: str | os.PathLike | None,
     cache_dir: str | os.PathLike,
     tokenizer: Any = None,
-) -> tuple[Path, Path]:
-    """(train, val) JSONL of a mixture: the files prepared in ``prepared_dir`` (checked against the
-    config and, in tokens mode, against ``tokenizer``'s sha256), or, with ``prepared_dir`` None, a
-    preparation cached under ``cache_dir`` by the config's hash (plus the tokenizer's in tokens
-    mode), made on first use. ``tokenizer``: the model's tokenizer object (or None: the config's
-    ``tokenizer:``); it counts a tokens-mode mixture's tokens."""
+) -> PreparedPaths:
+    """The prepared files of a mixture: those in ``prepared_dir`` (checked against the config and,
+    in tokens mode, against ``tokenizer``'s sha256), or, with ``prepared_dir`` None, a preparation
+    cached under ``cache_dir`` by the config's hash (plus the tokenizer's), made on first use with
+    every core, by one process per copy of the cache under torchrun (:mod:`dataset.once`).
+    ``tokenizer``: the model's tokenizer object (or None: the config's ``tokenizer:``); it counts a
+    tokens-mode mixture's tokens and, in either mode, tokenizes the rows once into the token
+    stores written beside the files."""
     tokens = config.mix_by == "tokens" and tokenizer is not None
     if prepared_dir is not None:
         try:
-            paths = find_prepared(config, prepared_dir, tokenizer_sha256(tokenizer) if tokens else None)
+            return find_prepared(config, prepared_dir, tokenizer_sha256(tokenizer) if tokens else None)
         except UserError as e:
             raise UserError(f"--use_prepared: {e}") from None
-        return paths.train, paths.val
-    key = config.sha256[:12] + (f"-tok{tokenizer_sha256(tokenizer)[:12]}" if tokens else "")
+    key = config.sha256[:12] + (f"-tok{tokenizer_sha256(tokenizer)[:12]}" if tokenizer is not None else "")
     out = Path(cache_dir) / "mixtures" / f"{config.name}-{key}"
     paths = prepared_paths(config, out)
-    if not paths.manifest.is_file():
+
+    def prepare() -> None:
         log.info(
             f"Preparing {config.path} into {out} (pass --use_prepared to read files from scripts/prepare_dataset.py)"
         )
-        prepare_mixture(config, out, tokenizer=tokenizer if tokens else None)
-    return paths.train, paths.val
+        prepare_mixture(config, out, num_proc=default_num_proc(), overwrite=True, tokenizer=tokenizer)
+
+    build_once(out.parent, paths.manifest.is_file, prepare)
+    return paths
+
+
+def mixture_stores(
+    config: MixtureConfig,
+    prepared_dir: str | os.PathLike | None,
+    cache_dir: str | os.PathLike,
+    tokenizer: Any,
+    val_paths: list[str] | None = None,
+    num_proc: int | None = None,
+) -> tuple[TokenStore, TokenStore]:
+    """The train and validation token stores a mid-training run trains on: the stores prepared
+    beside the mixture's files (:func:`prepared_data`; checked against ``tokenizer`` and the files'
+    sha256, :func:`dataset.store.open_prepared_store`, never tokenized again), else, for files
+    prepared without a tokenizer, the trainer's cache (:func:`dataset.store.build_store`).
+    ``val_paths``: validation files to use instead of the mixture's val split. Each store logs
+    ``token store: <folder> (from prepare_dataset | tokenized now | cached, N tokens)``."""
+    paths = prepared_data(config, prepared_dir, cache_dir, tokenizer)
+    command = _command(config, paths.manifest.parent)
+
+    def store(jsonl: Path, folder: Path) -> TokenStore:
+        # rank 0 decides, so that every process goes the same way (and through the same collectives)
+        if from_rank0(lambda: (folder / "meta.json").is_file()):
+            if not (folder / "meta.json").is_file():
+                raise UserError(
+                    f"{folder} not found on this node, but rank 0 has it; give every node the same prepared files"
+                )
+            try:
+                return open_prepared_store(folder, jsonl, tokenizer, command)
+            except UserError as e:
+                raise UserError(f"--use_prepared: {e}" if prepared_dir is not None else str(e)) from None
+        return build_store([jsonl], tokenizer, cache_dir, num_proc)
+
+    train = store(paths.train, paths.train_store)
+    val = (
+        build_store(val_paths, tokenizer, cache_dir, num_proc)
+        if val_paths
+        else store(paths.val, paths.val_store)
+    )
+    return train, val
 
 
 def _tokenizer_ref(config: MixtureConfig, tokenizer: Any) -> tuple[Any, str, str] | None:
-    """Which tokenizer counts a tokens-mode mixture: ``(tokenizer object or None, reference, origin)``,
-    or None in rows mode (a tokenizer given then is unused, and said so). Cheap; :func:`_load_tokenizer`
-    loads it.
+    """Which tokenizer counts a tokens-mode mixture's tokens and tokenizes the rows into the token
+    stores: ``(tokenizer object or None, reference, origin)``, or None in rows mode without one.
+    Cheap; :func:`_load_tokenizer` loads it.
 
     ``tokenizer`` wins over the config's ``tokenizer:``: a tokenizer object, or a folder path
     (relative to the working directory) or Hugging Face id (loaded with ``transformers.AutoTokenizer``,
     never with remote code). UserError at once when tokens mode has none or names a missing folder;
     :func:`_load_tokenizer` raises one when it does not load or is not a fast tokenizer with EOS.
     """
-    if config.mix_by != "tokens":
-        if tokenizer is not None:
-            log.warning(f"warning: {config.path.name} mixes by rows: the tokenizer given is not used")
-        return None
     if tokenizer is None:
+        if config.mix_by != "tokens":
+            return None
         if config.tokenizer is None:
             raise UserError(
                 f"{config.path}: mix_by: tokens needs the tokenizer the model will train with: set "
@@ -242,83 +294,6 @@ def _load_tokenizer(tok: Any, ref: str, origin: str) -> tuple[Any, str]:
     return tok, ref
 
 
-# ---------------------------------------------------------------------------- writing
-
-
-def _check_output_dir(out: Path, paths: tuple[Path, Path, Path], overwrite: bool) -> None:
-    """Fail before any work if the outputs cannot be written (or exist without overwrite)."""
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise UserError(f"output dir {out}: {probe} is a file, not a folder; pick another --output_dir")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"output dir {out}: {probe} is not writable; pick another --output_dir")
-    if not overwrite:
-        for p in paths:
-            if p.exists():
-                raise UserError(f"{p} exists; pass --overwrite (overwrite=True) to replace it")
-
-
-def _write_jsonl(f, rows: Iterator[tuple[str, ...]]) -> dict[str, Any]:
-    """Write ``(text, source)`` or ``(text, source, stage)`` rows as JSON lines; their count, bytes, sha256."""
-    digest = hashlib.sha256()
-    n = size = 0
-    for r in rows:
-        row = {"text": r[0], "source": r[1]} if len(r) == 2 else {"text": r[0], "source": r[1], "stage": r[2]}
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        f.write(line)
-        digest.update(line)
-        n += 1
-        size += len(line)
-    return {"rows": n, "bytes": size, "sha256": digest.hexdigest()}
-
-
-def _layout(picks: list[Picked], n_stages: int, val_ratio: float) -> dict[str, Layout]:
-    """Each source's rows per split and stage, in the source's order: ``{"train"|"val": [stage][source]}``."""
-    out: dict[str, Layout] = {"train": [[] for _ in range(n_stages)], "val": [[] for _ in range(n_stages)]}
-    for p in picks:
-        val = np.fromiter((is_val(h, val_ratio) for h in p.hashes), dtype=bool, count=len(p.hashes))
-        for k in range(n_stages):
-            in_stage = p.stage == k
-            out["train"][k].append(np.flatnonzero(in_stage & ~val))
-            out["val"][k].append(np.flatnonzero(in_stage & val))
-    return out
-
-
-def _ordered(
-    picks: list[Picked], layout: Layout, names: list[str], stage_names: list[str] | None
-) -> Iterator[tuple[str, ...]]:
-    """The rows of one split: stage by stage, sources interleaved by the deficit rule within a stage
-    (of rows, or of tokens when the rows carry token counts)."""
-    for k, per_source in enumerate(layout):
-        if picks[0].tokens is None:
-            order = interleave([len(ix) for ix in per_source])
-        else:
-            order = interleave_sized([p.tokens[ix].tolist() for p, ix in zip(picks, per_source, strict=True)])  # type: ignore[index]
-        cursor = [0] * len(per_source)
-        for s in order.tolist():
-            text = picks[s].texts[per_source[s][cursor[s]]]
-            cursor[s] += 1
-            yield (text, names[s]) if stage_names is None else (text, names[s], stage_names[k])
-
-
-def _versions() -> dict[str, str]:
-    import datasets
-    import pyarrow
-    import yaml
-
-    return {
-        "python": sys.version.split()[0],
-        "datasets": datasets.__version__,
-        "pyarrow": pyarrow.__version__,
-        "numpy": np.__version__,
-        "pyyaml": yaml.__version__,
-    }
-
-
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -330,19 +305,23 @@ def prepare_mixture(
     cache_dir: str | None = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
-    """Build the mixture a config describes; write train/val JSONL and a manifest; return the manifest.
+    """Build the mixture a config describes; write train/val JSONL, their token stores (with a
+    tokenizer) and a manifest; return the manifest.
 
     ``cache_dir`` is passed to ``datasets.load_dataset`` (default: the Hugging Face cache).
-    ``tokenizer`` (tokens mode): a tokenizer object, folder or Hugging Face id that wins over the
-    config's ``tokenizer:`` (:func:`_tokenizer_ref`). The plan, the rows' layout and the manifest
-    are described in the module docstring. UserError on bad input, a source short of its plan, or a
-    stage left without rows; nothing is written then.
+    ``tokenizer``: a tokenizer object, folder or Hugging Face id that wins over the config's
+    ``tokenizer:`` (:func:`_tokenizer_ref`); it counts a tokens-mode plan and, in either mode,
+    tokenizes the kept rows once into the token stores written beside the JSONL files
+    (:mod:`dataset.outputs`). The plan, the rows' layout and the manifest are described in the
+    module docstring. Memory holds a few numbers per row: the rows themselves wait in a spill
+    folder beside the outputs (:mod:`dataset.spill`), removed at the end. UserError on bad input,
+    a source short of its plan, or a stage left without rows; nothing is written then.
     """
     if not isinstance(config, MixtureConfig):
         config = load_mixture_config(config)
     out = Path(output_dir)
     paths = prepared_paths(config, out)
-    _check_output_dir(out, paths, overwrite)
+    check_output_dir(out, paths, overwrite)
     if num_proc < 1:
         raise UserError(f"num_proc must be >= 1, got {num_proc}")
 
@@ -355,50 +334,32 @@ def prepare_mixture(
         loading = loader.submit(_load_tokenizer, *found) if found is not None else None
         evalset, eval_records = build_evalset(config, runner, cache_dir)
     tok, tok_ref = loading.result() if loading is not None else (None, None)
-    seen: set[int] = set()
-    picks: list[Picked] = []
-    with Runner(num_proc, evalset, tok) as runner:
-        for i, source in enumerate(config.sources):
-            picks.append(select_source(source, [row[i] for row in plan], config, runner, seen, cache_dir))
-    layout = _layout(picks, len(plan), config.val_ratio)
-
-    manifest = build_manifest(config, plan, picks, layout, tok, tok_ref, evalset, eval_records)
-    records = manifest["sources"]
-    stage_names = [st.name for st in config.stages] if config.stages else None
-    writer = AtomicFiles()
     created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    spill = tempfile.mkdtemp(prefix=f".{config.name}.spill-", dir=out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with writer.open(paths[0]) as f:
-            train_info = _write_jsonl(
-                f,
-                tqdm(
-                    _ordered(picks, layout["train"], names, stage_names),
-                    total=sum(r["train"] for r in records),
-                    desc="write train",
-                    unit="row",
-                    disable=None,
-                    leave=False,
-                ),
-            )
-        with writer.open(paths[1]) as f:
-            val_info = _write_jsonl(f, _ordered(picks, layout["val"], names, stage_names))
-        manifest["outputs"] = {
-            "train": {"file": paths[0].name, **train_info},
-            "val": {"file": paths[1].name, **val_info},
-        }
-        manifest["versions"] = _versions()
-        with writer.open(paths[2]) as f:
-            f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        writer.commit()
-    except OSError as e:
-        writer.discard()
+        started = time.perf_counter()
+        seen = HashSet() if config.dedup else None
+        spills = Spills()
+        picks: list[Picked] = []
+        with Runner(num_proc, evalset, tok, spill_dir=spill) as runner:
+            for i, source in enumerate(config.sources):
+                planned = [row[i] for row in plan]
+                picks.append(select_source(source, planned, config, runner, seen, spills, cache_dir))
+        del seen
+        close_writers(spill)  # this process's spill file (num_proc 1), before it is read
+        split_layout = layout(picks, len(plan), config.val_ratio)
+        manifest = build_manifest(config, plan, picks, split_layout, tok, tok_ref, evalset, eval_records)
+        stage_names = [st.name for st in config.stages] if config.stages else None
+        selected = time.perf_counter()
+        write_outputs(paths, manifest, picks, split_layout, names, stage_names, spills.paths, tok)
+        log.info(
+            f"prepare: {sum(p.rows for p in picks):,} rows selected in {selected - started:.1f} s, written"
+            f"{' with their token stores' if tok is not None else ''} in {time.perf_counter() - selected:.1f} s"
+        )
+    finally:
+        close_writers(spill)
+        shutil.rmtree(spill, ignore_errors=True)
         if created and out.exists() and not any(out.iterdir()):
             out.rmdir()
-        raise UserError(
-            f"output dir {out}: cannot write ({e.strerror or e}); pick another --output_dir"
-        ) from None
-    except BaseException:
-        writer.discard()
-        raise
     return manifest

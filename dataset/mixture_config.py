@@ -42,7 +42,8 @@ TOP_KEYS = {
     "decontaminate_threshold",
 }
 DATA_KEYS = {"dataset", "data_files", "subset", "split", "revision", "format"} | FORMAT_OPTIONS
-SOURCE_KEYS = DATA_KEYS | {"name", "ratio", "max_repeats", "filters"}
+SOURCE_KEYS = DATA_KEYS | {"name", "ratio", "max_repeats", "filters", "streaming", "shuffle_buffer"}
+DEFAULT_SHUFFLE_BUFFER = 10_000  # rows: a streamed source's seeded order comes from a buffer this large
 STAGE_KEYS = {"name", "fraction", "ratios"}
 MIX_BY = ("rows", "tokens")
 LOCAL_EXTENSIONS = {
@@ -100,6 +101,8 @@ class SourceConfig(DataRef):
     ratio: float  # share of the total (rows or tokens); with stages: sum of fraction x stage share
     max_repeats: int = 1
     filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    streaming: bool = False  # read through datasets' streaming mode (dataset.stream)
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER  # rows in the shuffle buffer of a streamed source
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,6 +253,17 @@ def _data_ref(obj: dict, where: str, check: _Checker, base: Path, default_split:
     return out
 
 
+def _streaming(obj: dict, where: str, check: _Checker) -> dict[str, Any]:
+    """A source's ``streaming`` (bool) and ``shuffle_buffer`` (rows >= 1, only with streaming)."""
+    streaming = obj.get("streaming", False)
+    if not isinstance(streaming, bool):
+        raise check.fail(f"{where}.streaming", f"expected true or false, got {streaming!r}")
+    if "shuffle_buffer" in obj and not streaming:
+        raise check.fail(f"{where}.shuffle_buffer", "only applies with streaming: true (remove it)")
+    buffer = check.integer(obj.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER), f"{where}.shuffle_buffer", lo=1)
+    return {"streaming": streaming, "shuffle_buffer": buffer}
+
+
 def _filters(obj: Any, where: str, check: _Checker) -> dict[str, dict[str, Any]]:
     """A source's ``filters:``, checked against the filter table (dataset.filters.FILTERS)."""
     if obj is None:
@@ -319,7 +333,7 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
     staged = "stages" in raw
     if not isinstance(raw["sources"], list) or not raw["sources"]:
         raise check.fail("sources", "expected a non-empty list of sources")
-    objs = []
+    objs: list[dict[str, Any]] = []
     for i, obj in enumerate(raw["sources"]):
         where = f"sources[{i}]"
         check.keys(obj, where, SOURCE_KEYS, required=("name",) if staged else ("name", "ratio"))
@@ -351,6 +365,7 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
             ratio=shares[o["name"]],
             max_repeats=check.integer(o.get("max_repeats", 1), f"sources[{i}].max_repeats", lo=1),
             filters=_filters(o.get("filters"), f"sources[{i}].filters", check),
+            **_streaming(o, f"sources[{i}]", check),
             **_data_ref(o, f"sources[{i}]", check, base, default_split="train"),
         )
         for i, o in enumerate(objs)
@@ -363,6 +378,7 @@ def load_mixture_config(path: str | os.PathLike) -> MixtureConfig:
                 "sources", f"ratios sum to {ratio_sum:.6g}, not 1 ({listed}); fix the ratio: values"
             )
     total = total_tokens if mix_by == "tokens" else total_samples
+    assert total is not None  # _totals gives the one mix_by asks for
     total_key = "total_tokens" if mix_by == "tokens" else "total_samples"
     for k, counts in enumerate(stage_plan(total, stages or None, [s.ratio for s in sources], names)):
         for s, c in zip(sources, counts, strict=True):

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,17 +227,20 @@ def _load_with_datasets(ref: DataRef, where: str, cache_dir: str | None) -> tupl
     return ds, files
 
 
-def check_columns(ds: Any, ref: DataRef, where: str) -> list[str]:
-    missing = ref.format.missing_columns(ds.column_names)
+def check_columns(ds: Any, ref: DataRef, where: str, names: list[str] | None = None) -> list[str]:
+    """The columns a source's format reads (``names``: the dataset's columns, default
+    ``ds.column_names``); UserError naming the fields it lacks."""
+    names = ds.column_names if names is None else names
+    missing = ref.format.missing_columns(names)
     if missing:
         hint = (
             "set text_field: to one of them" if ref.format.format == "text" else "pick the format that fits"
         )
         raise UserError(
             f"{where} ({ref.label}): rows have no field {', '.join(map(repr, missing))} "
-            f"needed by format {ref.format.format} (fields: {', '.join(ds.column_names)}); {hint}"
+            f"needed by format {ref.format.format} (fields: {', '.join(names)}); {hint}"
         )
-    return ref.format.columns(ds.column_names)
+    return ref.format.columns(names)
 
 
 def _resolved_revision(ds: Any) -> str | None:
@@ -362,3 +365,35 @@ def batches(ds: Any, columns: list[str]) -> Iterator[dict[str, list]]:
     reader = RowReader(ds, columns)
     for start in range(0, len(ds), BATCH_SIZE):
         yield reader[start : start + BATCH_SIZE]
+
+
+class MapReader:
+    """A loaded source (:func:`load`) read in a seeded random order of runs (:func:`row_order`)."""
+
+    streaming = False
+
+    def __init__(self, ds: Any, files: list[str], ref: DataRef, columns: list[str], rng: np.random.Generator):
+        self.ds, self.files, self.ref, self.columns, self.rng = ds, files, ref, columns, rng
+
+    def batches(self, room: Callable[[], int]) -> Iterator[tuple[np.ndarray, dict[str, list]]]:
+        """``(row indices, rows)`` about BATCH_SIZE at a time, fewer when ``room()`` says fewer
+        are needed (the order of the rows is the same either way)."""
+        reader = RowReader(self.ds, self.columns)
+        for idx in row_order(len(self.ds), self.rng):
+            while len(idx):
+                take = idx[: max(1, room())]
+                idx = idx[len(take) :]
+                yield take, reader[take.tolist()]
+
+    def where(self, index: int) -> str:
+        """``file:line`` of a row of local JSON files, else ``row N`` (0-based) of a dataset."""
+        return self.ds.where(index) if hasattr(self.ds, "where") else f"row {index}"
+
+    def read_to_end(self, read: int) -> bool:
+        return read == len(self.ds)
+
+    def total_rows(self, read: int) -> int | None:
+        return len(self.ds)
+
+    def record(self, read: int) -> dict[str, Any]:
+        return {**ref_record(self.ref, self.ds, self.files), "streaming": False}

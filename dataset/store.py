@@ -26,14 +26,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from dataset.io import atomic_dir, file_sha256, iter_jsonl, iter_staged_docs
-from dataset.tokenizer import doc_start, encode_texts, pad_id, shares_separator, tokenizer_sha256
+from dataset.once import build_once, from_rank0, rank
+from dataset.pool import Runner, pool_encode
+from dataset.tokenizer import doc_start, pad_id, shares_separator, token_dtype, tokenizer_sha256
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,7 @@ _BATCH = 1024  # documents per tokenizer call: large enough for the Rust batch e
 _ARRAYS = {"doc_start": np.int64, "doc_len": np.int32, "doc_source": np.uint8}
 
 
-def check_data_files(paths: Sequence[str | Path]) -> list[Path]:
+def check_data_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """The files, checked before any training work: each exists and its first row reads (an
     empty or unreadable file fails here with the reader's one line, as in every other tool)."""
     out = []
@@ -151,106 +156,230 @@ class DocSubset:
         return self.doc_start + self.doc_len
 
 
-def store_key(paths: Sequence[Path], tok) -> str:
-    """Input content hashes + tokenizer hash + the format version (never the row length)."""
+class StoreWriter:
+    """Appends documents, given as their text's token ids, to a store folder being written (its
+    files as the module docstring lays them out); :meth:`finish` writes ``meta.json``.
+
+    The one writer of stores: the trainers' cache (:func:`build_store`, which tokenizes JSONL
+    files) and prepare_dataset (which writes the ids its workers counted with) both go through
+    it, so a store prepare_dataset writes beside a JSONL file is byte for byte the one
+    :func:`build_store` would make of that file. Memory: the document arrays of one batch.
+    """
+
+    def __init__(self, out: Path, tok: Any, where: str):
+        self.out, self.where = Path(out), where
+        self.dtype = token_dtype(tok)
+        self.tokenizer_sha256 = tokenizer_sha256(tok)
+        self.pad_id = pad_id(tok)
+        self.shared = shares_separator(tok)  # the previous document's EOS is this one's BOS
+        head = doc_start(tok)
+        self._head = np.asarray(head, dtype=self.dtype).tobytes()
+        self._head_len = len(head)
+        self._eos = np.asarray([tok.eos_token_id], dtype=self.dtype).tobytes()
+        self.names: dict[str, int] = {}
+        self.source_tokens: list[int] = []
+        self.segments: list[dict] = []  # {"name", "docs": [lo, hi], "tokens": [start, end]} per stage
+        self.num_docs = self.num_tokens = 0
+        self._files = {
+            name: open(self.out / f"{name}.bin", "wb", buffering=1 << 20) for name in ("tokens", *_ARRAYS)
+        }
+
+    def add_batch(
+        self, flat: np.ndarray, lens: Sequence[int], sources: Sequence[str], stages: Sequence[str | None]
+    ) -> None:
+        """Documents whose text tokens are ``flat`` cut at ``lens`` (in order), with their source and
+        stage. UserError when a stage comes again after another or there are over 255 sources."""
+        flat = np.asarray(flat, dtype=self.dtype)
+        lens = np.asarray(lens, dtype=np.int64).tolist()
+        starts, sizes, sids = [], [], []
+        at = 0
+        tokens = self._files["tokens"]
+        for n, src, stage in zip(lens, sources, stages, strict=True):
+            if not self.segments or self.segments[-1]["name"] != stage:
+                if any(g["name"] == stage for g in self.segments):
+                    raise UserError(
+                        f"{self.where}: rows of stage {stage!r} come again after another stage; a staged "
+                        "mixture keeps each stage's rows together (prepare_dataset does)"
+                    )
+                self.segments.append(
+                    {"name": stage, "docs": [self.num_docs] * 2, "tokens": [self.num_tokens] * 2}
+                )
+            first = self.segments[-1]["docs"][0] == self.num_docs  # a segment's first document
+            lead = self._head_len if first or not self.shared else 0
+            if lead:
+                tokens.write(self._head)
+            tokens.write(flat[at : at + n].tobytes())
+            tokens.write(self._eos)
+            at += n
+            size = lead + n + 1
+            sid = self.names.get(src)
+            if sid is None:
+                if len(self.names) == 255:
+                    raise UserError(
+                        f"{self.where}: more than 255 distinct 'source' values; merge some of them"
+                    )
+                sid = self.names[src] = len(self.names)
+                self.source_tokens.append(0)
+            start = self.num_tokens - (self._head_len - lead)  # a shared separator starts the document
+            starts.append(start)
+            sizes.append(self.num_tokens + size - start)
+            sids.append(sid)
+            self.source_tokens[sid] += size
+            self.num_docs += 1
+            self.num_tokens += size
+            self.segments[-1]["docs"][1], self.segments[-1]["tokens"][1] = self.num_docs, self.num_tokens
+        for name, values in (("doc_start", starts), ("doc_len", sizes), ("doc_source", sids)):
+            self._files[name].write(np.asarray(values, dtype=_ARRAYS[name]).tobytes())
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def finish(self, inputs: list[dict[str, str]]) -> dict[str, Any]:
+        """Close the files and write ``meta.json`` (``inputs``: ``{"path", "sha256"}`` per input
+        file); returns the meta. UserError when there is nothing to train on."""
+        self.close()
+        if self.num_tokens < 2:
+            raise UserError(f"{self.where}: no documents to train on")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "inputs": inputs,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "dtype": self.dtype.name,
+            "pad_id": self.pad_id,
+            "shared_separator": self.shared,
+            "num_docs": self.num_docs,
+            "num_tokens": self.num_tokens,
+            "sources": list(self.names),
+            "source_tokens": self.source_tokens,
+            "segments": self.segments,
+        }
+        (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
+        return meta
+
+
+def store_key(paths: Sequence[Path], tok, hashes: Sequence[str] | None = None) -> str:
+    """Input content hashes + tokenizer hash + the format version (never the row length).
+    ``hashes``: the files' sha256 when already known (else read here)."""
     h = hashlib.sha256()
     h.update(f"store-v{FORMAT_VERSION}|tok{tokenizer_sha256(tok)}".encode())
-    for p in paths:
-        h.update(file_sha256(p).encode())
+    for sha in hashes if hashes is not None else map(file_sha256, paths):
+        h.update(sha.encode())
     return h.hexdigest()
 
 
-def build_store(paths: Sequence[str | Path], tok, cache_dir: str | Path) -> TokenStore:
+def default_num_proc() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _workers(paths: Sequence[Path], num_proc: int | None) -> int:
+    """``num_proc``, or by default every core but at most one per 8 MB of input (forking a pool
+    for a small validation file costs more than it saves)."""
+    if num_proc is not None:
+        if num_proc < 1:
+            raise UserError(f"num_proc must be >= 1, got {num_proc}")
+        return num_proc
+    size = sum(p.stat().st_size for p in paths)
+    return max(1, min(default_num_proc(), size // (8 << 20)))
+
+
+def build_store(
+    paths: Sequence[str | os.PathLike], tok, cache_dir: str | os.PathLike, num_proc: int | None = None
+) -> TokenStore:
     """Tokenize JSONL files into the cache (once) and return the store.
 
-    A cache hit costs one hash pass over the inputs. A miss streams the files through the
-    tokenizer's batch encoder into a temporary folder that is renamed into place when complete,
-    so an interrupted build never leaves anything a later run could take for a store.
+    A cache hit costs one hash pass over the inputs (on rank 0 only under torchrun). A miss
+    streams the files through the tokenizer on ``num_proc`` worker processes (default: every
+    core; the main process parses the JSON, workers encode batches, results are written in
+    order, so the store does not depend on ``num_proc``) into a temporary folder that is renamed
+    into place when complete, so an interrupted build never leaves anything a later run could
+    take for a store. Under torchrun one process per copy of the cache folder builds while the
+    others wait (:func:`dataset.once.build_once`). Logs ``token store: <folder> (tokenized now |
+    cached, N tokens)``.
     """
     paths = check_data_files(paths)
-    folder = Path(cache_dir) / f"store-{store_key(paths, tok)[:20]}"
-    if (folder / "meta.json").is_file():
-        store = TokenStore(folder)
-        log.info(f"Token store: {store.describe()} (cached)")
-        return store
-    with atomic_dir(folder, replace=False) as tmp:  # a concurrent build of the same key is identical
-        _write_store(paths, tok, tmp)
+    hashes = from_rank0(lambda: [file_sha256(p) for p in paths])
+    folder = Path(cache_dir) / f"store-{store_key(paths, tok, hashes)[:20]}"
+
+    def build() -> None:
+        if rank() != 0:  # a node-local cache: this node's copy of the files must be rank 0's
+            for p, want in zip(paths, hashes, strict=True):
+                if (got := file_sha256(p)) != want:
+                    raise UserError(
+                        f"{p}: this node's copy (sha256 {got[:12]}) differs from rank 0's (sha256 {want[:12]}); "
+                        "give every node the same data files"
+                    )
+        with atomic_dir(folder, replace=False) as tmp:  # a concurrent build of the same key is identical
+            _write_store(paths, hashes, tok, tmp, _workers(paths, num_proc))
+
+    built = build_once(Path(cache_dir), lambda: (folder / "meta.json").is_file(), build)
     store = TokenStore(folder)
-    log.info(f"Token store: {store.describe()} (tokenized now, from {len(paths)} file(s))")
+    log.info(f"token store: {folder} ({'tokenized now' if built else 'cached'}, {store.num_tokens:,} tokens)")
     return store
 
 
-def _write_store(paths: list[Path], tok, out: Path) -> None:
-    vocab = len(tok)
-    dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
-    head, eos = doc_start(tok), tok.eos_token_id
-    shared = shares_separator(tok)  # the previous document's EOS is this one's BOS
-    names: dict[str, int] = {}
-    source_tokens: list[int] = []
-    segments: list[dict] = []  # {"name", "docs": [lo, hi], "tokens": [start, end]} per stage, in file order
-    n_docs = n_tokens = 0
-    files = {name: open(out / f"{name}.bin", "wb") for name in ("tokens", *_ARRAYS)}
+def _write_store(paths: list[Path], hashes: list[str], tok, out: Path, num_proc: int) -> None:
+    where = ", ".join(map(str, paths))
+    writer = StoreWriter(out, tok, where)
     try:
+        with Runner(num_proc, tokenizer=tok) as runner:
+            for path in paths:
+                pending: deque[tuple[list[str], list[str | None]]] = deque()
 
-        def flush(texts: list[str], srcs: list[str], stages: list[str | None]) -> None:
-            nonlocal n_docs, n_tokens
-            starts, lens, sids = [], [], []
-            for doc, src, stage in zip(encode_texts(tok, texts), srcs, stages, strict=True):
-                if not segments or segments[-1]["name"] != stage:
-                    if any(g["name"] == stage for g in segments):
-                        raise UserError(
-                            f"{', '.join(map(str, paths))}: rows of stage {stage!r} come again after another "
-                            "stage; a staged mixture keeps each stage's rows together (prepare_dataset does)"
-                        )
-                    segments.append({"name": stage, "docs": [n_docs, n_docs], "tokens": [n_tokens, n_tokens]})
-                first = segments[-1]["docs"][0] == n_docs  # a segment's first document
-                lead = head if first or not shared else []
-                ids = np.array([*lead, *doc, eos], dtype=dtype)
-                if src not in names:
-                    if len(names) == 255:
-                        raise UserError("more than 255 distinct 'source' values; merge some of them")
-                    names[src] = len(names)
-                    source_tokens.append(0)
-                sid = names[src]
-                files["tokens"].write(ids.tobytes())
-                start = n_tokens - (len(head) - len(lead))  # a shared separator starts the document
-                starts.append(start)
-                lens.append(n_tokens + len(ids) - start)
-                sids.append(sid)
-                source_tokens[sid] += len(ids)
-                n_docs += 1
-                n_tokens += len(ids)
-                segments[-1]["docs"][1], segments[-1]["tokens"][1] = n_docs, n_tokens
-            for name, values in (("doc_start", starts), ("doc_len", lens), ("doc_source", sids)):
-                files[name].write(np.asarray(values, dtype=_ARRAYS[name]).tobytes())
+                def tasks(path: Path = path, pending: deque = pending) -> Iterator[tuple]:
+                    batch: list[tuple[str, str, str | None]] = []
+                    for doc in iter_staged_docs(path):
+                        batch.append(doc)
+                        if len(batch) == _BATCH:
+                            texts, srcs, stages = map(list, zip(*batch, strict=True))
+                            pending.append((srcs, stages))
+                            yield texts, writer.dtype
+                            batch = []
+                    if batch:
+                        texts, srcs, stages = map(list, zip(*batch, strict=True))
+                        pending.append((srcs, stages))
+                        yield texts, writer.dtype
 
-        for path in paths:
-            batch: list[tuple[str, str, str | None]] = []
-            for doc in tqdm(
-                iter_staged_docs(path), desc=f"tokenize {path.name}", unit="doc", leave=False, disable=None
-            ):
-                batch.append(doc)
-                if len(batch) == _BATCH:
-                    flush(*map(list, zip(*batch, strict=True)))
-                    batch = []
-            if batch:
-                flush(*map(list, zip(*batch, strict=True)))
+                bar = tqdm(desc=f"tokenize {path.name}", unit="doc", leave=False, disable=None)
+                for flat, lens in runner.map(pool_encode, runner.encode, tasks()):
+                    srcs, stages = pending.popleft()
+                    writer.add_batch(flat, lens, srcs, stages)
+                    bar.update(len(lens))
+                bar.close()
     finally:
-        for f in files.values():
-            f.close()
-    if n_tokens < 2:
-        raise UserError(f"{', '.join(map(str, paths))}: no documents to train on")
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "inputs": [{"path": str(p), "sha256": file_sha256(p)} for p in paths],
-        "tokenizer_sha256": tokenizer_sha256(tok),
-        "dtype": np.dtype(dtype).name,
-        "pad_id": pad_id(tok),
-        "shared_separator": shared,
-        "num_docs": n_docs,
-        "num_tokens": n_tokens,
-        "sources": list(names),
-        "source_tokens": source_tokens,
-        "segments": segments,
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        writer.close()
+    writer.finish([{"path": str(p), "sha256": sha} for p, sha in zip(paths, hashes, strict=True)])
+
+
+def open_prepared_store(folder: Path, jsonl: Path, tok, command: str) -> TokenStore:
+    """The store prepare_dataset wrote beside ``jsonl`` (``folder``), checked before use: its
+    format, that it holds this tokenizer's tokens (sha256) and that it was written for this very
+    file (sha256 of ``jsonl``, hashed on rank 0). Otherwise one UserError naming both hashes and
+    ``command``, which re-makes it. Logs ``token store: <folder> (from prepare_dataset, N tokens)``."""
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{folder}: token store format {meta.get('format_version')}, this version reads "
+            f"{FORMAT_VERSION}; re-run: {command}"
+        )
+    want = tokenizer_sha256(tok)
+    if meta.get("tokenizer_sha256") != want:
+        raise UserError(
+            f"{folder} holds the tokens of tokenizer sha256 {str(meta.get('tokenizer_sha256'))[:12]}, not of "
+            f"this model's tokenizer (sha256 {want[:12]}); re-run: {command} --tokenizer_path <the model's "
+            "tokenizer folder> --overwrite"
+        )
+    sha = from_rank0(lambda: file_sha256(jsonl))
+    stored = [str(i.get("sha256")) for i in meta.get("inputs", [])]
+    if stored != [sha]:
+        raise UserError(
+            f"{folder} was written for a {jsonl.name} with sha256 {(stored or ['none'])[0][:12]}, not for "
+            f"this one (sha256 {sha[:12]}); re-run: {command} --overwrite"
+        )
+    store = TokenStore(folder)
+    log.info(f"token store: {folder} (from prepare_dataset, {store.num_tokens:,} tokens)")
+    return store

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dataset.io import atomic_dir, iter_docs, iter_jsonl, text_field
 from model.errors import UserError
 
@@ -137,6 +139,11 @@ def count_tokens(tok: Any, texts: list[str]) -> list[int]:
     fast encoder."""
     extra = doc_targets(tok)
     return [len(ids) + extra for ids in encode_texts(tok, texts)]
+
+
+def token_dtype(tok: Any) -> np.dtype:
+    """The dtype token ids are stored in for ``tok``: uint16 when every id fits, else uint32."""
+    return np.dtype(np.uint16 if len(tok) <= np.iinfo(np.uint16).max + 1 else np.uint32)
 
 
 def pad_id(tok) -> int:

@@ -7,32 +7,28 @@
         --tokenizer_path out/tokenizer          # mix_by: tokens, counted with the model's tokenizer
 
 Writes DIR/{name}_train.jsonl, DIR/{name}_val.jsonl and DIR/{name}_manifest.json
-(DIR defaults to the repo's dataset/ folder) and prints a summary table, plus the plan (per
-stage and source: tokens or rows planned and written, share, epochs, rows) for a config with
-`mix_by: tokens` or `stages:`. Bad input (config, data, tokenizer, output folder) ends with one
-`error: ...` line and exit status 2.
+(DIR defaults to the repo's dataset/ folder) and, with a tokenizer (`mix_by: tokens`, or
+--tokenizer_path in rows mode), the token stores DIR/{name}_train.store/ and {name}_val.store/
+that train_midtrain.py --use_prepared trains from without tokenizing again. Prints a summary
+table, plus the plan (per stage and source: tokens or rows planned and written, share, epochs,
+rows) for a config with `mix_by: tokens` or `stages:`. --num_proc workers (default: every core)
+render, filter, decontaminate and tokenize; the rows they keep wait on disk in a spill folder
+beside the outputs, so memory holds a few numbers per row. Bad input (config, data, tokenizer,
+output folder) ends with one `error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 
 from dataset.mixture import format_summary, load_mixture_config, prepare_mixture, prepared_paths
+from dataset.store import default_num_proc
 from trainer.cli import run, setup_logging
 from trainer.paths import repo_path
 
 log = logging.getLogger("prepare_dataset")
-
-
-def default_num_proc() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="mixture YAML (see config/README.md)")
     p.add_argument("--output_dir", default=None, help="where to write (default: the repo's dataset/ folder)")
     p.add_argument(
-        "--num_proc", type=int, default=default_num_proc(), help="worker processes (default: CPUs, at most 8)"
+        "--num_proc",
+        type=int,
+        default=default_num_proc(),
+        help="worker processes that render, filter, decontaminate and tokenize rows (default: every core "
+        "this process may use)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs of this mixture")
     p.add_argument(
@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tokenizer_path",
         default=None,
-        help="mix_by: tokens: the tokenizer the model will train with (a folder, or a Hugging Face id); "
-        "wins over the config's tokenizer:",
+        help="the tokenizer the model will train with (a folder, or a Hugging Face id; wins over the "
+        "config's tokenizer:): counts a mix_by: tokens plan and, in either mode, tokenizes the rows once "
+        "into the token stores beside the JSONL",
     )
     return p.parse_args(argv)
 

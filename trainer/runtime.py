@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dataset import once
 from model.errors import UserError
 
 
@@ -98,6 +99,7 @@ def cleanup() -> None:
     ("terminate called without an active exception"). The trainers call it in ``finally``; on
     the normal path :func:`trainer.engine.fit` has already waited for every rank."""
     if dist.is_available() and dist.is_initialized():
+        once.release()
         gc.collect()
         dist.destroy_process_group()
 

@@ -16,9 +16,8 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from dataset.mixture import load_mixture_config, prepared_data
+from dataset.mixture import load_mixture_config, mixture_stores
 from dataset.rows import build_rows, validation_set
-from dataset.store import build_store
 from model.errors import UserError
 from trainer import checkpoint, engine, runtime
 from trainer.cli import run
@@ -48,29 +47,30 @@ def main() -> None:
         args, given, require_weight=partial(no_checkpoint_message, TrainConfig.from_args(args))
     )
     config = load_mixture_config(args.data_config)
-    train_path, val_path = prepared_data(
-        config, Path(args.prepared_dir) if args.use_prepared else None, Path(cfg.cache_dir), start.tokenizer
-    )
     if start.resume is None:
         log.info(f"Loaded pretrained model from: {start.parent_path}")
-    seq_len = cfg.seq_len
-    train = build_rows(
-        build_store([train_path], start.tokenizer, cfg.cache_dir), seq_len, cfg.packing, cfg.attention
-    )
-    val_store = build_store(args.val_path or [val_path], start.tokenizer, cfg.cache_dir)
-    val = validation_set(
-        val_store, seq_len, cfg.packing, cfg.attention, cfg.eval_batches * cfg.batch_size * seq_len
-    )
-    plan = engine.step_plan(cfg, train)
-    schedule = run_schedule(cfg, plan, train.segment_names, start.parent)
-    optimizer_state = None
-    if args.optimizer_state == "pretrain" and start.resume is None:
-        optimizer_state, path, step = checkpoint.carried_optimizer_state(
-            start.parent or {}, cfg.save_dir, cfg.checkpoint_dir, start.model.config.hidden_size
-        )
-        log.info(f"Optimizer state carried over from {path} (step {step})")
-    session = engine.setup(cfg)
+    session = engine.setup(cfg)  # before the data: under torchrun one process builds what is missing
     try:
+        train_store, val_store = mixture_stores(
+            config,
+            Path(args.prepared_dir) if args.use_prepared else None,
+            Path(cfg.cache_dir),
+            start.tokenizer,
+            args.val_path,
+        )
+        seq_len = cfg.seq_len
+        train = build_rows(train_store, seq_len, cfg.packing, cfg.attention)
+        val = validation_set(
+            val_store, seq_len, cfg.packing, cfg.attention, cfg.eval_batches * cfg.batch_size * seq_len
+        )
+        plan = engine.step_plan(cfg, train)
+        schedule = run_schedule(cfg, plan, train.segment_names, start.parent)
+        optimizer_state = None
+        if args.optimizer_state == "pretrain" and start.resume is None:
+            optimizer_state, path, step = checkpoint.carried_optimizer_state(
+                start.parent or {}, cfg.save_dir, cfg.checkpoint_dir, start.model.config.hidden_size
+            )
+            log.info(f"Optimizer state carried over from {path} (step {step})")
         stage = engine.Stage(
             name="midtrain",
             schedule=schedule,

@@ -150,6 +150,21 @@ CONFIG_ERRORS = [
         "tokenizer: only mix_by: tokens counts tokens",
     ),
     (
+        "shuffle_buffer without streaming",
+        lambda c: _edit(c, 0, shuffle_buffer=100),
+        "sources[0].shuffle_buffer: only applies with streaming: true",
+    ),
+    (
+        "streaming not a bool",
+        lambda c: _edit(c, 0, streaming="yes"),
+        "sources[0].streaming: expected true or false",
+    ),
+    (
+        "shuffle_buffer of 0",
+        lambda c: _edit(c, 0, streaming=True, shuffle_buffer=0),
+        "sources[0].shuffle_buffer: must be >= 1, got 0",
+    ),
+    (
         "unknown stage key",
         lambda c: _staged(c, {"name": "a", "fraction": 1, "ratios": {"stories": 1}, "lr": 1}),
         "stages[0].lr: unknown key",
@@ -382,3 +397,40 @@ def test_demo_config_end_to_end(tmp_path, cache_dir):
     code = next(s for s in manifest["sources"] if s["name"] == "code")
     assert code["max_uses_per_row"] == 2 and code["repeat_factor"] > 1
     assert sum(s["decontaminated"] for s in manifest["sources"]) > 0  # the demo decontaminates
+
+
+def test_a_stream_that_ends_before_its_plan(tmp_path, capsys, cache_dir):
+    config = _edit(base_config(total_samples=2400), 0, streaming=True, shuffle_buffer=50)
+    out = expect_error(tmp_path, config, cache_dir)
+    line = _error_line(capsys)
+    assert "source 'stories'" in line and "the stream ended before its plan: 1000 rows read, " in line
+    assert (
+        "rows kept after filters, dedup and decontamination, 1200 needed" in line
+        and "set max_repeats: 2" in line
+    )
+    assert not Path(out).exists()
+
+
+def test_rows_mode_with_a_tokenizer_writes_the_token_stores(tmp_path, capsys, cache_dir, bpe):
+    """--tokenizer_path in rows mode: the plan is rows, the rows are tokenized once into the stores."""
+    path = tmp_path / "rows.yaml"
+    path.write_text(yaml.safe_dump(base_config()))
+    argv = ["--config", str(path), "--output_dir", str(tmp_path / "out"), "--hf_cache_dir", cache_dir]
+    _prepare_main()([*argv, "--num_proc", "1", "--tokenizer_path", str(bpe)])
+    printed = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "rows_manifest.json").read_text())
+    stored = 0
+    for split in ("train", "val"):
+        store = manifest["outputs"][split]["store"]
+        meta = json.loads((tmp_path / "out" / store["folder"] / "meta.json").read_text())
+        assert meta["inputs"] == [
+            {"path": f"rows_{split}.jsonl", "sha256": manifest["outputs"][split]["sha256"]}
+        ]
+        assert (
+            meta["num_tokens"] == store["tokens"] and meta["num_docs"] == manifest["outputs"][split]["rows"]
+        )
+        assert f"token store {store['folder']} ({store['tokens']:,} tokens)" in printed
+        stored += meta["num_tokens"]
+    assert manifest["tokenizer_sha256"] == meta["tokenizer_sha256"] and "plan" not in manifest
+    # each source's exact tokens are its targets: a document's tokens (BOS text EOS) but its first
+    assert sum(s["tokens"] for s in manifest["sources"]) == stored - 200
