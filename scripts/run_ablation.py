@@ -311,6 +311,7 @@ def main() -> None:
 
     study.phase("midtrain", do_midtrain)
     eval_json = out / "eval" / "mmlu.json"
+    generation_json = out / "eval" / "generation.json"
 
     def do_eval() -> None:
         weights = [base_weight, *(run_key(v, s) for v, s in runs)]
@@ -336,11 +337,32 @@ def main() -> None:
         if args.device:
             eargs += ["--device", args.device]
         study.run("eval_mmlu", "eval_llm.py", eargs)
+        if cfg.generation:  # pass@1 / GSM8K on their own problem count (generation costs more per item)
+            gargs = ["--save_dir", str(study.weights), "--no_lm", "--no_mmlu", "--no_samples"]
+            gargs += ["--output", str(generation_json)]
+            gargs += [f"--{k}_path={p}" for k, p in cfg.generation.items()]
+            if "humaneval" not in cfg.generation and "mbpp" not in cfg.generation:
+                gargs.append("--no_code")
+            if "gsm8k" not in cfg.generation:
+                gargs.append("--no_gsm8k")
+            if cfg.generation_limit:
+                gargs += ["--limit", str(cfg.generation_limit)]
+            if args.device:
+                gargs += ["--device", args.device]
+            study.run("eval_generation", "eval_llm.py", gargs + [f"--weight={w}" for w in weights])
 
     study.phase("eval", do_eval)
     study.timings["total"] = time.perf_counter() - t_start
     paths = write_report(
-        cfg, study.out, study.weights, hidden, runs, eval_json, study.timings, args.scale, study.reused
+        cfg,
+        study.out,
+        study.weights,
+        hidden,
+        runs,
+        [eval_json, generation_json],
+        study.timings,
+        args.scale,
+        study.reused,
     )
     log.info(f"Report: {paths['md']}")
     log.info(f"Numbers: {paths['json']}")

@@ -24,7 +24,18 @@ TOP_KEYS = {
     "jobs",
 }
 DATA_KEYS = {"pretrain", "midtrain", "replay_source", "total_tokens", "mbpp", "mbpp_rows"}
-EVAL_KEYS = {"mmlu", "mmlu_dev", "mmlu_limit", "shots"}
+EVAL_KEYS = {
+    "mmlu",
+    "mmlu_dev",
+    "mmlu_limit",
+    "shots",
+    "humaneval",
+    "mbpp",
+    "gsm8k",
+    "gsm8k_train",
+    "generation_limit",
+}
+GENERATION_DATA = ("humaneval", "mbpp", "gsm8k", "gsm8k_train")  # eval_llm's --<key>_path
 VARIANT_KEYS = {"name", "replay", "args", "label"}
 
 
@@ -59,6 +70,10 @@ class ExperimentConfig:
     mmlu_limit: int | None
     shots: int
     jobs: int
+    # local files for the generation metrics (pass@1, GSM8K exact match): {key: path} over
+    # GENERATION_DATA; none: the study evaluates no generation
+    generation: dict[str, Path] = field(default_factory=dict)
+    generation_limit: int | None = None  # the first N problems of each generation task
 
 
 def _flags_ok(args: Any, parser, where: str) -> dict[str, Any]:
@@ -144,6 +159,8 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         mmlu_dev=rel(ev.get("mmlu_dev")),
         mmlu_limit=ev.get("mmlu_limit"),
         shots=int(ev.get("shots", 0)),
+        generation={k: p for k in GENERATION_DATA if (p := rel(ev.get(k))) is not None},
+        generation_limit=ev.get("generation_limit"),
         jobs=int(raw.get("jobs", 1)),
     )
     from dataset.mixture import load_mixture_config

@@ -21,14 +21,21 @@ def _fmt(mean: float, half: float, digits: int = 3, signed: bool = False) -> str
     return m if not math.isfinite(half) else f"{m} ± {half:.{digits}f}"
 
 
-def mmlu_counts(eval_json: Path) -> dict[str, tuple[int, int, float]]:
+def _results(eval_jsons: list[Path]) -> list[tuple[str, dict]]:
+    """(model label, results) of every model in the eval_llm reports that exist, in order."""
+    return [
+        item
+        for p in eval_jsons
+        if p.is_file()
+        for item in json.loads(p.read_text()).get("results", {}).items()
+    ]
+
+
+def mmlu_counts(eval_jsons: list[Path]) -> dict[str, tuple[int, int, float]]:
     """{model label: (correct, total, mean probability of the four letters)} for the first MMLU
-    setting in an eval_llm report."""
-    if not eval_json.is_file():
-        return {}
-    report = json.loads(eval_json.read_text())
+    setting in the eval_llm reports."""
     out = {}
-    for label, res in report.get("results", {}).items():
+    for label, res in _results(eval_jsons):
         mmlu = res.get("mmlu") or {}
         for setting in mmlu.values():
             if isinstance(setting, dict) and "acc" in setting and "n" in setting:
@@ -46,17 +53,25 @@ GENERATION_KEYS = (  # eval_llm's per-model results: {"value", "ci95", "correct"
 )
 
 
-def generation_counts(eval_json: Path) -> dict[str, dict[str, tuple[int, int]]]:
-    """{model label: {metric key: (correct, total)}} for the pass@1 / exact-match metrics an
-    eval_llm report has (none when the study evaluated without their data)."""
-    if not eval_json.is_file():
-        return {}
+def generation_counts(eval_jsons: list[Path]) -> dict[str, dict[str, tuple[int, int]]]:
+    """{model label: {metric key: (correct, total)}} for the pass@1 / exact-match metrics the
+    eval_llm reports have (none when the study evaluated without their data)."""
     out: dict[str, dict[str, tuple[int, int]]] = {}
-    for label, res in json.loads(eval_json.read_text()).get("results", {}).items():
+    for label, res in _results(eval_jsons):
         got = {k: (int(res[k]["correct"]), int(res[k]["n"])) for k, _ in GENERATION_KEYS if k in res}
         if got:
-            out[label] = got
+            out.setdefault(label, {}).update(got)
     return out
+
+
+def base_labels(cfg: ExperimentConfig, hidden: int) -> tuple[str, list[str]]:
+    """(the name the report gives the model every variant starts from, the labels eval_llm gives
+    it): the study's own pretrained model, or ``start_from`` (a folder: its name; a checkpoint
+    file: its stem, as eval_llm labels them)."""
+    if cfg.start_from is None:
+        return "pretrained", [f"pretrain_{hidden}", "pretrain"]
+    label = cfg.start_from.stem if cfg.start_from.is_file() else cfg.start_from.name
+    return f"{label} (start)", [label]
 
 
 def _pooled(counts: list[tuple[int, int]]) -> dict:
@@ -76,13 +91,18 @@ def _metrics_path(weights: Path, save_weight: str, hidden: int) -> Path:
 
 
 def collect(
-    cfg: ExperimentConfig, weights: Path, hidden: int, runs: list[tuple[Variant, int]], eval_json: Path
+    cfg: ExperimentConfig,
+    weights: Path,
+    hidden: int,
+    runs: list[tuple[Variant, int]],
+    eval_jsons: list[Path],
 ) -> dict:
-    """Every number of the study, per run and per variant."""
+    """Every number of the study, per run and per variant, from the runs' metrics logs and the
+    eval_llm reports ``eval_jsons``."""
     per_run: dict[str, dict] = {}
     sources: list[str] = []
-    mmlu = mmlu_counts(eval_json)
-    gen = generation_counts(eval_json)
+    mmlu = mmlu_counts(eval_jsons)
+    gen = generation_counts(eval_jsons)
     for v, seed in runs:
         key = f"{v.name}_s{seed}"
         train, evals, summary = MetricsLog.read(_metrics_path(weights, key, hidden))
@@ -109,7 +129,10 @@ def collect(
             "mmlu": mmlu.get(f"{key}_{hidden}") or mmlu.get(key),
             "generation": gen.get(f"{key}_{hidden}") or gen.get(key) or {},
         }
-    pre_train, pre_evals, _ = MetricsLog.read(_metrics_path(weights, "pretrain", hidden))
+    base_name, base = base_labels(cfg, hidden)
+    pre_train, pre_evals = [], []
+    if cfg.start_from is None:
+        pre_train, pre_evals, _ = MetricsLog.read(_metrics_path(weights, "pretrain", hidden))
     variants = {}
     for v in cfg.variants:
         rs = [r for r in per_run.values() if r["variant"] == v.name]
@@ -135,11 +158,12 @@ def collect(
             if any(k in r["generation"] for r in rs)
         }
         variants[v.name] = agg
-    pre_mmlu = mmlu.get(f"pretrain_{hidden}") or mmlu.get("pretrain")
+    pre_mmlu = next((mmlu[b] for b in base if b in mmlu), None)
     return {
         "name": cfg.name,
         "config": str(cfg.path),
         "sources": sources,
+        "base_label": base_name,
         "pretrained": {
             "heldout_loss": {s: per_run[next(iter(per_run))]["start"][s] for s in sources} if per_run else {},
             "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in pre_train)
@@ -148,10 +172,7 @@ def collect(
             "steps": max((r["step"] for r in pre_train), default=0),
             "final_eval": pre_evals[-1] if pre_evals else None,
             "mmlu": _pooled_mmlu([pre_mmlu]) if pre_mmlu else None,
-            "generation": {
-                k: _pooled([c])
-                for k, c in (gen.get(f"pretrain_{hidden}") or gen.get("pretrain") or {}).items()
-            },
+            "generation": {k: _pooled([c]) for k, c in next((gen[b] for b in base if b in gen), {}).items()},
         },
         "variants": variants,
         "runs": per_run,
@@ -219,6 +240,7 @@ def _plots(results: dict, out: Path, replay: str) -> list[Path]:
 
 def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
     sources, variants, pre = results["sources"], results["variants"], results["pretrained"]
+    base = results.get("base_label", "pretrained")
     lines = [
         f"# Ablation: {results['name']}",
         "",
@@ -233,7 +255,7 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "",
         f"| variant | {replay} tokens | " + " | ".join(sources) + " |",
         "|---|---|" + "---|" * len(sources),
-        "| pretrained | - | "
+        f"| {base} | - | "
         + " | ".join(f"{pre['heldout_loss'].get(s, math.nan):.3f}" for s in sources)
         + " |",
     ]
@@ -276,9 +298,9 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
             f"| {m.get('letter_mass', math.nan):.3f} |"
         )
 
-    lines.append(acc_row("pretrained", pre.get("mmlu")))
+    lines.append(acc_row(base, pre.get("mmlu")))
     lines += [acc_row(v["label"], v.get("mmlu")) for v in variants.values()]
-    lines += generation_table(pre, variants)
+    lines += generation_table(pre, variants, base)
     tps = [r["tokens_per_sec"] for r in results["runs"].values()]
     reused = results.get("reused_runs", {})
 
@@ -299,8 +321,12 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "|---|---|",
         *[f"| {k} | {cost(k, v)} |" for k, v in timings.items()],
         "",
-        f"Pretraining: {pre['steps']} steps at a median {pre['tokens_per_sec'] or 0:,.0f} tokens/s. "
-        f"Mid-training runs: median {statistics.median(tps) if tps else 0:,.0f} tokens/s each (runs share the CPU).",
+        (
+            f"Pretraining: {pre['steps']} steps at a median {pre['tokens_per_sec'] or 0:,.0f} tokens/s. "
+            if pre["steps"]
+            else f"Start: {base}, not trained by the study. "
+        )
+        + f"Mid-training runs: median {statistics.median(tps) if tps else 0:,.0f} tokens/s each (runs share the CPU).",
         "",
         "![held-out loss](heldout_loss.png)",
         "",
@@ -312,7 +338,7 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
     return "\n".join(lines)
 
 
-def generation_table(pre: dict, variants: dict) -> list[str]:
+def generation_table(pre: dict, variants: dict, base: str = "pretrained") -> list[str]:
     """Markdown for the pass@1 / exact-match metrics the evaluation had data for (none: nothing)."""
     shown = [
         (k, title)
@@ -338,7 +364,7 @@ def generation_table(pre: dict, variants: dict) -> list[str]:
         p, lo, hi = m["wilson95"]
         return f"{m['correct']} / {m['total']} = {100 * p:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
-    for label, gen in [("pretrained", pre.get("generation", {}))] + [
+    for label, gen in [(base, pre.get("generation", {}))] + [
         (v["label"], v.get("generation", {})) for v in variants.values()
     ]:
         lines.append(f"| {label} | " + " | ".join(cell(gen.get(k)) for k, _ in shown) + " |")
@@ -351,7 +377,7 @@ def write_report(
     weights: Path,
     hidden: int,
     runs,
-    eval_json: Path,
+    eval_jsons: list[Path],
     timings: dict,
     scale: float,
     reused: dict | None = None,
@@ -359,7 +385,7 @@ def write_report(
     """``timings``: seconds per phase of this invocation; ``reused``: per phase, how many finished
     runs of an earlier invocation it took instead of rerunning them (their time is not in
     ``timings``)."""
-    results = collect(cfg, weights, hidden, runs, eval_json)
+    results = collect(cfg, weights, hidden, runs, eval_jsons)
     results["timings_s"] = timings
     results["reused_runs"] = dict(reused or {})
     results["scale"] = scale

@@ -123,6 +123,16 @@ def test_tiny_study_end_to_end(tmp_path):
         assert math.isfinite(v["early_spike_replay"][0])
         assert v["mmlu"]["total"] == 60  # 30 questions x 2 seeds
         assert 0.0 < v["mmlu"]["letter_mass"] <= 1.0
+        gen = v["generation"]  # the second eval_llm pass: 2 problems x 2 seeds, pooled
+        assert {k: g["total"] for k, g in gen.items()} == {
+            "humaneval_pass@1": 4,
+            "gsm8k_exact_match_strict": 4,
+            "gsm8k_exact_match_flexible": 4,
+        }
+    assert (
+        results["base_label"] == "pretrained"
+        and results["pretrained"]["generation"]["humaneval_pass@1"]["total"] == 2
+    )
     # replay shares are shares of tokens: 30% of the tokens trained on, not 30% of (longer) rows
     assert results["variants"]["replay0"]["replay_token_share"] == 0.0
     assert results["variants"]["replay30_carry"]["replay_token_share"] == pytest.approx(0.3, abs=0.08)
@@ -132,6 +142,7 @@ def test_tiny_study_end_to_end(tmp_path):
         assert steps[:2] == [0, 1] and steps[-1] == r["steps"]
     md = (out / "report.md").read_text()
     assert "Early forgetting spike" in md and "MMLU-format accuracy" in md and "Wilson" in md
+    assert "| pretrained | 0 / 2 = 0.0% [0.0, " in md  # the generation table, base row first
     assert "reused" not in md  # everything ran in this invocation
     for png in ("heldout_loss.png", "final_deltas.png", "early_spike.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

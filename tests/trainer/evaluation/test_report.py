@@ -43,8 +43,14 @@ def test_ablation_report_pools_generation_metrics_over_seeds(tmp_path):
     }
     path = tmp_path / "eval.json"
     path.write_text(json.dumps(report))
-    counts = generation_counts(path)
-    assert counts["v_s2_64"] == {"humaneval_pass@1": (4, 164), "gsm8k_exact_match_strict": (5, 50)}
+    second = tmp_path / "generation.json"  # a second eval_llm report (the study's generation pass)
+    second.write_text(json.dumps({"results": {"v_s2_64": {"gsm8k_exact_match_flexible": proportion(6, 50)}}}))
+    counts = generation_counts([path, tmp_path / "not_written.json", second])
+    assert counts["v_s2_64"] == {
+        "humaneval_pass@1": (4, 164),
+        "gsm8k_exact_match_strict": (5, 50),
+        "gsm8k_exact_match_flexible": (6, 50),
+    }
     assert "other_64" not in counts
     pooled = {"correct": 6, "total": 328, "wilson95": wilson95(6, 328)}
     pre = {"generation": {"humaneval_pass@1": {"correct": 0, "total": 164, "wilson95": wilson95(0, 164)}}}
@@ -54,4 +60,5 @@ def test_ablation_report_pools_generation_metrics_over_seeds(tmp_path):
     p, lo, hi = wilson95(6, 328)
     assert lines[-1] == f"| 30% replay | 6 / 328 = {100 * p:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] |"
     assert lines[-2].startswith("| pretrained | 0 / 164 = 0.0% [0.0, ")
+    assert generation_table(pre, variants, "SmolLM2 (start)")[-2].startswith("| SmolLM2 (start) | 0 / 164")
     assert generation_table({"generation": {}}, {"v": {"label": "x", "generation": {}}}) == []
