@@ -87,6 +87,7 @@ def bad(*args, **kw) -> str:
 def load_script(relpath: str, name: str):
     """Import a top-level script (eval_llm.py, scripts/*.py) as a module, to call its main() in-process."""
     spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+    assert spec is not None and spec.loader is not None, relpath
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

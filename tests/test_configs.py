@@ -132,7 +132,8 @@ def test_phase1_configs_carry_the_design_filters(path: Path):
 def test_token_variants_are_the_design_recipe_in_tokens():
     for name, rows in (("local_tokens.yaml", "local.yaml"), ("default_tokens.yaml", "default.yaml")):
         tokens, reference = load_mixture_config(PHASE1 / name), load_mixture_config(PHASE1 / rows)
-        assert tokens.mix_by == "tokens" and tokens.total_samples is None and tokens.total_tokens > 0
+        assert tokens.mix_by == "tokens" and tokens.total_samples is None
+        assert tokens.total_tokens is not None and tokens.total_tokens > 0
         assert reference.mix_by == "rows" and reference.total_tokens is None
         assert {s.name: s.ratio for s in tokens.sources} == {"replay": 0.3, "code": 0.35, "reasoning": 0.35}
         assert tokens.tokenizer == str(REPO_ROOT / "out" / "tokenizer")  # train_tokenizer's default output
@@ -147,7 +148,9 @@ def test_readme_worked_example_numbers(tmp_path):
     """config/README.md's worked example: its YAML validates and its numbers are the code's."""
     readme = (CONFIG_DIR / "README.md").read_text()
     example = readme.split("### Worked example: tokens with two stages")[1]
-    yaml_text = re.search(r"```yaml\n(.*?)```", example, re.S).group(1)
+    m = re.search(r"```yaml\n(.*?)```", example, re.S)
+    assert m is not None
+    yaml_text = m.group(1)
     (tmp_path / "example.yaml").write_text(yaml_text)
     config = load_mixture_config(tmp_path / "example.yaml")
     names = [s.name for s in config.sources]

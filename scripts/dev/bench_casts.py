@@ -203,9 +203,9 @@ def compiled(variant: str, steps: int) -> dict:
     base = MiniGPTForCausalLM(CFG)
     eager_run, r = Run(variant, copy.deepcopy(base)), Run(variant, base)
     if r.fused_loss:  # the loss is torch.compiler.disable'd: compile what precedes it
-        r.model.forward_hidden = torch.compile(r.model.forward_hidden)  # type: ignore[method-assign]
+        r.model.forward_hidden = torch.compile(r.model.forward_hidden)
     else:
-        r.model = torch.compile(r.model)  # type: ignore[assignment]
+        r.model = torch.compile(r.model)
     first = r.step(*batch(0))[0]
     eager_run.step(*batch(0))
     t: dict[str, list[list[float]]] = {"eager": [], "compiled": []}

@@ -61,16 +61,24 @@ LR = 3e-4
 def make_folder(shape: str, out: Path, tok_dir: Path) -> Path:
     """A transformers folder of ``shape`` with random weights and the benchmark's tokenizer."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedModel,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     folder = out / shape
     if (folder / "config.json").is_file():
         return folder
-    s = dict(SHAPES[shape])
+    s: dict[str, Any] = dict(SHAPES[shape])
     arch = s.pop("arch")
-    common = dict(max_position_embeddings=4096, tie_word_embeddings=True, rms_norm_eps=1e-6,
+    common: dict[str, Any] = dict(max_position_embeddings=4096, tie_word_embeddings=True, rms_norm_eps=1e-6,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
     torch.manual_seed(0)
+    model: PreTrainedModel
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**s, **common))
     else:

@@ -88,7 +88,7 @@ def test_each_filter_of_the_table_at_its_threshold():
     """Every filter of FILTERS at its edges (a filter added to the table without a case fails)."""
     story = "The cat sat on the mat and looked at the dog with a smile."
     code = "for i in range(3):\n    print(i)"
-    cases = {
+    cases: dict[str, list[tuple[dict[str, float], str, str]]] = {
         "length": [
             ({"min": 4, "max": 4}, "abcd", ""),
             ({"min": 4}, "abc", "length"),
@@ -130,7 +130,7 @@ def test_text_filter_order_and_errors():
 
 def test_apply_filters_on_real_rows(samples):
     texts = samples["stories"][:60] + samples["spam"][:20] + samples["python"][:20] + ["", "tiny"]
-    filters = {
+    filters: dict[str, dict[str, float]] = {
         "length": {"min": 20, "max": 3000},
         "quality": {"threshold": 0.1},
         "code_quality": {"threshold": 0.5},

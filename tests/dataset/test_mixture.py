@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -104,7 +105,7 @@ def runs(tmp_path_factory, planted_reasoning, cache_dir):
     """The same config prepared twice: num_proc=1 and num_proc=2, into different folders."""
     root = tmp_path_factory.mktemp("mix")
     config = load_mixture_config(write_config(root / "cfg", planted_reasoning))
-    out = {}
+    out: dict[int | str, Any] = {}
     for num_proc in (1, 2):
         manifest = prepare_mixture(config, root / f"out{num_proc}", num_proc=num_proc, cache_dir=cache_dir)
         train, val, manifest_path = prepared_paths(config, root / f"out{num_proc}")

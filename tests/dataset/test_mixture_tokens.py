@@ -11,6 +11,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -65,7 +66,7 @@ def other_bpe(tmp_path_factory) -> Path:
 
 def sources(**extra) -> list[dict]:
     """The three real sources (with the shipped phase-1 filters), each updated by ``extra[name]``."""
-    out = [
+    out: list[dict[str, Any]] = [
         {
             "name": "replay",
             "data_files": [
@@ -125,7 +126,7 @@ def flat(tmp_path_factory, bpe, cache_dir):
     """The token mixture prepared twice: num_proc 1 and 2."""
     root = tmp_path_factory.mktemp("flat")
     config = load_mixture_config(write_config(root / "cfg", bpe))
-    out = {"config": config}
+    out: dict[str | int, Any] = {"config": config}
     for num_proc in (1, 2):
         manifest = prepare_mixture(config, root / f"out{num_proc}", num_proc=num_proc, cache_dir=cache_dir)
         out[num_proc] = {"manifest": manifest, "paths": prepared_paths(config, root / f"out{num_proc}")}

@@ -10,6 +10,7 @@ import gzip
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,11 @@ def lines(rows: list[dict], end: str = "\n") -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + end for r in rows).encode("utf-8")
 
 
-ROWS = [{"text": "first café", "source": "a"}, {"text": "second", "n": 2}, {"text": "third", "source": "b"}]
+ROWS: list[dict[str, Any]] = [
+    {"text": "first café", "source": "a"},
+    {"text": "second", "n": 2},
+    {"text": "third", "source": "b"},
+]
 
 
 @pytest.mark.parametrize(
@@ -71,7 +76,9 @@ def test_record_text_is_the_row_itself(tmp_path):
 def test_values_keep_their_json_type_wherever_they_change(tmp_path):
     """An optional field null then a string, an index then a letter, an int then a float, after
     the first megabyte: every row exactly as written (nothing inferred per chunk)."""
-    rows = [{"question": f"q{i} " + "x" * 1000, "answer": 1, "input": None, "score": 3} for i in range(1200)]
+    rows: list[dict[str, Any]] = [
+        {"question": f"q{i} " + "x" * 1000, "answer": 1, "input": None, "score": 3} for i in range(1200)
+    ]
     rows += [
         {"question": "late", "answer": "B", "input": "some input", "score": 2.5, "extra": [1, {"a": None}]}
     ]

@@ -255,7 +255,9 @@ def train_tokenizer(scripts, path: Path, tmp: Path, monkeypatch, capsys) -> int:
     ]
     monkeypatch.setattr(sys, "argv", argv)
     scripts["tokenizer"]()
-    return int(re.search(r"([\d,]+) documents in 1 file", capsys.readouterr().out).group(1).replace(",", ""))
+    m = re.search(r"([\d,]+) documents in 1 file", capsys.readouterr().out)
+    assert m is not None
+    return int(m.group(1).replace(",", ""))
 
 
 def eval_data(scripts, flag: str, path: Path):
@@ -370,11 +372,11 @@ def test_every_tool_rejects_a_broken_file_with_the_same_line(tmp_path, in_proces
     assert len(lines) == 1, results
     line = lines.pop()
     col = data.split(b"\n")[3].find(b"\xe9") + 1
-    msg = (
-        re.search(r"malformed JSON \((.*)\) on the last", line).group(1)
-        if case == "truncated_last_line"
-        else ""
-    )
+    msg = ""
+    if case == "truncated_last_line":
+        m = re.search(r"malformed JSON \((.*)\) on the last", line)
+        assert m is not None, line
+        msg = m.group(1)
     assert line == "error: " + expected.format(p=path, col=col, msg=msg)
     assert not (tmp_path / "out" / "mix_train.jsonl").exists() and not (tmp_path / "tok").exists()
 
@@ -386,9 +388,9 @@ def test_field_cases_with_type_drift_prepare_and_evaluate(tmp_path, scripts, cap
     """nullstr.yaml and mixedans.yaml: every row is kept, with the right text (the late rows'
     input and letter answers included); eval_llm reads the same 4,000 questions."""
     for config, late in (("nullstr.yaml", "### Input:\nx = 3"), ("mixedans.yaml", "Answer: A")):
-        code, line, _ = tool_run(
-            capsys,
-            lambda c=config: scripts["prepare"](
+
+        def prepare_config(c: str = config) -> Any:
+            return scripts["prepare"](
                 [
                     "--config",
                     str(field_case(c)),
@@ -399,8 +401,9 @@ def test_field_cases_with_type_drift_prepare_and_evaluate(tmp_path, scripts, cap
                     "--num_proc",
                     "1",
                 ]
-            ),
-        )
+            )
+
+        code, line, _ = tool_run(capsys, prepare_config)
         assert code == 0, line
         manifest = json.loads((tmp_path / f"{Path(config).stem}_manifest.json").read_text())
         source = manifest["sources"][0]

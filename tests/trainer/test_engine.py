@@ -94,11 +94,11 @@ def test_a_short_row_weighs_the_same_whatever_the_split(field_tokenizer, field_t
     assert targets == 390 - 5  # each story's first token is no target: 6 documents, one stream start
     # independent computation: one forward over the 4 rows, the mean over every target
     logits = model(x, positions=pos, doc_ids=doc)
-    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    loss = loss / targets
-    loss.backward()
+    loss_t = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    loss_t = loss_t / targets
+    loss_t.backward()
     grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
-    loss = float(loss.detach())
+    loss = float(loss_t.detach())
 
     common = ("--tokenizer_path", str(field_tokenizer_dir), "--max_steps", "1")
     runs = {

@@ -115,6 +115,7 @@ def test_fsdp_matches_one_process_and_ddp_and_shards_its_state(init, tmp_path):
         r"FSDP shards per rank: parameters \[(\d+), (\d+)\] of ([\d,]+); AdamW state \[(\d+), (\d+)\] of ([\d,]+)",
         proc.stdout,
     )
+    assert line is not None, proc.stdout[-2000:]
     p0, p1, ptot, o0, o1, otot = (int(v.replace(",", "")) for v in line.groups())
     n = sum(t.numel() for k, t in wf.items() if k != "lm_head.weight")  # tied: one tensor
     assert p0 + p1 == ptot == n and abs(p0 - p1) <= 0.02 * n

@@ -327,6 +327,7 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
         atomic_torch_save(big, {str(target)!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "saving"
     import time
 

@@ -1,4 +1,6 @@
 import math
+from functools import partial
+from typing import Any
 
 import pytest
 
@@ -79,7 +81,7 @@ RATIOS = [0.0, 0.01, 0.05, 0.1, 0.25, 1 / 3, 0.5, 0.75, 0.99, 1.0]
 # every schedule of the table, built through it, with the end value it must reach: a schedule
 # added to SCHEDULES without an entry here fails test_the_table_is_covered
 END = {"cosine": LR / 10, "rewarm": LR / 10, "wsd": LR / 10, "anneal": 0.0}
-CASES = {
+CASES: dict[str, tuple[dict[str, Any], float]] = {
     **{name: ({}, end) for name, end in END.items()},
     "wsd_long_decay": ({"decay_ratio": 1.0}, LR / 10),
     "wsd_fixed_decay": ({"decay_steps": 7}, LR / 10),
@@ -127,12 +129,12 @@ def test_stretched_schedule_is_continuous_and_ends_at_the_end_value():
 
     old, new = 100, 250
     for at in (0, 3, 50, 99):
-        f = stretched(lambda s, n: get_midtrain_lr(s, n, LR, 0.05), at, old, new)
+        f = stretched(partial(get_midtrain_lr, lr=LR, warmup_ratio=0.05), at, old, new)
         before = [get_midtrain_lr(s, old, LR, 0.05) for s in range(at)]
         assert [f(s, new) for s in range(at)] == before  # steps already taken keep their LRs
         assert f(at, new) == pytest.approx(get_midtrain_lr(at, old, LR, 0.05))  # no jump
         assert f(new - 1, new) == pytest.approx(LR / 10)
-    finished = stretched(lambda s, n: get_midtrain_lr(s, n, LR, 0.05), old, old, new)
+    finished = stretched(partial(get_midtrain_lr, lr=LR, warmup_ratio=0.05), old, old, new)
     assert all(finished(s, new) == pytest.approx(LR / 10) for s in range(old, new))
 
 

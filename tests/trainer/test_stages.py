@@ -90,6 +90,7 @@ def test_stages_train_in_order_with_the_planned_shares(staged, pretrained, tmp_p
     proc = run_script(*midtrain(cfg, data, pretrained, out, "--lr_schedule", "wsd", "--decay_ratio", "stage"))
     log = proc.stdout
     m = re.search(r"Stages, in order: main \((\d+) steps/epoch\), anneal \((\d+) steps/epoch\)", log)
+    assert m is not None, log[-2000:]
     main_steps, anneal_steps = int(m[1]), int(m[2])
     total = main_steps + anneal_steps
     # every step of the first stage before any of the second, and the log line says which
@@ -120,7 +121,9 @@ def test_resume_across_the_stage_boundary_is_bit_identical(staged, pretrained, t
     cfg, data = staged
     full, part = tmp_path / "full", tmp_path / "part"
     proc = run_script(*midtrain(cfg, data, pretrained, full))
-    main_steps = int(re.search(r"Stages, in order: main \((\d+) steps/epoch\)", proc.stdout)[1])
+    m = re.search(r"Stages, in order: main \((\d+) steps/epoch\)", proc.stdout)
+    assert m is not None, proc.stdout[-2000:]
+    main_steps = int(m[1])
     run_script(*midtrain(cfg, data, pretrained, part, "--stop_after", str(main_steps - 1)))
     run_script(*midtrain(cfg, data, pretrained, part, "--from_resume", "1"))
     a = [(r["step"], r["loss"]) for r in records(pretrained, full) if r["kind"] == "train"]

@@ -130,7 +130,8 @@ def collect(
             "generation": gen.get(f"{key}_{hidden}") or gen.get(key) or {},
         }
     base_name, base = base_labels(cfg, hidden)
-    pre_train, pre_evals = [], []
+    pre_train: list[dict] = []
+    pre_evals: list[dict] = []
     if cfg.start_from is None:
         pre_train, pre_evals, _ = MetricsLog.read(_metrics_path(weights, "pretrain", hidden))
     variants = {}

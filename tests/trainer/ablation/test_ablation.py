@@ -66,7 +66,8 @@ def test_variant_mixture_is_a_token_mixture_with_the_replay_share(tmp_path, toke
         path = tmp_path / f"v{share}.yaml"
         path.write_text(yaml.safe_dump(raw))
         config = load_mixture_config(path)  # a valid token mixture, with absolute paths
-        assert config.mix_by == "tokens" and Path(config.tokenizer) == tokenizer_dir.resolve()
+        assert config.mix_by == "tokens" and config.tokenizer is not None
+        assert Path(config.tokenizer) == tokenizer_dir.resolve()
 
 
 def test_bad_experiment_config(tmp_path):
