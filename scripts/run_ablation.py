@@ -318,7 +318,7 @@ def main() -> None:
         eargs = [
             "--save_dir",
             str(study.weights),
-            "--no_lm",
+            *(["--val_path", str(heldout[0])] if cfg.heldout_lm else ["--no_lm"]),
             "--no_code",
             "--no_samples",
             "--shots",

@@ -265,7 +265,8 @@ def eval_data(scripts, flag: str, path: Path):
     skip = {"--val_path": "--no_lm", "--mmlu_path": "--no_mmlu"}
     argv = ["--weight", "unused", "--no_hub", "--shots", "0", flag, str(path)]
     argv += [f for k, f in skip.items() if k != flag] + (
-        [] if flag.endswith(("humaneval_path", "mbpp_path")) else ["--no_code"]
+        # the solution loss reads these rows; pass@1's rows (test, entry_point) are tests/trainer/evaluation's
+        ["--no_exec"] if flag.endswith(("humaneval_path", "mbpp_path")) else ["--no_code"]
     )
     args = module.parse_args(argv)
     module.check_args(args)

@@ -34,6 +34,7 @@ EVAL_KEYS = {
     "gsm8k",
     "gsm8k_train",
     "generation_limit",
+    "heldout_lm",
 }
 GENERATION_DATA = ("humaneval", "mbpp", "gsm8k", "gsm8k_train")  # eval_llm's --<key>_path
 VARIANT_KEYS = {"name", "replay", "args", "label"}
@@ -74,6 +75,8 @@ class ExperimentConfig:
     # GENERATION_DATA; none: the study evaluates no generation
     generation: dict[str, Path] = field(default_factory=dict)
     generation_limit: int | None = None  # the first N problems of each generation task
+    # eval_llm also scores the held-out set, each document alone: loss and bits per byte per source
+    heldout_lm: bool = False
 
 
 def _flags_ok(args: Any, parser, where: str) -> dict[str, Any]:
@@ -161,6 +164,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         shots=int(ev.get("shots", 0)),
         generation={k: p for k in GENERATION_DATA if (p := rel(ev.get(k))) is not None},
         generation_limit=ev.get("generation_limit"),
+        heldout_lm=bool(ev.get("heldout_lm", False)),
         jobs=int(raw.get("jobs", 1)),
     )
     from dataset.mixture import load_mixture_config

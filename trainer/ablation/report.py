@@ -64,6 +64,18 @@ def generation_counts(eval_jsons: list[Path]) -> dict[str, dict[str, tuple[int, 
     return out
 
 
+def heldout_bpb(eval_jsons: list[Path]) -> dict[str, dict[str, float]]:
+    """{model label: {source: bits per byte}} of the held-out set scored by eval_llm (each
+    document alone; none when the study did not score it)."""
+    out = {}
+    for label, res in _results(eval_jsons):
+        lm = res.get("lm") or {}
+        got = {s: float(m["bpb"]) for s, m in lm.items() if isinstance(m, dict) and "bpb" in m}
+        if got:
+            out[label] = got
+    return out
+
+
 def base_labels(cfg: ExperimentConfig, hidden: int) -> tuple[str, list[str]]:
     """(the name the report gives the model every variant starts from, the labels eval_llm gives
     it): the study's own pretrained model, or ``start_from`` (a folder: its name; a checkpoint
@@ -103,6 +115,7 @@ def collect(
     sources: list[str] = []
     mmlu = mmlu_counts(eval_jsons)
     gen = generation_counts(eval_jsons)
+    bpb = heldout_bpb(eval_jsons)
     for v, seed in runs:
         key = f"{v.name}_s{seed}"
         train, evals, summary = MetricsLog.read(_metrics_path(weights, key, hidden))
@@ -128,6 +141,7 @@ def collect(
             "seconds": summary.get("seconds"),
             "mmlu": mmlu.get(f"{key}_{hidden}") or mmlu.get(key),
             "generation": gen.get(f"{key}_{hidden}") or gen.get(key) or {},
+            "bpb": bpb.get(f"{key}_{hidden}") or bpb.get(key) or {},
         }
     base_name, base = base_labels(cfg, hidden)
     pre_train: list[dict] = []
@@ -158,6 +172,8 @@ def collect(
             for k, _ in GENERATION_KEYS
             if any(k in r["generation"] for r in rs)
         }
+        bpb_sources = [s for s in rs[0]["bpb"] if all(s in r["bpb"] for r in rs)] if rs else []
+        agg["bpb"] = {s: mean_ci95([r["bpb"][s] for r in rs]) for s in bpb_sources}
         variants[v.name] = agg
     pre_mmlu = next((mmlu[b] for b in base if b in mmlu), None)
     return {
@@ -173,6 +189,7 @@ def collect(
             "steps": max((r["step"] for r in pre_train), default=0),
             "final_eval": pre_evals[-1] if pre_evals else None,
             "mmlu": _pooled_mmlu([pre_mmlu]) if pre_mmlu else None,
+            "bpb": next((bpb[b] for b in base if b in bpb), {}),
             "generation": {k: _pooled([c]) for k, c in next((gen[b] for b in base if b in gen), {}).items()},
         },
         "variants": variants,
@@ -268,6 +285,7 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         share = v["replay_token_share"]
         share_cell = f"{100 * share:.1f}%" if math.isfinite(share) else "-"
         lines.append(f"| {v['label']} | {share_cell} | " + " | ".join(cells) + " |")
+    lines += bpb_table(pre, variants, base)
     lines += [
         "",
         f"## Early forgetting spike (largest rise of held-out {replay} loss in the first 5% of steps; negative: no rise)",
@@ -337,6 +355,34 @@ def markdown(results: dict, timings: dict, scale: float, replay: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def bpb_table(pre: dict, variants: dict, base: str) -> list[str]:
+    """Markdown for the held-out bits per byte eval_llm measured (none: nothing)."""
+    sources = list(pre.get("bpb") or next((v["bpb"] for v in variants.values() if v.get("bpb")), {}))
+    if not sources:
+        return []
+    lines = [
+        "",
+        "## Held-out bits per byte (eval_llm: each document alone, its text's UTF-8 bytes)",
+        "",
+        "Mean ± 95% t-interval over seeds; in brackets the change from the start model.",
+        "",
+        "| model | " + " | ".join(sources) + " |",
+        "|---|" + "---|" * len(sources),
+        f"| {base} | " + " | ".join(f"{pre['bpb'].get(s, math.nan):.4f}" for s in sources) + " |",
+    ]
+    for v in variants.values():
+        cells = []
+        for s in sources:
+            if s not in v.get("bpb", {}):
+                cells.append("-")
+                continue
+            mean, half = v["bpb"][s]
+            d = mean - pre.get("bpb", {}).get(s, math.nan)
+            cells.append(f"{_fmt(mean, half, digits=4)} ({d:+.4f})")
+        lines.append(f"| {v['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def generation_table(pre: dict, variants: dict, base: str = "pretrained") -> list[str]:

@@ -130,6 +130,10 @@ def test_tiny_study_end_to_end(tmp_path):
             "gsm8k_exact_match_strict": 4,
             "gsm8k_exact_match_flexible": 4,
         }
+    for v in results["variants"].values():  # eval_llm's held-out bits per byte, each document alone
+        assert set(v["bpb"]) == set(results["sources"]) | {"all"}
+        assert all(math.isfinite(m) and 0 < m < 10 and math.isfinite(h) for m, h in v["bpb"].values())
+    assert set(results["pretrained"]["bpb"]) == set(results["sources"]) | {"all"}
     assert (
         results["base_label"] == "pretrained"
         and results["pretrained"]["generation"]["humaneval_pass@1"]["total"] == 2
@@ -144,6 +148,7 @@ def test_tiny_study_end_to_end(tmp_path):
     md = (out / "report.md").read_text()
     assert "Early forgetting spike" in md and "MMLU-format accuracy" in md and "Wilson" in md
     assert "| pretrained | 0 / 2 = 0.0% [0.0, " in md  # the generation table, base row first
+    assert "## Held-out bits per byte" in md
     assert "reused" not in md  # everything ran in this invocation
     for png in ("heldout_loss.png", "final_deltas.png", "early_spike.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
