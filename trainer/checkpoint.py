@@ -32,6 +32,19 @@ from model.errors import UserError
 from model.model import MiniGPTForCausalLM
 
 FORMAT = "minigpt/v1"
+"""The tag every checkpoint carries; a file without it is refused (:func:`load_checkpoint`).
+
+Still ``v1``: this round only added keys, so every v1 file reads as before. Weights files of
+earlier rounds load everywhere: the keys added since are optional when read (an imported model's
+``source_files``, the folder's own files the export writes back, are absent there, and the export
+then writes what transformers generates). A *resume* file also carries the run identity, which
+gained ``packing`` and ``attention`` this round: an older resume file is refused by
+:func:`check_resume_identity` in one line naming them (``packing: checkpoint None vs now 'bfd'``),
+since its rows had another layout. The data formats have their own versions, each refused in one
+place: the token store (``dataset.store.FORMAT_VERSION``: an older cache is rebuilt) and the
+prepared manifest (``dataset.manifest.MANIFEST_VERSION``: ``dataset.mixture.find_prepared``
+refuses an older one).
+"""
 
 
 class RunPaths(NamedTuple):
