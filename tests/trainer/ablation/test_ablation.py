@@ -125,11 +125,7 @@ def test_tiny_study_end_to_end(tmp_path):
         assert v["mmlu"]["total"] == 60  # 30 questions x 2 seeds
         assert 0.0 < v["mmlu"]["letter_mass"] <= 1.0
         gen = v["generation"]  # the second eval_llm pass: 2 problems x 2 seeds, pooled
-        assert {k: g["total"] for k, g in gen.items()} == {
-            "humaneval_pass@1": 4,
-            "gsm8k_exact_match_strict": 4,
-            "gsm8k_exact_match_flexible": 4,
-        }
+        assert {k: g["total"] for k, g in gen.items()} == {"humaneval_pass@1": 4}
     for v in results["variants"].values():  # eval_llm's held-out bits per byte, each document alone
         assert set(v["bpb"]) == set(results["sources"]) | {"all"}
         assert all(math.isfinite(m) and 0 < m < 10 and math.isfinite(h) for m, h in v["bpb"].values())

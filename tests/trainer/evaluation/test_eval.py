@@ -484,6 +484,7 @@ def test_missing_prepared_split_names_the_command(pretrained, tmp_path, capsys):
 
 
 def test_data_config_reads_its_prepared_val_split(tmp_path):
+    from dataset.manifest import MANIFEST_VERSION
     from dataset.mixture import load_mixture_config
     from trainer.evaluation.data import val_path_from_config
 
@@ -492,10 +493,11 @@ def test_data_config_reads_its_prepared_val_split(tmp_path):
     val = _write(tmp_path / f"{mix.name}_val.jsonl", [{"text": "a story", "source": "stories"}])
     _write(tmp_path / f"{mix.name}_train.jsonl", [{"text": "another story", "source": "stories"}])
     manifest = tmp_path / f"{mix.name}_manifest.json"
-    manifest.write_text(json.dumps({"config_sha256": mix.sha256}))
+    version = {"manifest_version": MANIFEST_VERSION}
+    manifest.write_text(json.dumps({"config_sha256": mix.sha256, **version}))
     assert val_path_from_config(config, tmp_path) == val
     # the same check as the trainers': a split prepared from another version of the config is refused
-    manifest.write_text(json.dumps({"config_sha256": "0" * 64}))
+    manifest.write_text(json.dumps({"config_sha256": "0" * 64, **version}))
     with pytest.raises(UserError, match="prepared from a different version"):
         val_path_from_config(config, tmp_path)
 
