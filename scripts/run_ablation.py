@@ -89,11 +89,13 @@ class Study:
             out["device"] = self.device
         return out
 
-    def prepare(self, key: str, config: Path) -> None:
+    def prepare(self, key: str, config: Path, tokenizer: Path | None = None) -> None:
+        """prepare_dataset on ``config``; ``tokenizer`` overrides a token mixture's own."""
+        tok = ["--tokenizer_path", str(tokenizer)] if tokenizer is not None else []
         self.run(
             f"prepare_{key}",
             "scripts/prepare_dataset.py",
-            ["--config", str(config), "--output_dir", str(self.data), "--overwrite"],
+            ["--config", str(config), "--output_dir", str(self.data), "--overwrite", *tok],
         )
 
     def phase(self, name: str, fn) -> None:
@@ -110,7 +112,8 @@ def prepare_inputs(study: Study) -> dict[str, Path]:
     if study.cfg.pretrain_data is not None:
         mixtures["pretrain"] = study.cfg.pretrain_data
     for key, path in mixtures.items():
-        study.prepare(key, path)
+        # a study that starts from a model counts a token mixture's tokens with the model's tokenizer
+        study.prepare(key, path, study.cfg.start_from if key == "base" else None)
     return mixtures
 
 
