@@ -64,7 +64,7 @@ demo: install
 	@echo "report       $(DEMO)/eval/demo.md (.json, .png); data sources and licences: dataset/demo/SOURCES.md"
 	@echo "before -> after mid-training (validation rows, MBPP test tasks and MMLU test questions, none trained on):"
 	@awk -F' *[|] *' '/^## Summary/ {on = 1; next} /^## / {on = 0} \
-		on && ($$2 ~ /^metric$$|loss$$|acc$$|P\(A-D\)$$/) && $$2 !~ /macro/ {printf "  %-24s %14s %14s   %s\n", $$2, $$3, $$4, $$5}' $(DEMO)/eval/demo.md
+		on && ($$2 ~ /^metric$$|loss$$|acc$$|P\(A-D\)$$|pass@1$$/) && $$2 !~ /macro/ {printf "  %-24s %14s %14s   %s\n", $$2, $$3, $$4, $$5}' $(DEMO)/eval/demo.md
 
 # The replay / re-warmup ablation on the real rows in ../shared/data (~50 min on 2 CPU cores, about half of it scoring MMLU in float32):
 # out/ablation/replay_ablation_local/report.md. ABLATION=config/experiments/replay_ablation.yaml for the Hub version.
