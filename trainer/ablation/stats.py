@@ -46,14 +46,18 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def wilson95(correct: int, total: int) -> tuple[float, float, float]:
-    """(accuracy, low, high): the Wilson score interval for a binomial proportion."""
+    """(accuracy, low, high): the Wilson score interval for a binomial proportion (Wilson 1927),
+    95% (z = 1.96). At 0 or ``total`` correct the bound is exactly 0 or 1 (floating point would give
+    -1e-17 or 1 - 1e-16, printed "-0.00%"), and the bounds stay in [0, 1]."""
     if total <= 0:
         return math.nan, math.nan, math.nan
     z, p = 1.96, correct / total
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return p, centre - half, centre + half
+    lo = 0.0 if correct == 0 else max(0.0, centre - half)
+    hi = 1.0 if correct == total else min(1.0, centre + half)
+    return p, lo, hi
 
 
 def early_spike(evals: list[dict], key: str, until_step: int) -> float:

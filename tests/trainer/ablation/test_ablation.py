@@ -25,6 +25,9 @@ def test_wilson_interval():
     assert p == 0.25 and lo == pytest.approx(0.1754, abs=1e-3) and hi == pytest.approx(0.3430, abs=1e-3)
     p, lo, hi = wilson95(0, 10)
     assert p == 0 and lo == pytest.approx(0, abs=1e-12) and 0 < hi < 0.35
+    # no bound outside [0, 1] at the ends (printed "-0.00%" before)
+    for n in (20, 100, 300, 4593):
+        assert wilson95(0, n)[1] == 0.0 and wilson95(n, n)[2] == 1.0
 
 
 def test_early_spike():
