@@ -70,7 +70,8 @@ def installed_task(name: str) -> dict[str, Any]:
 
     Loader.add_constructor("!function", tagged)
     path = Path(lm_eval.__file__).parent / "tasks" / name / f"{name}.yaml"
-    return yaml.load(path.read_text(), Loader=Loader)
+    # a SafeLoader that also reads the harness's "!function" tags as text: nothing is constructed
+    return Loader(path.read_text()).get_single_data()
 
 
 def mbpp_fewshot_samples() -> list[dict]:

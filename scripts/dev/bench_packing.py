@@ -141,8 +141,7 @@ def pack(work: Path, n_docs: int) -> dict:
     out = {}
     for L in (512, 2048):
         code = (
-            "import time, resource, numpy as np, sys\n"
-            "sys.path.insert(0, %r)\n"
+            "import time, resource, numpy as np\n"
             "from scripts.dev.bench_packing import _Lengths\n"
             "from dataset.rows import BFDRows\n"
             "lengths = np.load(%r)\n"
@@ -152,7 +151,7 @@ def pack(work: Path, n_docs: int) -> dict:
         )
         np.save(work / "lengths.npy", sample)
         res = subprocess.run(
-            [sys.executable, "-c", code % (str(REPO_ROOT), str(work / "lengths.npy"), L)],
+            [sys.executable, "-c", code % (str(work / "lengths.npy"), L)],
             check=True,
             capture_output=True,
             text=True,
