@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 
 REPO = REPO_ROOT
 SHARED = Path(os.environ.get("MINIGPT_SHARED", REPO_ROOT.parent / "shared"))
-SHARED_DATA = Path(os.environ.get("MINIGPT_SHARED_DATA", SHARED / "data"))
+SHARED_DATA = shared_data()
 
 # One thread: tiny matmuls on 2 threads stall for milliseconds each when the machine is busy.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

@@ -18,3 +18,12 @@ def home() -> Path:
 def repo_path(*parts: str) -> Path:
     """``home() / parts``: e.g. ``repo_path("out")``."""
     return home().joinpath(*parts)
+
+
+def shared_data() -> Path:
+    """The shared real data folder (TinyStories, MMLU, ...) that tests and benchmarks read:
+    $MINIGPT_SHARED_DATA, else $MINIGPT_SHARED/data, else ``../shared/data`` beside the repo."""
+    if env := os.environ.get("MINIGPT_SHARED_DATA"):
+        return Path(env).expanduser()
+    shared = os.environ.get("MINIGPT_SHARED")
+    return (Path(shared).expanduser() if shared else REPO_ROOT.parent / "shared") / "data"

@@ -46,10 +46,10 @@ from model.model import MiniGPTForCausalLM
 from trainer.checkpoint import atomic_torch_save, weights_state
 from trainer.cli import run
 from trainer.evaluation.harness import export_folder
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 from trainer.throughput import measure_matmul_flops
 
-SHARED = REPO_ROOT.parent / "shared" / "data"
+SHARED = shared_data()
 
 
 def generation_rows(report: dict) -> list[tuple[str, dict]]:

@@ -45,10 +45,10 @@ from trainer.evaluation.generation import generate_until, token_budget
 from trainer.evaluation.gsm8k import MAX_GEN, UNTIL, gsm8k_prompts, load_gsm8k, score
 from trainer.evaluation.harness import export_folder
 from trainer.evaluation.models import ModelSpec, load_eval_model
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 
 log = logging.getLogger("bench_gsm8k_harness")
-SHARED = REPO_ROOT.parent / "shared" / "data"
+SHARED = shared_data()
 
 
 class _Tagged(str):

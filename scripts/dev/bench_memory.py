@@ -23,7 +23,7 @@ from model.config import ModelConfig
 from model.errors import UserError
 from trainer.cli import run
 from trainer.memory import GiB, estimate
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 
 SETTINGS = {
     "ddp": ["--strategy", "ddp"],
@@ -36,7 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--data_path",
-        default=str(REPO_ROOT.parent / "shared" / "data" / "tinystories" / "train_v1_first2MiB.jsonl"),
+        default=str(shared_data() / "tinystories" / "train_v1_first2MiB.jsonl"),
     )
     p.add_argument("--hidden_size", type=int, default=512)
     p.add_argument("--num_hidden_layers", type=int, default=8)

@@ -43,10 +43,10 @@ from trainer.evaluation.data import Hub, MCQuestion, load_mmlu, spread
 from trainer.evaluation.harness import export_folder
 from trainer.evaluation.mmlu import mmlu_loglikelihoods, mmlu_predictions
 from trainer.evaluation.models import ModelSpec, load_eval_model
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 
 log = logging.getLogger("bench_mmlu_harness")
-SHARED = REPO_ROOT.parent / "shared" / "data"
+SHARED = shared_data()
 
 
 def write_subject_files(folder: Path, questions: list[MCQuestion], dev: list[MCQuestion] | None) -> list[str]:

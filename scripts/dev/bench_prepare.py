@@ -51,9 +51,9 @@ import yaml
 from dataset.formats import FormatSpec, render_row
 from dataset.tokenizer import count_tokens, load_tokenizer, train_tokenizer
 from trainer.cli import run
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 
-SHARED = Path(os.environ.get("MINIGPT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED = shared_data()
 RATIOS = {"replay": 0.30, "code": 0.35, "reasoning": 0.35}
 FORMATS = {"replay": "text", "code": "alpaca", "reasoning": "mmlu"}
 SEQ_LEN = 512

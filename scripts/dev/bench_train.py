@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 
 SHAPES: dict[str, dict[str, Any]] = {
     "smollm2-135m": dict(arch="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
@@ -57,7 +57,7 @@ SHAPES: dict[str, dict[str, Any]] = {
                        num_key_value_heads=2, intermediate_size=1408, vocab_size=6400, rope_theta=1000000.0),
 }  # fmt: skip
 SYSTEMS = ("ours", "ours-compile", "hf", "hf-compile")
-DATA = REPO_ROOT.parent / "shared" / "data" / "tinystories" / "train_v1_first2MiB.jsonl"
+DATA = shared_data() / "tinystories" / "train_v1_first2MiB.jsonl"
 LR = 3e-4
 
 

