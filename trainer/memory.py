@@ -9,12 +9,14 @@ FSDP2 keeps gathered from the forward pass to the backward.
 
 Activations of one decoder layer for a micro-batch of b rows of s tokens, 16-bit, without
 recomputation (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-Models", eq. 1 with t = 1): s*b*h*(34 + 5*a*s/h) bytes. SDPA's fused kernels do not keep the
+Models", eq. 1 with t = 1): s*b*h*(34 + 5*a*s/h) bytes, twice that in fp32 (--dtype float32). SDPA's fused kernels do not keep the
 attention scores and softmax, which is what the 5*a*s/h term counts, so it is left out for them.
 With activation checkpointing only each layer's input is kept (4*s*b*h bytes here: the residual
 stream is fp32 under autocast), plus one layer's activations while it is recomputed.
-The logits add 4 bytes per row, position and vocabulary entry, twice (fp32 logits and their
-gradient).
+The logits: with ``--loss plain`` 4 bytes per row, position and vocabulary entry, twice (fp32
+logits and their gradient); with ``--loss fused`` (the default, model/loss.py) one chunk's
+transient logits, at most its ``chunk_rows`` tokens x vocabulary x 6 bytes (16-bit matmul dtype and
+fp32) or 4 (fp32), 1 GiB by default, whatever the batch.
 
 These are estimates: allocator overhead, fragmentation and framework buffers come on top, so the
 check refuses a run only when the estimate alone exceeds what the device has.
@@ -29,6 +31,7 @@ import torch
 
 from model.config import ModelConfig
 from model.errors import UserError
+from model.loss import chunk_rows
 
 GiB = 1 << 30
 STATE_BYTES_PER_PARAM = 16  # fp32 weight 4 + fp32 gradient 4 + AdamW exp_avg 4 + exp_avg_sq 4
@@ -57,8 +60,11 @@ def estimate(
     seq_len: int,
     checkpointing: bool,
     fused_attention: bool = True,
+    loss: str = "fused",
+    dtype: torch.dtype = torch.bfloat16,
 ) -> Estimate:
-    """Memory per process of a training step (see the module docstring for the formulas)."""
+    """Memory per process of a training step (see the module docstring for the formulas), bytes.
+    ``loss``: the trainer's --loss (fused / plain); ``dtype``: its compute dtype (--dtype)."""
     n = cfg.num_params()
     h, a, s, b, layers = cfg.hidden_size, cfg.num_attention_heads, seq_len, micro_batch, cfg.num_hidden_layers
     shards = world_size if strategy == "fsdp" else 1
@@ -66,9 +72,15 @@ def estimate(
     root = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
     per_layer = (n - root) / max(layers, 1)
     layer = 8 * (per_layer + root) if strategy == "fsdp" and shards > 1 else 0.0
-    one_layer = s * b * h * (34 + (0 if fused_attention else 5 * a * s / h))
+    one_layer = (
+        s * b * h * (34 + (0 if fused_attention else 5 * a * s / h)) * (2 if dtype == torch.float32 else 1)
+    )
     activations = (layers * 4 * s * b * h + one_layer) if checkpointing else layers * one_layer
-    logits = 2 * 4 * s * b * cfg.vocab_size
+    if loss == "fused":
+        per_token = cfg.vocab_size * (4 + (0 if dtype == torch.float32 else torch.finfo(dtype).bits // 8))
+        logits = float(min(s * b, chunk_rows(cfg.vocab_size, dtype)) * per_token)
+    else:
+        logits = 2 * 4 * s * b * cfg.vocab_size
     return Estimate(state, layer, activations, logits)
 
 
@@ -135,7 +147,7 @@ TABLE_CARDS = (24, 40, 80)
 
 def fits_table(micro_batch: int = 1, seq_len: int = 2048) -> str:
     """The README's markdown table: per-GPU memory of each model under each strategy, and the
-    cards it fits on, from :func:`estimate` (fused attention, as on a GPU). A "24 / 40 / 80 GB"
+    cards it fits on, from :func:`estimate` (fused attention, as on a GPU; the default fused loss in bf16). A "24 / 40 / 80 GB"
     card holds that many GiB (24,576 / 40,960 / 81,920 MiB), so totals (GiB) compare with it
     directly; the CUDA context and allocator slack (~1 GiB) come on top."""
     lines = [

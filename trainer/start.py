@@ -130,6 +130,8 @@ def _check_memory(cfg: TrainConfig, start: Start, world: int) -> None:
         seq_len=cfg.max_seq_len,
         checkpointing=cfg.activation_checkpointing,
         fused_attention=device.type == "cuda",
+        loss=cfg.loss,
+        dtype=runtime.resolve_dtype(cfg.dtype, device),
     )
     log.info(
         f"Memory estimate per process: {est.total / GiB:.2f} GiB (model state {est.state / GiB:.2f}, "
