@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -35,7 +37,7 @@ def test_the_logits_term_follows_the_loss_and_the_dtype():
     per vocabulary entry in bf16, 4 in fp32); --loss plain the fp32 logits and their gradient."""
     cfg = ModelConfig(vocab_size=151936, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2)  # fmt: skip
-    kw = dict(strategy="ddp", world_size=1, checkpointing=False)
+    kw: dict[str, Any] = dict(strategy="ddp", world_size=1, checkpointing=False)
     big = estimate(cfg, micro_batch=16, seq_len=2048, **kw)  # default: fused, bf16
     assert big.logits == 1177 * 151936 * 6 <= 1 << 30  # 1 GiB chunks: 1,177 tokens at this vocabulary
     assert estimate(cfg, micro_batch=1, seq_len=512, **kw).logits == 512 * 151936 * 6  # under one chunk
@@ -67,7 +69,9 @@ def test_a_run_over_the_device_memory_is_refused_naming_the_parts():
     have = device_memory(torch.device("cpu"))
     assert have is not None
     rows = int(have // (8 * 4096 * 151936)) + 1  # plain fp32 logits + gradient alone exceed the host
-    kw = dict(strategy="ddp", world_size=1, micro_batch=rows, seq_len=4096, checkpointing=True)
+    kw: dict[str, Any] = dict(
+        strategy="ddp", world_size=1, micro_batch=rows, seq_len=4096, checkpointing=True
+    )
     with pytest.raises(
         UserError, match=r"this run needs about .* GiB per process on cpu .* logits .* --batch_size"
     ):
