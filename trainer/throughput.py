@@ -37,24 +37,28 @@ def gpu_peak_flops(name: str) -> float | None:
 
 
 def measure_matmul_flops(
-    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 1.0
+    device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0, window: int = 4
 ) -> float:
-    """Achieved FLOP/s of an n x n matmul in ``dtype``: the practical peak of this machine."""
+    """Achieved FLOP/s of an n x n matmul in ``dtype``, the practical peak of this machine: the best
+    of the windows of ``window`` matmuls that fit in ``seconds`` (after a warm-up), so that a
+    moment of load from another process lowers one window, not the peak (a mean over the whole
+    time would take the slowdown for the machine's peak and overstate every MFU against it)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
-    iters, t0 = 0, time.perf_counter()
+    best, start = 0.0, time.perf_counter()
     while True:
-        for _ in range(4):
+        t0 = time.perf_counter()
+        for _ in range(window):
             a @ b
-        iters += 4
         sync()
-        el = time.perf_counter() - t0
-        if el >= seconds:
-            return 2 * n**3 * iters / el
+        now = time.perf_counter()
+        best = max(best, 2 * n**3 * window / (now - t0))
+        if now - start >= seconds:
+            return best
 
 
 def peak_flops(
