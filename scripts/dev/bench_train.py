@@ -62,6 +62,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 SYSTEMS = ("ours", "ours-compile", "hf", "hf-compile")
 DATA = shared_data() / "tinystories" / "train_v1_first2MiB.jsonl"
 LR = 3e-4
+BENCH_VOCAB = 6400  # the benchmark tokenizer's ids: within every shape's vocabulary
 
 
 def make_folder(shape: str, out: Path, tok_dir: Path) -> Path:
@@ -105,6 +106,13 @@ def ours_checkpoint(folder: Path) -> Path:
         got = weights.load(weights.resolve(str(folder), folder))
         checkpoint.atomic_torch_save(checkpoint.weights_state(got.model, got.tokenizer, got.meta), path)
     return path
+
+
+def bench_vocab(tok_dir: Path) -> int:
+    """The vocabulary size of a --work folder's tokenizer (one left by an older version may differ)."""
+    from dataset.tokenizer import load_tokenizer
+
+    return len(load_tokenizer(tok_dir))
 
 
 def cpu_model() -> str:
@@ -250,10 +258,10 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_train_"))
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = work / "tokenizer"
-    if not (tok_dir / "tokenizer.json").is_file():
+    if not (tok_dir / "tokenizer.json").is_file() or bench_vocab(tok_dir) != BENCH_VOCAB:
         from dataset.tokenizer import train_tokenizer
 
-        train_tokenizer(texts(3000), 6400, tok_dir)  # within every shape's vocabulary
+        train_tokenizer(texts(3000), BENCH_VOCAB, tok_dir)  # within every shape's vocabulary
     data = work / "stories.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(20000)))
 
