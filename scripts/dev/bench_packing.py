@@ -1,7 +1,7 @@
 """Document-aware rows, measured: speed of the defaults against the old layout, fill, packing time
 at 10M documents, and the memory of the attention mask.
 
-    python scripts/dev/bench_packing.py                 # all four, ~10 min on 2 CPU cores
+    python scripts/dev/bench_packing.py                 # all five, ~10 min on 2 CPU cores
     python scripts/dev/bench_packing.py --only pack     # just the 10M-document packing
 
 1. speed   useful (target) tokens/s of train_pretrain.py with its defaults (--packing bfd
@@ -9,6 +9,8 @@ at 10M documents, and the memory of the attention mask.
            model (512 x 8) at rows of 512 x batch 8, bf16 autocast, on the demo mixture prepared
            with the demo tokenizer recipe; interleaved rounds in one run, each after a warm-up,
            padding counted as lost (the engine's tokens/s counts targets only).
+   step    the same comparison in one process without data loading or optimizer: forward (fused
+           loss) + backward of the model on 8 rows of each layout, interleaved repetitions.
 2. fill    the share of row positions holding a target, bfd vs concat, at 256 / 512 / 1024 / 2048.
 3. pack    best-fit-decreasing packing (dataset.rows.BFDRows) of 10M documents whose lengths are
            resampled from the demo mixture's, rows of 512 and 2048: seconds and peak RSS.
@@ -98,8 +100,64 @@ def speed(work: Path, rounds: int, steps: int) -> dict:
                 flush=True,
             )
     default, old = (np.mean(v) for v in rates.values())
-    print(f"speed: defaults {default:.0f} vs concat+causal {old:.0f} target tokens/s: {default / old:.3f}x")
-    return {"tokens_per_sec": rates, "ratio": default / old}
+    per_round = [a / b for a, b in zip(*rates.values(), strict=True)]
+    print(
+        f"speed: defaults {default:.0f} vs concat+causal {old:.0f} target tokens/s: {default / old:.3f}x; "
+        f"per round {', '.join(f'{r:.3f}' for r in per_round)} (median {np.median(per_round):.3f}x)"
+    )
+    return {"tokens_per_sec": rates, "ratio": default / old, "per_round": per_round}
+
+
+def step(work: Path, reps: int) -> dict:
+    """One training step's model work in one process, the two layouts interleaved: forward (fused
+    loss) + backward of the default 26M model under bf16 autocast on the first 8 rows of 512 of the
+    demo mixture in each layout. No data loading, optimizer or process start: the attention mask and
+    per-document positions are all that differ (and the target count: a document's first token)."""
+    import torch
+
+    from dataset.rows import RowDataset, build_rows
+    from dataset.store import build_store
+    from dataset.tokenizer import load_tokenizer
+    from model.config import ModelConfig
+    from model.model import MiniGPTForCausalLM
+    from trainer.validation import document_layout
+
+    train, tok = demo_data(work)
+    store = build_store([train], load_tokenizer(tok), work / "cache")
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(ModelConfig(vocab_size=len(load_tokenizer(tok))))
+    batches = {}
+    for name, packing, attention in (
+        ("bfd+document (default)", "bfd", "document"),
+        ("concat+causal", "concat", "causal"),
+    ):
+        ds = RowDataset(build_rows(store, 512, packing, attention))
+        x, y, _, pos, doc = (torch.stack(t) for t in zip(*(ds[i] for i in range(8)), strict=True))
+        batches[name] = (x, y, document_layout(attention, pos, doc, torch.device("cpu")))
+
+    def once(name: str) -> float:
+        x, y, layout = batches[name]
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = model(x, targets=y, **layout)
+        losses.sum().backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    secs: dict[str, list[float]] = {k: [] for k in batches}
+    for name in batches:  # warm-up
+        once(name)
+    for _ in range(reps):
+        for name in batches:
+            secs[name].append(once(name))
+    rate = {k: float((batches[k][1] != -100).sum()) / np.median(v) for k, v in secs.items()}
+    med = {k: float(np.median(v)) for k, v in secs.items()}
+    (a, b), (ra, rb) = med.values(), rate.values()
+    print(
+        f"step (forward + backward, 8 x 512, {reps} interleaved repetitions, median): defaults {a:.3f} s vs "
+        f"concat+causal {b:.3f} s ({b / a:.3f}x); target tokens/s {ra:.0f} vs {rb:.0f} ({ra / rb:.3f}x)"
+    )
+    return {"seconds": secs, "median_seconds": med, "target_tokens_per_sec": rate}
 
 
 def fill(work: Path) -> dict:
@@ -206,7 +264,8 @@ def mask(_: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("speed", "fill", "pack", "mask"), default=None)
+    p.add_argument("--only", choices=("speed", "step", "fill", "pack", "mask"), default=None)
+    p.add_argument("--reps", type=int, default=10, help="step: interleaved repetitions")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--docs", type=int, default=10_000_000)
@@ -219,6 +278,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     for name, fn in (
         ("speed", lambda: speed(work, args.rounds, args.steps)),
+        ("step", lambda: step(work, args.reps)),
         ("fill", lambda: fill(work)),
         ("pack", lambda: pack(work, args.docs)),
         ("mask", lambda: mask(work)),
