@@ -105,16 +105,31 @@ class Study:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def prepare_inputs(study: Study) -> dict[str, Path]:
+def prepare_inputs(study: Study, start_tok: Path | None) -> dict[str, Path]:
     """Prepare the pretrain data (unless the study starts from a model) and the base mixture (the
-    tokenizer's text, the held-out set)."""
+    tokenizer's text, the held-out set); ``start_tok``: the start model's tokenizer folder."""
     mixtures = {"base": study.cfg.midtrain_data}
     if study.cfg.pretrain_data is not None:
         mixtures["pretrain"] = study.cfg.pretrain_data
     for key, path in mixtures.items():
         # a study that starts from a model counts a token mixture's tokens with the model's tokenizer
-        study.prepare(key, path, study.cfg.start_from if key == "base" else None)
+        study.prepare(key, path, start_tok if key == "base" else None)
     return mixtures
+
+
+def start_tokenizer(start: Path, out: Path) -> Path:
+    """The tokenizer folder of the model a study starts from (what prepare_dataset's --tokenizer_path
+    reads): a model folder is its own; a checkpoint file's stored tokenizer is written into ``out``."""
+    if start.is_dir():
+        return start
+    from dataset.io import atomic_dir
+    from dataset.tokenizer import tokenizer_from_dict
+    from trainer.checkpoint import load_checkpoint
+
+    tok = tokenizer_from_dict(load_checkpoint(start)["tokenizer"])
+    with atomic_dir(out) as tmp:
+        tok.save_pretrained(str(tmp))
+    return out
 
 
 def start_hidden(start: Path) -> int:
@@ -211,12 +226,17 @@ def main() -> None:
     mixtures: dict[str, Path] = {}
     heldout: list[Path] = []
 
+    tok = (
+        start_tokenizer(cfg.start_from, out / "tokenizer")
+        if cfg.start_from is not None
+        else out / "tokenizer"
+    )
+
     def do_prepare() -> None:
-        mixtures.update(prepare_inputs(study))
+        mixtures.update(prepare_inputs(study, tok if cfg.start_from is not None else None))
         heldout.append(build_heldout(study))
 
     study.phase("prepare", do_prepare)
-    tok = cfg.start_from if cfg.start_from is not None else out / "tokenizer"
     pretrain_data = cfg.pretrain_data
     if pretrain_data is not None:
         study.phase(

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from model.errors import UserError
-from tests.helpers import REPO, run_script, shared_file
+from tests.helpers import REPO, load_script, run_script, shared_file
 from trainer.ablation.config import flags, load_experiment_config, variant_mixture
 from trainer.ablation.stats import early_spike, mean_ci95, wilson95
 
@@ -158,3 +158,16 @@ def test_tiny_study_end_to_end(tmp_path):
     assert json.loads((out / "results.json").read_text())["reused_runs"] == {"pretrain": 1, "midtrain": 4}
     md = (out / "report.md").read_text()
     assert "(+ 4 runs reused from an earlier invocation)" in md and "(+ 1 run reused" in md
+
+
+def test_a_study_starting_from_a_checkpoint_file_reads_its_tokenizer(tmp_path, pretrained, tokenizer_dir):
+    """start_from: a .pth checkpoint: prepare_dataset needs a tokenizer folder, so the checkpoint's
+    stored tokenizer is written out (the same tokenizer, by its sha256); a model folder is its own."""
+    from dataset.tokenizer import load_tokenizer, tokenizer_sha256
+
+    ablation = load_script("scripts/run_ablation.py", "run_ablation_for_test")
+    got = ablation.start_tokenizer(pretrained / "pretrain_64.pth", tmp_path / "tokenizer")
+    assert got == tmp_path / "tokenizer"
+    assert tokenizer_sha256(load_tokenizer(got)) == tokenizer_sha256(load_tokenizer(tokenizer_dir))
+    assert ablation.start_tokenizer(tokenizer_dir, tmp_path / "unused") == tokenizer_dir
+    assert not (tmp_path / "unused").exists()
