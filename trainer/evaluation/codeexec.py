@@ -64,8 +64,6 @@ def selftest(task: CodeTask, sandbox: Sandbox) -> dict[str, Any]:
     programs = [t.program(t.solution) for t in task.items]
     results, seconds = run_programs(sandbox, programs, f"{task.name} canonical")
     failed = [
-        (t.task_id, r.status, (r.output.strip().splitlines() or [""])[-1][:200])
-        for t, r in zip(task.items, results, strict=True)
-        if not r.passed
+        (t.task_id, r.status, r.reason()) for t, r in zip(task.items, results, strict=True) if not r.passed
     ]
     return {"passed": len(results) - len(failed), "n": len(results), "failed": failed, "seconds": seconds}

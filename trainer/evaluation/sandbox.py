@@ -87,6 +87,24 @@ class ExecResult:
     output: str
     output_bytes: int
 
+    def reason(self) -> str:
+        """One line on why it did not pass: its last output line, else what ended it (the signal
+        of a kill, the wall clock, the exit code)."""
+        last = (self.output.strip().splitlines() or [""])[-1][:200]
+        if last:
+            return last
+        rc = self.returncode
+        if self.status == "killed" and rc is not None:
+            num = -rc if rc < 0 else rc - 128
+            try:
+                name = signal.Signals(num).name
+            except ValueError:
+                name = f"signal {num}"
+            return f"no output; ended by {name} (a CPU, memory or process limit, or the program itself)"
+        if self.status == "timeout":
+            return f"no output; stopped at the wall-clock limit after {self.seconds:.1f} s"
+        return f"no output; exit code {rc}"
+
 
 def _read_capped(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, int, bool]:
     """(the first ``cap`` bytes of the process's output, the total, whether the deadline passed)."""

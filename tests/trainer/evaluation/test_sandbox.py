@@ -65,6 +65,14 @@ def test_leaving_early_is_a_failure_even_with_status_0(program):
     assert not r.passed and r.status in ("failed", "no result")
 
 
+def test_a_failure_says_why_in_one_line():
+    """ExecResult.reason: the last output line, else the signal that ended a silent program."""
+    killed = Sandbox(Limits(timeout=5)).run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    assert killed.status == "killed" and "SIGKILL" in killed.reason()
+    failed = Sandbox(Limits(timeout=5)).run("assert 1 == 2, 'one is not two'\n")
+    assert failed.status == "failed" and failed.reason() == "AssertionError: one is not two"
+
+
 def test_infinite_loop_is_stopped_at_the_cpu_limit(tmp_path):
     r = contained(tmp_path, "while True:\n    pass\n")["result"]
     assert not r["passed"] and r["status"] == "killed" and r["seconds"] < 1.0 + 3.0 + 1.0
