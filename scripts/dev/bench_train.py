@@ -62,6 +62,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 SYSTEMS = ("ours", "ours-compile", "hf", "hf-compile")
 DATA = shared_data() / "tinystories" / "train_v1_first2MiB.jsonl"
 LR = 3e-4
+OURS = "ours.pth"  # the folder converted once into our checkpoint (ours_checkpoint, before the timed runs)
 BENCH_VOCAB = 6400  # the benchmark tokenizer's ids: within every shape's vocabulary
 
 
@@ -101,7 +102,7 @@ def ours_checkpoint(folder: Path) -> Path:
     training's, not the load-time parity proof's (ours and transformers' model side by side)."""
     from trainer import checkpoint, weights
 
-    path = folder / "ours.pth"
+    path = folder / OURS
     if not path.is_file():
         got = weights.load(weights.resolve(str(folder), folder))
         checkpoint.atomic_torch_save(checkpoint.weights_state(got.model, got.tokenizer, got.meta), path)
@@ -184,7 +185,7 @@ def child_ours(
     folder: Path, steps: int, warmup: int, batch: int, seq: int, compile_: bool, data: Path, out: Path
 ) -> dict:
     cmd = [sys.executable, str(REPO_ROOT / "trainer" / "train_pretrain.py"), "--data_path", str(data),
-           "--from_weight", str(ours_checkpoint(folder)), "--max_seq_len", str(seq), "--batch_size", str(batch),
+           "--from_weight", str(folder / OURS), "--max_seq_len", str(seq), "--batch_size", str(batch),
            "--max_steps", str(steps), "--log_interval", "1", "--eval_interval", "0", "--save_interval", "0",
            "--learning_rate", str(LR), "--warmup_ratio", "0", "--dtype", "bfloat16", "--save_dir", str(out),
            "--checkpoint_dir", str(out), "--cache_dir", str(out.parent / "cache"), "--save_weight", "bench",
@@ -225,10 +226,10 @@ def child(args: argparse.Namespace) -> None:
             data,
             Path(spec["out"]),
         )
-    rss = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    )
+    # the training process's own peak: the Trainer runs in this process; ours in its child, this
+    # one only waiting (and importing no torch, so the two figures compare the trainers alone)
+    who = resource.RUSAGE_SELF if spec["system"].startswith("hf") else resource.RUSAGE_CHILDREN
+    rss = resource.getrusage(who).ru_maxrss
     print(json.dumps({**got, "peak_rss_gib": rss / 2**20}))
 
 
