@@ -29,8 +29,10 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# One pytest worker per core (pytest-xdist), a test file per worker at a time (module fixtures built once):
+# most tests run the real scripts in one-thread subprocesses.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The whole pipeline on the real sample shipped in dataset/demo/ (TinyStories, MBPP, MMLU; see its
 # SOURCES.md): prepare -> tokenizer -> pretrain -> midtrain -> side-by-side evaluation on the MBPP test

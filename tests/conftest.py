@@ -87,10 +87,14 @@ SLOW_FIXTURES = {"tokenizer_dir", "pretrained"}  # each runs the real scripts on
 
 def pytest_collection_modifyitems(items):
     """Tests built on the session's trained tokenizer or model are end-to-end: mark them slow, so
-    ``pytest -m "not slow"`` is the fast inner loop (``make test`` runs everything)."""
+    ``pytest -m "not slow"`` is the fast inner loop (``make test`` runs everything). The files of
+    tests marked ``long`` (minutes each) go first, so that ``make test``'s parallel workers
+    (pytest-xdist, a file per worker) do not end with one of them running alone."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
+    items.sort(key=lambda item: item.path not in long_files)  # stable: the order within stays
 
 
 @pytest.fixture(scope="session")

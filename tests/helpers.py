@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,14 @@ TINY_MODEL = [
     "--num_key_value_heads",
     "2",
 ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for torchrun's --master_port / MASTER_PORT: tests run in
+    parallel (pytest-xdist), so no test may fix a port number."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _require(path: Path) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, field_case
+from tests.helpers import REPO, field_case, free_port
 
 CHILD = textwrap.dedent("""
     import json, os, sys
@@ -51,19 +50,13 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(
     world: int, per_node: int, tok: Path, scenarios: list[tuple[Path, list[Path], Path]]
 ) -> list[list[dict]]:
     """``world`` processes on ``world / per_node`` simulated nodes, started as torchrun starts
     them; each builds the store of every scenario ``(data file, cache folder per node, build
     log)`` in turn. Per scenario, each rank's result."""
-    port = _free_port()
+    port = free_port()
     plan = json.dumps([(str(d), [str(c) for c in caches], str(log)) for d, caches, log in scenarios])
     procs = []
     for rank in range(world):

@@ -16,6 +16,7 @@ def test_without_a_gpu_it_says_so():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_every_step_runs_in_smoke_mode(tmp_path):
     proc = run_script(
         "scripts/dev/gpu_check.py",

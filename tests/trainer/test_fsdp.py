@@ -12,10 +12,9 @@ import re
 import pytest
 import torch
 
-from tests.helpers import field_case, run_script
+from tests.helpers import field_case, free_port, run_script
 
 pytestmark = pytest.mark.slow
-PORT = iter(range(29571, 29599))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def train(out, init, *extra, ranks: int = 1, batch: int = 8):
             "--nproc_per_node",
             str(ranks),
             "--master_port",
-            str(next(PORT)),
+            str(free_port()),
             *args,
         ]
     return run_script(*args, env={"OMP_NUM_THREADS": "1"})

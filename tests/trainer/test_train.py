@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import MiniGPTForCausalLM, ModelConfig
-from tests.helpers import ONE_THREAD, TINY_MODEL, run_script, shared_file
+from tests.helpers import ONE_THREAD, TINY_MODEL, free_port, run_script, shared_file
 from trainer.checkpoint import atomic_torch_save, load_model, weights_state
 
 STORIES = "tinystories/train_v1_first2MiB.jsonl"
@@ -107,7 +107,7 @@ def test_ddp_gloo_matches_single_process(tokenizer_dir, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(free_port()),
         *args,
         env={"OMP_NUM_THREADS": "1"},
     )

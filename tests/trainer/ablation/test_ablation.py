@@ -100,6 +100,7 @@ def test_bad_experiment_config(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_tiny_study_end_to_end(tmp_path):
     shared_file("mmlu", "dev.jsonl")
     out = tmp_path / "study"
