@@ -195,6 +195,8 @@ def child_ours(
         raise SystemExit(f"train_pretrain failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     metrics = next(out.glob("bench_*_metrics.jsonl"))
     recs = [json.loads(x) for x in metrics.read_text().splitlines()]
+    for saved in out.glob("*.pth"):  # the run's final weights and resume state: 9 GB at Qwen3-0.6B
+        saved.unlink()
     tps = [r["tokens_per_sec"] for r in recs if r["kind"] == "train"][warmup:]
     compiled = [line for line in proc.stdout.splitlines() if "compile" in line.lower()]
     # the harmonic mean of the per-step rates: tokens over time, as the Trainer's figure (the steps
