@@ -9,8 +9,9 @@ FSDP2 keeps gathered from the forward pass to the backward.
 
 Activations of one decoder layer for a micro-batch of b rows of s tokens, 16-bit, without
 recomputation (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-Models", eq. 1 with t = 1): s*b*h*(34 + 5*a*s/h) bytes, twice that in fp32 (--dtype float32). SDPA's fused kernels do not keep the
-attention scores and softmax, which is what the 5*a*s/h term counts, so it is left out for them.
+Models", eq. 1 with t = 1): s*b*h*(34 + 5*a*s/h) bytes, twice that in fp32 (--dtype float32).
+SDPA's fused kernels do not keep the attention scores and softmax, which is what the 5*a*s/h term
+counts, so it is left out for them.
 With activation checkpointing only each layer's input is kept (4*s*b*h bytes here: the residual
 stream is fp32 under autocast), plus one layer's activations while it is recomputed.
 The logits: with ``--loss plain`` 4 bytes per row, position and vocabulary entry, twice (fp32
@@ -147,8 +148,8 @@ TABLE_CARDS = (24, 40, 80)
 
 def fits_table(micro_batch: int = 1, seq_len: int = 2048) -> str:
     """The README's markdown table: per-GPU memory of each model under each strategy, and the
-    cards it fits on, from :func:`estimate` (fused attention, as on a GPU; the default fused loss in bf16). A "24 / 40 / 80 GB"
-    card holds that many GiB (24,576 / 40,960 / 81,920 MiB), so totals (GiB) compare with it
+    cards it fits on, from :func:`estimate` (fused attention, as on a GPU; the default fused loss in
+    bf16). A "24 / 40 / 80 GB" card holds that many GiB (24,576 / 40,960 / 81,920 MiB), so totals (GiB) compare with it
     directly; the CUDA context and allocator slack (~1 GiB) come on top."""
     lines = [
         f"| model | params | strategy | model state | activations + logits (batch {micro_batch} x {seq_len}) "
