@@ -43,6 +43,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(processes: int) -> list[str]:
+    """run_script's arguments that start the script under torchrun with ``processes`` local ranks
+    on a free port."""
+    return [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(free_port()),
+    ]
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         msg = f"real test data missing: {path} (set MINIGPT_SHARED to the shared folder)"

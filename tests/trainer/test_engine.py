@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dataset.rows import IGNORE_INDEX, build_rows, sample_docs, validation_set
 from dataset.store import build_store
 from model import MiniGPTForCausalLM, ModelConfig
-from tests.helpers import field_case, free_port, run_script
+from tests.helpers import field_case, run_script, torchrun
 from trainer.checkpoint import atomic_torch_save, weights_state
 
 SEQ = 128
@@ -112,15 +112,7 @@ def test_a_short_row_weighs_the_same_whatever_the_split(field_tokenizer, field_t
     got = {}
     for name, (args, ranks) in runs.items():
         if ranks:
-            args = [
-                "-m",
-                "torch.distributed.run",
-                "--nproc_per_node",
-                "2",
-                "--master_port",
-                str(free_port()),
-                *args,
-            ]
+            args = [*torchrun(2), *args]
         run_script(*args, env={"OMP_NUM_THREADS": "1"})
         out = tmp_path / {"batch4": "a", "accum2": "b", "ddp2": "c"}[name]
         got[name] = first_step(out)

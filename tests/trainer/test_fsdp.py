@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from tests.helpers import field_case, free_port, run_script
+from tests.helpers import field_case, run_script, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -70,15 +70,7 @@ def train(out, init, *extra, ranks: int = 1, batch: int = 8):
         *extra,
     ]
     if ranks > 1:
-        args = [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            *args,
-        ]
+        args = [*torchrun(ranks), *args]
     return run_script(*args, env={"OMP_NUM_THREADS": "1"})
 
 

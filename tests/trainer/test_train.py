@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import MiniGPTForCausalLM, ModelConfig
-from tests.helpers import ONE_THREAD, TINY_MODEL, free_port, run_script, shared_file
+from tests.helpers import ONE_THREAD, TINY_MODEL, run_script, shared_file, torchrun
 from trainer.checkpoint import atomic_torch_save, load_model, weights_state
 
 STORIES = "tinystories/train_v1_first2MiB.jsonl"
@@ -101,16 +101,7 @@ def test_ddp_gloo_matches_single_process(tokenizer_dir, tmp_path):
     run_script(*pretrain_args(tokenizer_dir, single, *common))
     args = pretrain_args(tokenizer_dir, ddp, *common)
     args[args.index("--batch_size") + 1] = "4"
-    run_script(
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        *args,
-        env={"OMP_NUM_THREADS": "1"},
-    )
+    run_script(*torchrun(2), *args, env={"OMP_NUM_THREADS": "1"})
     a = [r["loss"] for r in metrics(single) if r["kind"] == "train"]
     b = [r["loss"] for r in metrics(ddp) if r["kind"] == "train"]
     assert len(a) == len(b) == 4
