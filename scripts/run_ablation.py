@@ -117,28 +117,21 @@ def prepare_inputs(study: Study, start_tok: Path | None) -> dict[str, Path]:
     return mixtures
 
 
-def start_tokenizer(start: Path, out: Path) -> Path:
-    """The tokenizer folder of the model a study starts from (what prepare_dataset's --tokenizer_path
-    reads): a model folder is its own; a checkpoint file's stored tokenizer is written into ``out``."""
+def start_model(start: Path, out: Path) -> tuple[Path, int]:
+    """(tokenizer folder, hidden size) of the model a study starts from: what prepare_dataset's
+    --tokenizer_path reads and what names its runs' files. A model folder is its own tokenizer
+    folder; a checkpoint file is read once and its stored tokenizer written into ``out``."""
     if start.is_dir():
-        return start
+        return start, int(json.loads((start / "config.json").read_text())["hidden_size"])
     from dataset.io import atomic_dir
     from dataset.tokenizer import tokenizer_from_dict
     from trainer.checkpoint import load_checkpoint
 
-    tok = tokenizer_from_dict(load_checkpoint(start)["tokenizer"])
+    ckpt = load_checkpoint(start)
+    tok = tokenizer_from_dict(ckpt["tokenizer"])
     with atomic_dir(out) as tmp:
         tok.save_pretrained(str(tmp))
-    return out
-
-
-def start_hidden(start: Path) -> int:
-    """The hidden size of the model a study starts from (names its runs' files)."""
-    if start.is_dir():
-        return int(json.loads((start / "config.json").read_text())["hidden_size"])
-    from trainer.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(start)["model_config"]["hidden_size"])
+    return out, int(ckpt["model_config"]["hidden_size"])
 
 
 def prepare_variants(study: Study, tok_dir: Path) -> dict[str, Path]:
@@ -226,10 +219,11 @@ def main() -> None:
     mixtures: dict[str, Path] = {}
     heldout: list[Path] = []
 
-    tok = (
-        start_tokenizer(cfg.start_from, out / "tokenizer")
+    pre_args = study.scaled(cfg.pretrain_args)
+    tok, hidden = (
+        start_model(cfg.start_from, out / "tokenizer")
         if cfg.start_from is not None
-        else out / "tokenizer"
+        else (out / "tokenizer", int(pre_args.get("hidden_size", 512)))
     )
 
     def do_prepare() -> None:
@@ -265,8 +259,6 @@ def main() -> None:
         "--cache_dir",
         str(out / "cache"),
     ]
-    pre_args = study.scaled(cfg.pretrain_args)
-    hidden = start_hidden(cfg.start_from) if cfg.start_from else int(pre_args.get("hidden_size", 512))
     base_weight = str(cfg.start_from) if cfg.start_from else "pretrain"
 
     def do_pretrain() -> None:

@@ -115,7 +115,7 @@ def step(work: Path, reps: int) -> dict:
     per-document positions are all that differ (and the target count: a document's first token)."""
     import torch
 
-    from dataset.rows import RowDataset, build_rows
+    from dataset.rows import IGNORE_INDEX, RowDataset, build_rows
     from dataset.store import build_store
     from dataset.tokenizer import load_tokenizer
     from model.config import ModelConfig
@@ -123,9 +123,10 @@ def step(work: Path, reps: int) -> dict:
     from trainer.validation import document_layout
 
     train, tok = demo_data(work)
-    store = build_store([train], load_tokenizer(tok), work / "cache")
+    tokenizer = load_tokenizer(tok)
+    store = build_store([train], tokenizer, work / "cache")
     torch.manual_seed(0)
-    model = MiniGPTForCausalLM(ModelConfig(vocab_size=len(load_tokenizer(tok))))
+    model = MiniGPTForCausalLM(ModelConfig(vocab_size=len(tokenizer)))
     batches = {}
     for name, packing, attention in (
         ("bfd+document (default)", "bfd", "document"),
@@ -150,7 +151,7 @@ def step(work: Path, reps: int) -> dict:
     for _ in range(reps):
         for name in batches:
             secs[name].append(once(name))
-    rate = {k: float((batches[k][1] != -100).sum()) / np.median(v) for k, v in secs.items()}
+    rate = {k: float((batches[k][1] != IGNORE_INDEX).sum()) / np.median(v) for k, v in secs.items()}
     med = {k: float(np.median(v)) for k, v in secs.items()}
     (a, b), (ra, rb) = med.values(), rate.values()
     print(

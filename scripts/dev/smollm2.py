@@ -313,12 +313,12 @@ def check(folder: Path, val_path: Path, rows: int, workdir: Path) -> dict:
 
 
 def check_first_step(folder: Path, texts: list[str], hf_loss: float, targets: int, workdir: Path) -> dict:
-    """(e): ``trainer/train_pretrain.py --from_weight folder`` in fp32 for one optimizer step whose one
-    step (``ROWS_PER_STEP`` micro-batches of one row, token-weighted) holds every row of ``texts`` (the defaults: bfd packing, document attention, fused loss),
-    the same rows as its --val_path; its logged step-1 loss and step-0 validation loss must equal
-    ``hf_loss``, transformers' loss over the same documents each alone (token-weighted), within
-    TOLERANCE. Rows of 1,024 tokens so no document is split (checked: a split piece would lose
-    its first target)."""
+    """(e): ``trainer/train_pretrain.py --from_weight folder`` in fp32 with its defaults (bfd packing,
+    document attention, fused loss) for one optimizer step of ``ROWS_PER_STEP`` one-row micro-batches
+    (token-weighted) that holds every row of ``texts``, also its --val_path. Its logged step-1 loss and
+    step-0 validation loss must equal ``hf_loss``, transformers' loss over the same documents each
+    alone (token-weighted over ``targets``), within TOLERANCE. Rows of 1,024 tokens, so no document
+    is split (checked: a split piece would lose its first target)."""
     rows = workdir / "first_step.jsonl"
     rows.write_text("".join(json.dumps({"text": x}) + "\n" for x in texts))
     run_dir = workdir / "first_step"
@@ -333,7 +333,7 @@ def check_first_step(folder: Path, texts: list[str], hf_loss: float, targets: in
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(
-            f"scripts/train_pretrain.py --from_weight {folder} failed: {proc.stderr.strip()[-300:]}"
+            f"trainer/train_pretrain.py --from_weight {folder} failed: {proc.stderr.strip()[-300:]}"
         )
     (metrics_file,) = (run_dir / "out").glob("first_step_*_metrics.jsonl")
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]

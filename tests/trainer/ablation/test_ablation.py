@@ -167,8 +167,11 @@ def test_a_study_starting_from_a_checkpoint_file_reads_its_tokenizer(tmp_path, p
     from dataset.tokenizer import load_tokenizer, tokenizer_sha256
 
     ablation = load_script("scripts/run_ablation.py", "run_ablation_for_test")
-    got = ablation.start_tokenizer(pretrained / "pretrain_64.pth", tmp_path / "tokenizer")
-    assert got == tmp_path / "tokenizer"
+    got, hidden = ablation.start_model(pretrained / "pretrain_64.pth", tmp_path / "tokenizer")
+    assert got == tmp_path / "tokenizer" and hidden == 64
     assert tokenizer_sha256(load_tokenizer(got)) == tokenizer_sha256(load_tokenizer(tokenizer_dir))
-    assert ablation.start_tokenizer(tokenizer_dir, tmp_path / "unused") == tokenizer_dir
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden_size": 576}')
+    assert ablation.start_model(folder, tmp_path / "unused") == (folder, 576)
     assert not (tmp_path / "unused").exists()
