@@ -363,7 +363,12 @@ class MiniGPTForCausalLM(nn.Module):
         """
         t = input_ids.shape[1]
         start = cache.pos if cache is not None else 0
-        end = start + t if positions is None else int(positions.max()) + 1 if positions.numel() else 0
+        # Under torch.compile the check on ``positions`` would read a value (a graph break every step):
+        # the trainer, the one compiled caller, refuses rows longer than the table at start.
+        if positions is None or not torch.compiler.is_compiling():
+            end = start + t if positions is None else int(positions.max()) + 1 if positions.numel() else 0
+        else:
+            end = 0
         if end > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence of {end} tokens exceeds max_position_embeddings {self.config.max_position_embeddings}"

@@ -8,6 +8,7 @@ import torch
 from model import MiniGPTForCausalLM, ModelConfig
 from tests.helpers import ONE_THREAD, TINY_MODEL, run_script, shared_file, torchrun
 from trainer.checkpoint import atomic_torch_save, load_model, weights_state
+from trainer.paths import REPO_ROOT
 
 STORIES = "tinystories/train_v1_first2MiB.jsonl"
 
@@ -167,7 +168,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tokenizer_dir, tmp_path, pretrained
 
 
 def test_paths_resolve_from_repo_root_not_cwd(tokenizer_dir, tmp_path):
-    from trainer.paths import REPO_ROOT, repo_path
+    from trainer.paths import repo_path
 
     assert repo_path("out") == REPO_ROOT / "out"
     cwd = os.getcwd()
@@ -231,10 +232,14 @@ def test_compile_compiles_once_and_a_failed_compile_trains_eagerly(tokenizer_dir
         return proc, [r["loss"] for r in metrics(out) if r["kind"] == "train"]
 
     _, eager = train("eager", "--no_compile")
-    proc, compiled = train("compiled", "--use_compile", env={"TORCH_LOGS": "recompiles"})
+    proc, compiled = train("compiled", "--use_compile", env={"TORCH_LOGS": "recompiles,graph_breaks"})
     log = proc.stdout + proc.stderr
     assert "torch.compile: on (--use_compile)" in log and "torch.compile: the first step took" in log
     assert "Recompiling" not in log and "recompil" not in proc.stderr.lower(), proc.stderr[-2000:]
+    # one graph break by design, at the fused loss (torch.compiler.disable); a check that reads a
+    # tensor's value in the model (positions.max()) broke the graph there too
+    breaks = [x.split("in user code at ")[-1] for x in proc.stderr.splitlines() if "Graph break" in x]
+    assert breaks and all(b.startswith(str(REPO_ROOT / "model" / "loss.py")) for b in breaks), breaks
     assert len(compiled) == len(eager) >= 3
     assert compiled == pytest.approx(eager, abs=1e-4)
     proc, fallback = train("fallback", "--use_compile", env={"CXX": "/bin/false"})
