@@ -204,3 +204,21 @@ def test_validation_loss_per_source_equals_a_direct_computation(field_tokenizer,
     expect_all = sum(capped[n] * share[n] for n in share) / sum(share.values())
     assert set(capped) == {"all", *store.source_names}
     assert capped["all"] == pytest.approx(expect_all, rel=1e-9)
+
+
+def test_compile_choice_follows_the_rule_on_the_cpu_and_always_compiles_on_cuda():
+    """COMPILE_RULE (trainer/parallel.py): on the CPU "auto" compiles from 20M parameters and 200
+    steps (the 26M default model's long runs, SmolLM2-135M's), not the demo's 1M model or a short run;
+    CUDA always; the flags win."""
+    from trainer.parallel import compile_choice
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_choice("auto", cpu, 26_000_000, 1000)[0] is True
+    assert compile_choice("auto", cpu, 135_000_000, 200)[0] is True
+    short, why = compile_choice("auto", cpu, 135_000_000, 199)
+    assert short is False and "fewer steps" in why and "200 steps" in why
+    small, why = compile_choice("auto", cpu, 1_000_000, 10_000)
+    assert small is False and "fewer parameters" in why and "20M" in why
+    assert compile_choice("auto", cuda, 1_000, 1)[0] is True
+    assert compile_choice("off", cuda, 10**9, 10**6) == (False, "--no_compile")
+    assert compile_choice("on", cpu, 1_000, 1) == (True, "--use_compile")
