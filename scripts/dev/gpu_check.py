@@ -24,11 +24,17 @@ numbers; a step that fails prints its command and last output lines, and the che
                  varlen_attn (FlashAttention over the documents) vs the SDPA boolean mask: loss and
                  gradient norm within bf16 tolerance, and fwd+bwd tokens/s of each next to
                  causal attention over concatenated rows (on the CPU: the mask path only)
+  9 vs Trainer   scripts/dev/bench_train.py on the GPU: our trainer (eager and compiled) against
+                 transformers' Trainer (eager and torch_compile=True) on a SmolLM2-135M-shaped
+                 model, the same rows of text, AdamW, bf16: tokens/s, MFU, peak memory, the ratio
+                 to the Trainer's eager default (needs accelerate, which the Trainer imports; without
+                 it the step says so and is skipped; --smoke: the tiny shape, eager only)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -160,9 +166,10 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
 
     base = pretrain("2 bf16", "125M", "--dtype", "bfloat16")
     ref = losses(base)
-    fused = "fused AdamW" if device == "cuda" else "AdamW"
     evals = last(r"eval step \d+/\d+: val_loss (.*)", base)
-    report["bf16"] = f"{len(ref)} steps, loss {ref[0]:.3f} -> {ref[-1]:.3f}, {fused}; val per source: {evals}"
+    report["bf16"] = (
+        f"{len(ref)} steps, loss {ref[0]:.3f} -> {ref[-1]:.3f}, fused AdamW; val per source: {evals}"
+    )
 
     pretrain("3 resume", "125M", "--dtype", "bfloat16", "--stop_after", str(steps // 2))
     resumed = losses(pretrain("3 resume", "125M", "--dtype", "bfloat16", "--from_resume", "1"))
@@ -219,7 +226,31 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
         )
     report["documents"] = document_attention(out, device, sizes["125M"], seq, batch, smoke)
     print("  8 documents: ok", flush=True)
+    report["vs Trainer"] = trainer_comparison(py, out, device, smoke)
     return report
+
+
+def trainer_comparison(py: str, out: Path, device: str, smoke: bool) -> str:
+    """Step 9: scripts/dev/bench_train.py on this device, one round on the demo stories."""
+    if importlib.util.find_spec("accelerate") is None:
+        return "skipped: transformers' Trainer needs accelerate (pip install accelerate)"
+    shape, systems, steps, warmup, batch, seq = (
+        ("tiny", "ours-eager,hf", 5, 2, 4, 64)
+        if smoke
+        else ("smollm2-135m", "ours-eager,ours-compile,hf,hf-compile", 30, 5, 8, 1024)
+    )
+    work = out / "9 trainer"
+    run([py, "scripts/dev/bench_train.py", "--device", device, "--shapes", shape, "--systems", systems,
+         "--rounds", "1", "--steps", str(steps), "--warmup", str(warmup), "--batch_size", str(batch),
+         "--seq_len", str(seq), "--data", str(DEMO / "tinystories.jsonl"), "--work", str(work),
+         "--output", str(work / "bench.json")], out, "9 vs Trainer")  # fmt: skip
+    got = json.loads((work / "bench.json").read_text())["shapes"][shape]
+    table, base = got["systems"], got["systems"]["hf"]["tokens_per_sec"]
+    return f"{shape}, {batch} x {seq}: " + "; ".join(
+        f"{name}{' (default)' if name == got['default'] else ''} {v['tokens_per_sec']:.0f} tokens/s "
+        f"({v['tokens_per_sec'] / base:.2f}x hf), MFU {100 * v['mfu']:.1f}%, peak {v['peak_mem_gib']:.2f} GiB"
+        for name, v in table.items()
+    )
 
 
 def document_attention(out: Path, device: str, size, seq: int, batch: int, smoke: bool) -> str:

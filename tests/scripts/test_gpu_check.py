@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -36,9 +38,17 @@ def test_every_step_runs_in_smoke_mode(tmp_path):
         "eval/export",
         "throughput 125M",
         "documents",
+        "vs Trainer",
     ):
         assert f"\n{step}" in table, step
     assert (
         "max loss difference after resume 0.0e+00 (bit-identical)" in table
     )  # CPU kernels are deterministic
+    # step 9: both trainers trained the tiny model (the Trainer's accelerate comes with the dev extra)
+    got = re.search(
+        r"ours-eager \(default\) ([0-9]+) tokens/s \(([0-9.]+)x hf\).*; hf ([0-9]+) tokens/s", table
+    )
+    assert got, table
+    ours, ratio, hf = int(got[1]), float(got[2]), int(got[3])
+    assert ours > 0 and hf > 0 and ratio == pytest.approx(ours / hf, abs=0.01)
     assert "stories:" in table and "code:" in table and "reasoning:" in table  # validation per source
