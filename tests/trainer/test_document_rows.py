@@ -146,4 +146,9 @@ def test_concat_and_causal_reproduce_the_previous_layouts_losses(tokenizer_dir, 
     )
     recs = [json.loads(line) for line in (out / "pretrain_64_metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in recs if r["kind"] == "train"] == PINNED_TRAIN
-    assert [(r["step"], r["loss_all"]) for r in recs if r["kind"] == "eval"] == PINNED_EVAL
+    # The pins were recorded with torch's per-parameter AdamW loop; the trainer's fused AdamW rounds
+    # the fp32 update differently in the last bits, which the step losses (fp32) do not show and the
+    # validation losses (summed in fp64) show at ~3e-10 relative. Another layout moves them by ~1e-2.
+    evals = [(r["step"], r["loss_all"]) for r in recs if r["kind"] == "eval"]
+    assert [s for s, _ in evals] == [s for s, _ in PINNED_EVAL]
+    assert [v for _, v in evals] == pytest.approx([v for _, v in PINNED_EVAL], rel=1e-8, abs=0)
