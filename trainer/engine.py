@@ -93,7 +93,7 @@ def step_plan(cfg: TrainConfig, train: Rows) -> StepPlan:
     return StepPlan(train.segment_rows(), cfg.batch_size, cfg.accumulation_steps, world, rank, cfg.seed)
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -142,7 +142,7 @@ class Trainer(RunReport):
             self.model, cfg.strategy, info, device, cfg.activation_checkpointing, self.compile_on
         )
         self.train_model = self.parallel.train_model
-        self.optimizer = _optimizer(self.model, cfg, device)  # after sharding: over the shards
+        self.optimizer = _optimizer(self.model, cfg)  # after sharding: over the shards
         self.scaler = torch.amp.GradScaler(device.type, enabled=session.dtype == torch.float16)
         self.step, self.wandb_id = 0, None
         self.history: list[dict] = []  # [{"step", "all", <source>...}] every evaluation so far
