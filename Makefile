@@ -76,7 +76,7 @@ ablation: install
 
 bench: install
 	$(BIN)/python scripts/dev/bench_train.py
-	$(BIN)/python scripts/dev/bench_step.py
+	$(BIN)/python scripts/dev/bench_train.py --step --shapes smollm2-135m,ours-512x8
 	$(BIN)/python scripts/dev/bench_eval.py
 
 # GPU readiness (scripts/dev/gpu_check.py): every GPU path end to end on the shipped demo sample, in

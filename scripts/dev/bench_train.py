@@ -43,6 +43,17 @@ and without AMX.
     python scripts/dev/bench_train.py --device cuda --data dataset/demo/tinystories.jsonl   # a GPU
     (make gpu-check's step 9 runs it on the SmolLM2 shape)
 
+``--step``: one training step side by side in one process instead (see :func:`step_side_by_side`):
+
+    python scripts/dev/bench_train.py --step --shapes smollm2-135m --reps 8
+    python scripts/dev/bench_train.py --step --shapes ours-512x8 --batch_size 8
+
+Whole trainers in fresh processes, round by round, compare what a user runs; but on a shared
+machine whose matmul rate moves by 2x within minutes (its bf16 peak read 0.42 and 1.65 TFLOP/s in
+consecutive rounds of one run) a ratio between two runs minutes apart is partly the machine.
+``--step`` alternates the steps of ours-eager, ours-compile and transformers' model (``hf``) step by
+step in one process, so each repetition compares them under the same conditions.
+
 Shapes: smollm2-135m (576 x 30, 9 heads, 3 KV heads, 1536 MLP, 49,152 vocab, tied), qwen3-0.6b
 (1024 x 28, 16 heads, 8 KV, head_dim 128, 3072 MLP, 151,936 vocab, tied; fewer steps: a short run),
 ours-512x8 (the default 26M model: 512 x 8, 8 heads, 2 KV, 1408 MLP, 6,400 vocab), and tiny (64 x 2,
@@ -275,6 +286,83 @@ def compile_payback(table: dict[str, dict], row_tokens: int) -> dict[str, float]
     }
 
 
+def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: int, reps: int) -> dict:
+    """Median seconds of one training step of ours-eager, ours-compile and hf, alternating ``reps`` times.
+
+    The step, for each: the forward with the loss, backward, clipping at 1.0, torch's fused AdamW
+    (betas 0.9/0.95, weight decay 0.1), zero_grad; bf16 autocast; fp32 weights. ours-eager: our model
+    converted from ``folder`` on our default rows (whole documents best-fit packed, document
+    attention) with the fused LM head + loss, the trainer's train_step without its bookkeeping;
+    ours-compile: a copy under torch.compile (compiled in the warm-up: from torch's cache where it is
+    warm); hf: transformers' model from ``folder``, its default attention (SDPA), ``labels=`` on
+    concatenated rows of the same text, what transformers' Trainer runs in a step without the Trainer
+    around it. Tokens/s are target tokens over the median step (ours: its rows' targets; hf: batch x
+    (seq - 1)). Returns {system: {"step_s", "steps_s", "tokens_per_sec", "first_step_s"}}.
+    """
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from dataset.rows import IGNORE_INDEX, RowDataset, build_rows
+    from dataset.store import build_store
+    from dataset.tokenizer import load_tokenizer
+    from trainer.checkpoint import load_model
+
+    model, _, _ = load_model(ours_checkpoint(folder))
+    tok = load_tokenizer(folder)
+    rows = RowDataset(build_rows(build_store([data], tok, cache), seq, "bfd", "document"))
+    x, y, _, pos, doc = (torch.stack(z) for z in zip(*(rows[i] for i in range(batch)), strict=True))
+    ids: list[int] = []
+    for line in data.read_text().splitlines():
+        ids += [tok.bos_token_id, *tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]]
+        ids.append(tok.eos_token_id)
+        if len(ids) >= batch * seq:
+            break
+    hx = torch.tensor(ids[: batch * seq]).view(batch, seq)
+    targets = {"ours-eager": int((y != IGNORE_INDEX).sum()), "hf": batch * (seq - 1)}
+    targets["ours-compile"] = targets["ours-eager"]
+    compiled = copy.deepcopy(model)
+    params = {
+        "ours-eager": model,
+        "ours-compile": compiled,
+        "hf": AutoModelForCausalLM.from_pretrained(str(folder)),
+    }
+    runs: dict[str, Any] = {**params, "ours-compile": torch.compile(compiled)}
+    opts = {}
+    for name, m in params.items():
+        m.float().train()  # as the trainers have them (no dropout in these shapes)
+        opts[name] = torch.optim.AdamW(m.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    scale = torch.tensor(1.0 / targets["ours-eager"], dtype=torch.float64)
+
+    def step(name: str) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if name == "hf":
+                loss = runs[name](input_ids=hx, labels=hx).loss
+            else:
+                loss = runs[name](x, targets=y, grad_scale=scale, positions=pos, doc_ids=doc).sum() * scale
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params[name].parameters(), 1.0)
+        opts[name].step()
+        opts[name].zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    first = {}
+    for name in runs:
+        first[name] = step(name)
+        step(name)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(reps):
+        for name in runs:
+            times[name].append(step(name))
+    return {
+        k: {"step_s": statistics.median(v), "steps_s": v, "first_step_s": first[k],
+            "tokens_per_sec": targets[k] / statistics.median(v)}
+        for k, v in times.items()
+    }  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(x for x in SHAPES if x != "tiny"))
@@ -282,6 +370,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=10, help="steps per run (qwen3-0.6b: half)")
     p.add_argument("--warmup", type=int, default=3, help="first steps not timed")
+    p.add_argument("--step", action="store_true", help="one step side by side in one process (CPU)")
+    p.add_argument("--reps", type=int, default=8, help="--step: timed steps of each, alternating")
     p.add_argument("--typical_steps", type=int, default=1000,
                    help="the run length whose compile default (COMPILE_RULE) the table marks")  # fmt: skip
     p.add_argument("--batch_size", type=int, default=4)
@@ -294,6 +384,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.step and args.device != "cpu":
+        p.error("--step times the CPU step (bf16 autocast on the CPU); run it without --device cuda")
     import torch
 
     from model.config import ModelConfig
@@ -310,6 +402,18 @@ def main() -> None:
         train_tokenizer(texts(source, 3000), BENCH_VOCAB, tok_dir)  # within every shape's vocabulary
     data = work / "stories.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(source, 20000)))
+    if args.step:
+        for shape in args.shapes.split(","):
+            got = step_side_by_side(make_folder(shape, work, tok_dir), data, work / "cache",
+                                    args.batch_size, args.seq_len, args.reps)  # fmt: skip
+            print(
+                f"{shape}: {args.batch_size} x {args.seq_len}, one process, median of {args.reps} alternating steps"
+            )
+            for name, v in got.items():
+                print(f"  {name:<13} {v['step_s']:.3f} s ({', '.join(f'{t:.2f}' for t in v['steps_s'])}): "
+                      f"{v['tokens_per_sec']:.0f} target tokens/s, {v['tokens_per_sec'] / got['hf']['tokens_per_sec']:.2f}x hf; "
+                      f"first step {v['first_step_s']:.1f} s")  # fmt: skip
+        return
 
     device = torch.device(args.device)
 
