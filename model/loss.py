@@ -70,6 +70,7 @@ def linear_cross_entropy(
     rows: int | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     grad_scale: float | torch.Tensor = 1.0,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Per-token cross entropy of the linear head ``hidden @ weight.T + bias`` against ``targets``.
 
@@ -136,13 +137,14 @@ def linear_cross_entropy(
         raise ValueError(f"linear_cross_entropy: grad_scale must be finite and nonzero, got {grad_scale}")
     grad = torch.is_grad_enabled()  # the forward runs without it; no gradient work under no_grad
     return _LinearCrossEntropy.apply(
-        hidden, weight, bias, targets, ignore_index, n_rows, dt, grad, float(grad_scale)
+        hidden, weight, bias, targets, ignore_index, n_rows, dt, grad, float(grad_scale), compiled
     )
 
 
 def head_losses(lm_head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
     """:func:`linear_cross_entropy` of an ``nn.Linear`` head over hidden states (..., H) and targets
-    (...): per-token fp32 losses of the targets' shape. ``kw``: ``rows``, ``chunk_bytes``, ``ignore_index``."""
+    (...): per-token fp32 losses of the targets' shape. ``kw``: ``rows``, ``chunk_bytes``, ``ignore_index``,
+    ``grad_scale``, ``compiled``."""
     losses = linear_cross_entropy(
         hidden.reshape(-1, hidden.shape[-1]), lm_head.weight, targets.reshape(-1), bias=lm_head.bias, **kw
     )
@@ -160,7 +162,7 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, rows, dt, grad, grad_scale):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, rows, dt, grad, grad_scale, compiled):
         n_all = hidden.shape[0]
         counted = (targets != ignore_index).nonzero().squeeze(1)
         every = counted.numel() == n_all  # then no gather / scatter
@@ -172,9 +174,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             )
         need = tuple(grad and n for n in ctx.needs_input_grad[:3])
         h = _rows(hidden, counted, every)
-        out = _chunks(h, weight, bias, y, dt, rows, grad_scale, need)
+        out = _chunks(h, weight, bias, y, dt, rows, grad_scale, need, compiled)
         losses = out[0] if every else out[0].new_zeros(n_all).index_copy_(0, counted, out[0])
-        ctx.dims = (rows, dt, every, grad_scale)
+        ctx.dims = (rows, dt, every, grad_scale, compiled)
         ctx.grads = out[1:]  # for grad_scale * losses.sum(); used by the first backward only
         ctx.save_for_backward(hidden, weight, bias, y, counted)
         return losses
@@ -182,7 +184,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_losses):
-        rows, dt, every, grad_scale = ctx.dims
+        rows, dt, every, grad_scale, compiled = ctx.dims
         hidden, weight, bias, y, counted = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
         go = grad_losses if every else grad_losses[counted]
@@ -193,14 +195,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rescale = uniform and not (dt == torch.float16 and go.numel() and not bool(go[0] == grad_scale))
         grads, ctx.grads = ctx.grads, None  # rescaled in place below: never handed out twice
         if not rescale:
-            _, gh, gw, gb = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, go, need)
+            _, gh, gw, gb = _chunks(
+                _rows(hidden, counted, every), weight, bias, y, dt, rows, go, need, compiled
+            )
         else:
             if grads is None:  # a second backward through a retained graph: prepare them again
-                grads = _chunks(_rows(hidden, counted, every), weight, bias, y, dt, rows, grad_scale, need)
+                grads = _chunks(
+                    _rows(hidden, counted, every), weight, bias, y, dt, rows, grad_scale, need, compiled
+                )
                 grads = grads[1:]
             gh, gw, gb = grads
-            if go.numel():
-                c = go[0] / grad_scale  # 1 for the prepared sum: then exact
+            c = go[0] / grad_scale if go.numel() else None  # 1 for the prepared sum: then exact
+            # on the CPU, where reading it costs no device sync, a factor of 1 is not applied (a
+            # pass over the (V, H) weight gradient)
+            if c is not None and (c.device.type != "cpu" or float(c) != 1.0):
                 for g in grads:
                     if g is not None:
                         g.mul_(c)
@@ -210,14 +218,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 gh = gh.new_zeros(hidden.shape).index_copy_(0, counted, gh)
         gw = gw.to(weight.dtype) if gw is not None else None
         gb = gb.to(bias.dtype) if gb is not None else None
-        return gh, gw, gb, None, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None, None
 
 
 def _rows(hidden: torch.Tensor, counted: torch.Tensor, every: bool) -> torch.Tensor:
     return hidden if every else hidden[counted]
 
 
-def _chunks(h, weight, bias, y, dt, rows, go, need):
+def _chunks(h, weight, bias, y, dt, rows, go, need, fused=False):
     """Losses of the counted tokens (n,) fp32 and, for each of hidden/weight/bias that ``need``
     says, the gradient (fp32, fp64 for fp64 ``dt``; None where not needed) of sum(go * losses),
     ``go`` a float or an (n,) tensor. Runs with autocast off: every operand is cast to ``dt`` here.
@@ -227,25 +235,31 @@ def _chunks(h, weight, bias, y, dt, rows, go, need):
     logit; e = exp(logits - m); the row sum S, so loss = log S + m - target; then e[y] -= S and
     e *= go / S, the logits' gradient go * (softmax - onehot(y)), cast to ``dt`` over the logits.
     (Mixed-dtype ops with ``out=`` would save no pass: on the CPU they cast through temporaries.)
+    ``fused`` (gradients wanted, no bias): those passes are one compiled kernel instead
+    (:func:`_softmax_grad`), which reads the ``dt`` logits and writes their gradient over them, no
+    fp32 buffer. The first chunk's weight gradient is written, later ones added.
     """
     n, v, width = h.shape[0], weight.shape[0], h.shape[1]
     acc = torch.promote_types(dt, torch.float32)  # fp32; fp64 stays fp64 (for gradcheck)
     dev = h.device
+    fused = fused and bias is None and any(need)
     with torch.autocast(dev.type, enabled=False):
         hs, w = h.to(dt), weight.to(dt)
         b = bias.to(dt) if bias is not None else None
         losses = torch.empty(n, dtype=acc, device=dev)
         gh = torch.empty(n, width, dtype=acc, device=dev) if need[0] else None
-        gw = torch.zeros(v, width, dtype=acc, device=dev) if need[1] else None
+        # written by the first chunk (zeros when there is none: no counted token)
+        gw = (torch.empty if n else torch.zeros)(v, width, dtype=acc, device=dev) if need[1] else None
         gb = torch.zeros(v, dtype=acc, device=dev) if need[2] and b is not None else None
         r = max(min(rows, n), 1)
         logits_buf = torch.empty(r, v, dtype=dt, device=dev)
-        e_buf = logits_buf if dt == acc else torch.empty(r, v, dtype=acc, device=dev)
+        e_buf = logits_buf if dt == acc or fused else torch.empty(r, v, dtype=acc, device=dev)
         # a block of a chunk's weight gradient in dt, then in fp32, before it is added: no
         # mixed-dtype addmm on the CPU, and a mixed-dtype add would cast through a (V, H) temporary
         blk = min(v, WEIGHT_BLOCK)
         prod = torch.empty(blk, width, dtype=dt, device=dev) if gw is not None and dt != acc else None
-        prod32 = torch.empty(blk, width, dtype=acc, device=dev) if prod is not None else None
+        prod32 = torch.empty(blk, width, dtype=acc, device=dev) if prod is not None and n > rows else None
+        go_t = torch.tensor(go, dtype=acc, device=dev) if isinstance(go, float) else go[:, None].to(acc)
         for s in range(0, n, rows):
             hc, yc = hs[s : s + rows], y[s : s + rows, None]
             logits, e = logits_buf[: len(yc)], e_buf[: len(yc)]
@@ -253,27 +267,65 @@ def _chunks(h, weight, bias, y, dt, rows, go, need):
                 torch.mm(hc, w.T, out=logits)
             else:
                 torch.addmm(b, hc, w.T, out=logits)
-            if dt != acc:
-                e.copy_(logits)
-            m = e.amax(1, keepdim=True)
-            target = e.gather(1, yc)
-            e.sub_(m).exp_()
-            total = e.sum(1, keepdim=True)
-            losses[s : s + rows] = (total.log() + m - target).squeeze(1)
-            if not any(need):
-                continue
-            e.scatter_add_(1, yc, -total)
-            e.mul_((go if isinstance(go, float) else go[s : s + rows, None]) / total)
-            if gb is not None:
-                gb += e.sum(0)
-            g = logits.copy_(e) if dt != acc else e  # rounded once to dt, over the logits
+            if fused:
+                # targets copied out of their view: the base a view's guards read differs by step
+                # (targets reshaped or gathered), and would recompile the kernel
+                gc = go_t if go_t.dim() == 0 else go_t[s : s + rows].clone()
+                losses[s : s + rows] = _softmax_grad_kernel()(logits, yc.clone(), gc)
+                g = logits
+            else:
+                if dt != acc:
+                    e.copy_(logits)
+                m = e.amax(1, keepdim=True)
+                target = e.gather(1, yc)
+                e.sub_(m).exp_()
+                total = e.sum(1, keepdim=True)
+                losses[s : s + rows] = (total.log() + m - target).squeeze(1)
+                if not any(need):
+                    continue
+                e.scatter_add_(1, yc, -total)
+                e.mul_((go if isinstance(go, float) else go[s : s + rows, None]) / total)
+                if gb is not None:
+                    gb += e.sum(0)
+                g = logits.copy_(e) if dt != acc else e  # rounded once to dt, over the logits
             if gh is not None:
                 gh[s : s + rows] = g @ w
-            if gw is not None:
-                if prod is None or prod32 is None:  # fp32: accumulate in place
-                    gw.addmm_(g.T, hc)
-                    continue
-                for j in range(0, v, blk):
-                    part = torch.mm(g[:, j : j + blk].T, hc, out=prod[: min(blk, v - j)])
+            if gw is None:
+                continue
+            if prod is None:  # fp32: accumulate in place
+                torch.mm(g.T, hc, out=gw) if s == 0 else gw.addmm_(g.T, hc)
+                continue
+            for j in range(0, v, blk):
+                part = torch.mm(g[:, j : j + blk].T, hc, out=prod[: min(blk, v - j)])
+                if s == 0:
+                    gw[j : j + blk].copy_(part)
+                else:
+                    assert prod32 is not None
                     gw[j : j + blk] += prod32[: len(part)].copy_(part)
     return losses, gh, gw, gb
+
+
+def _softmax_grad(logits: torch.Tensor, y: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
+    """(c,) losses of logits (c, V) against targets y (c, 1), and, in place over ``logits``, the
+    gradient of sum(go * losses) with respect to them, go * (softmax - onehot(y)), rounded once to
+    the logits' dtype; ``go`` 0-dim or (c, 1). Computed in fp32 (fp64 for fp64 logits)."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    m = x.amax(1, keepdim=True)
+    lse = m + (x - m).exp().sum(1, keepdim=True).log()
+    losses = (lse - x.gather(1, y)).squeeze(1)  # before the write: x is logits itself in fp32
+    onehot = torch.arange(x.shape[1], device=x.device)[None, :] == y
+    logits.copy_(((x - lse).exp() - onehot.to(x.dtype)) * go)
+    return losses
+
+
+_KERNEL = None
+
+
+def _softmax_grad_kernel():
+    """:func:`_softmax_grad` under torch.compile: one reduction and one element-wise pass over
+    the 16-bit logits instead of ~8 over an fp32 copy (compiled on first use, a few seconds; dynamic
+    shapes, so a chunk of another length does not recompile)."""
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = torch.compile(_softmax_grad, dynamic=True, fullgraph=True)
+    return _KERNEL

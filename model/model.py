@@ -337,7 +337,10 @@ class MiniGPTForCausalLM(nn.Module):
         h = self.forward_hidden(input_ids, cache, positions=positions, doc_ids=doc_ids)
         if targets is None:
             return self.lm_head(h)
-        return head_losses(self.lm_head, h, targets, grad_scale=grad_scale)
+        # compiled model: the loss's softmax passes compiled too (model.loss._softmax_grad)
+        return head_losses(
+            self.lm_head, h, targets, grad_scale=grad_scale, compiled=torch.compiler.is_compiling()
+        )
 
     def forward_hidden(
         self,

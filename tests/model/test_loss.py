@@ -194,6 +194,54 @@ def test_the_model_head_with_tied_embeddings_trains_as_the_plain_loss():
     assert_close_fp32(grads[1], grads[0])
 
 
+def test_the_compiled_softmax_kernel_equals_the_plain_path():
+    """compiled=True (what a compiled model passes): the per-chunk softmax and the logits' gradient
+    in one torch.compile'd kernel (model.loss._softmax_grad). fp32: the plain path's losses and
+    gradients (1e-5), over chunks of 7 (a short last chunk, ignored targets) and of all tokens, for
+    the prepared sum and a weighted sum; bf16 autocast: within the plain bf16 path's own error, as
+    the eager fused path (test_bf16_autocast_is_as_close_to_plain_as_plain_is_to_fp32)."""
+    h, w, _, y = inputs(seed=7)
+    scale = 1 / int((y != IGNORE_INDEX).sum())
+    weights = torch.rand(N, generator=torch.Generator().manual_seed(8)) + 0.5
+    for rows in (7, N):
+
+        def fast(h, w, y, b, r=rows):
+            return linear_cross_entropy(h, w, y, rows=r, grad_scale=scale, compiled=True)
+
+        assert_close_fp32(run(fast, h, w, None, y, scale=scale), run(plain, h, w, None, y, scale=scale))
+        assert_close_fp32(run(fast, h, w, None, y, weights), run(plain, h, w, None, y, weights))
+    fp32 = run(plain, h, w, None, y, scale=scale)
+    bf16 = run(plain, h, w, None, y, scale=scale, autocast=True)
+    fused = run(lambda h, w, y, b: linear_cross_entropy(h, w, y, rows=N, grad_scale=scale, compiled=True),
+                h, w, None, y, scale=scale, autocast=True)  # fmt: skip
+    for name, a, p, f in zip(("losses", "hidden grad", "weight grad"), fp32, bf16, fused, strict=True):
+        assert f.dtype == p.dtype == a.dtype
+        bf16_error = float((p - a).norm())
+        assert bf16_error > 0 and float((f - p).norm()) <= bf16_error, name
+
+
+def test_a_compiled_model_computes_its_loss_with_the_compiled_kernel(monkeypatch):
+    """torch.compile'd MiniGPTForCausalLM with targets: its losses and every gradient those of the
+    eager model (fp32, 1e-5), the loss's softmax passes run by the compiled kernel (made on first use)."""
+    cfg = ModelConfig(vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(9)
+    eager = MiniGPTForCausalLM(cfg)
+    compiled = MiniGPTForCausalLM(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randint(0, V, (2, 24))
+    y = torch.roll(x, -1, dims=1)
+    y[:, -1] = IGNORE_INDEX
+    monkeypatch.setattr(model.loss, "_KERNEL", None)
+    got = []
+    for m, call in ((eager, eager), (compiled, torch.compile(compiled))):
+        losses = call(x, targets=y)
+        losses.sum().backward()
+        got.append([losses.detach()] + [torch.clone(p.grad) for p in m.parameters()])
+        assert (model.loss._KERNEL is not None) == (m is compiled)
+    assert_close_fp32(got[1], got[0])
+
+
 def test_bf16_autocast_is_as_close_to_plain_as_plain_is_to_fp32():
     """Under bf16 autocast the fused path differs from the plain bf16 path by no more than the
     plain bf16 path differs from fp32 (same inputs), for the losses and both gradients, measured
