@@ -292,7 +292,8 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     The step, for each: the forward with the loss, backward, clipping at 1.0, torch's fused AdamW
     (betas 0.9/0.95, weight decay 0.1), zero_grad; bf16 autocast; fp32 weights. ours-eager: our model
     converted from ``folder`` on our default rows (whole documents best-fit packed, document
-    attention) with the fused LM head + loss, the trainer's train_step without its bookkeeping;
+    attention) with the fused LM head + loss and the trainer's clipping (trainer.engine.clip_gradients),
+    the trainer's train_step without its bookkeeping;
     ours-compile: a copy under torch.compile (compiled in the warm-up: from torch's cache where it is
     warm); hf: transformers' model from ``folder``, its default attention (SDPA), ``labels=`` on
     concatenated rows of the same text, what transformers' Trainer runs in a step without the Trainer
@@ -308,6 +309,7 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     from dataset.store import build_store
     from dataset.tokenizer import load_tokenizer
     from trainer.checkpoint import load_model
+    from trainer.engine import clip_gradients
 
     model, _, _ = load_model(ours_checkpoint(folder))
     tok = load_tokenizer(folder)
@@ -343,7 +345,10 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
             else:
                 loss = runs[name](x, targets=y, grad_scale=scale, positions=pos, doc_ids=doc).sum() * scale
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params[name].parameters(), 1.0)
+        if name == "hf":
+            torch.nn.utils.clip_grad_norm_(params[name].parameters(), 1.0)
+        else:  # the trainer's: the clipping factor handed to the fused AdamW
+            clip_gradients(params[name], opts[name], 1.0)
         opts[name].step()
         opts[name].zero_grad(set_to_none=True)
         return time.perf_counter() - t0

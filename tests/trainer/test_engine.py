@@ -222,3 +222,44 @@ def test_compile_choice_follows_the_rule_on_the_cpu_and_always_compiles_on_cuda(
     assert compile_choice("auto", cuda, 1_000, 1)[0] is True
     assert compile_choice("off", cuda, 10**9, 10**6) == (False, "--no_compile")
     assert compile_choice("on", cpu, 1_000, 1) == (True, "--use_compile")
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3, float("inf")])  # clipped; not clipped; no clipping
+def test_clipping_through_the_fused_adamw_equals_clip_grad_norm(max_norm):
+    """clip_gradients hands the clipping factor to the fused AdamW (its grad_scale divisor) instead
+    of scaling every gradient: over two steps the gradients the optimizer used (it writes them
+    back) are clip_grad_norm_'s (fp32, within the ulp a divide differs from a multiply by), the
+    parameters follow (AdamW's m / sqrt(v) magnifies an ulp where a gradient is near 0: 1e-6 of
+    an lr of 1e-2), the returned norm is its norm, and with the norm under max_norm all is
+    bit-identical."""
+    from trainer.engine import clip_gradients
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    x = torch.randint(0, 64, (2, 16))
+    got: dict[bool, tuple[list, list, torch.Tensor]] = {}
+    for fold in (False, True):
+        torch.manual_seed(1)
+        model = MiniGPTForCausalLM(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        norms, grads = [], []
+        for _ in range(2):  # the second step: the first step's divisor is not left behind
+            model(x, targets=x).sum().backward()
+            if fold:
+                norms.append(float(clip_gradients(model, opt, max_norm)))
+            else:
+                norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+            opt.step()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+            opt.zero_grad(set_to_none=True)
+        got[fold] = norms, grads, torch.cat([p.detach().flatten() for p in model.parameters()])
+    (n0, g0, p0), (n1, g1, p1) = got[False], got[True]
+    assert n1 == pytest.approx(n0, rel=1e-6)
+    if max_norm > max(n0):
+        assert all(torch.equal(a, b) for a, b in zip(g0, g1, strict=True)) and torch.equal(p0, p1)
+        return
+    assert min(n0) > max_norm  # both steps clip
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6 * float(a.abs().max()))
+    torch.testing.assert_close(p1, p0, rtol=1e-5, atol=1e-6)
