@@ -92,6 +92,12 @@ def linear_cross_entropy(
             docstring); this one is the fastest, and rounded in bf16 as in the plain path. In
             fp16 a uniform incoming gradient other than ``grad_scale`` is recomputed rather than
             rescaled, since the prepared one may have underflowed.
+        compiled: with gradients and no bias, each chunk's softmax and the logits' gradient run
+            as one torch.compile'd kernel (:func:`_softmax_grad`; compiled on first use, a few
+            seconds, then no recompiles across chunk lengths): one reduction and one element-wise
+            pass over the 16-bit logits instead of ~8 passes over an fp32 copy (0.59 -> 0.44 s
+            for forward + backward at 2,048 tokens x 49,152 ids, bf16, on our CPU). What a
+            compiled model passes (it has paid for compiling); eager callers leave it False.
 
     Returns:
         (N,) fp32 losses in nats (fp64 for fp64 inputs), 0 where the target is ignored.
@@ -104,7 +110,7 @@ def linear_cross_entropy(
     fp32. Gradients come back in each input's dtype.
 
     Memory, beyond the inputs: one chunk's logits (``rows`` x V x 6 bytes in bf16, x 4 in fp32,
-    two buffers reused by every chunk); the weight cast to the compute dtype when it differs
+    two buffers reused by every chunk; ``compiled``: one, x 2 in bf16); the weight cast to the compute dtype when it differs
     (V x H, as autocast's cast); with gradients, the weight's gradient in fp32 (V x H x 4, the
     gradient autograd hands on) and, in bf16, a block of ``WEIGHT_BLOCK`` x H of it in bf16 and
     fp32 before it is added; the (N, H) hidden gradient. The gradients are held from the forward
