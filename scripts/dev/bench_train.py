@@ -298,7 +298,9 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     warm); hf: transformers' model from ``folder``, its default attention (SDPA), ``labels=`` on
     concatenated rows of the same text, what transformers' Trainer runs in a step without the Trainer
     around it. Tokens/s are target tokens over the median step (ours: its rows' targets; hf: batch x
-    (seq - 1)). Returns {system: {"step_s", "steps_s", "tokens_per_sec", "first_step_s"}}.
+    (seq - 1)). ``vs_hf``: the median over repetitions of the ratio of a system's target tokens/s
+    to hf's in the same repetition (``vs_hf_each``). Returns {system: {"step_s", "steps_s",
+    "tokens_per_sec", "first_step_s", "vs_hf", "vs_hf_each"}}.
     """
     import copy
 
@@ -361,9 +363,14 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     for _ in range(reps):
         for name in runs:
             times[name].append(step(name))
+    # each repetition's ratio of target tokens/s to hf's in the same repetition (seconds apart):
+    # on a machine whose speed drifts over minutes, their median is steadier than a ratio of medians
+    paired = {k: [targets[k] / t / (targets["hf"] / h) for t, h in zip(v, times["hf"], strict=True)]
+              for k, v in times.items()}  # fmt: skip
     return {
         k: {"step_s": statistics.median(v), "steps_s": v, "first_step_s": first[k],
-            "tokens_per_sec": targets[k] / statistics.median(v)}
+            "tokens_per_sec": targets[k] / statistics.median(v), "vs_hf": statistics.median(paired[k]),
+            "vs_hf_each": paired[k]}
         for k, v in times.items()
     }  # fmt: skip
 
@@ -418,6 +425,9 @@ def main() -> None:
                 print(f"  {name:<13} {v['step_s']:.3f} s ({', '.join(f'{t:.2f}' for t in v['steps_s'])}): "
                       f"{v['tokens_per_sec']:.0f} target tokens/s, {v['tokens_per_sec'] / got['hf']['tokens_per_sec']:.2f}x hf; "
                       f"first step {v['first_step_s']:.1f} s")  # fmt: skip
+                if name != "hf":
+                    print(f"  {'':<13} target tokens/s vs hf in the same repetition: median {v['vs_hf']:.2f}x "
+                          f"({', '.join(f'{r:.2f}' for r in v['vs_hf_each'])})")  # fmt: skip
         return
 
     device = torch.device(args.device)
