@@ -23,6 +23,10 @@ gradient into the logits' gradient before it is summed over tokens (Liger's ``re
 path), at the cost of the forward's work again. Per-token losses serve both callers with one
 function: the training step sums them, validation ``bincount``s them per source under no_grad
 (where no gradient work is done).
+
+Each chunk's softmax and logits' gradient run eagerly, in place on an fp32 copy of the logits; a
+compiled model passes ``compiled=True`` and they run as one torch.compile'd kernel over the 16-bit
+logits (:func:`_softmax_grad`), as Liger's Triton kernel does on CUDA.
 """
 
 from __future__ import annotations
@@ -110,8 +114,8 @@ def linear_cross_entropy(
     fp32. Gradients come back in each input's dtype.
 
     Memory, beyond the inputs: one chunk's logits (``rows`` x V x 6 bytes in bf16, x 4 in fp32,
-    two buffers reused by every chunk; ``compiled``: one, x 2 in bf16); the weight cast to the compute dtype when it differs
-    (V x H, as autocast's cast); with gradients, the weight's gradient in fp32 (V x H x 4, the
+    two buffers reused by every chunk; ``compiled``: one buffer, x 2 in bf16); the weight cast to
+    the compute dtype when it differs (V x H, as autocast's cast); with gradients, the weight's gradient in fp32 (V x H x 4, the
     gradient autograd hands on) and, in bf16, a block of ``WEIGHT_BLOCK`` x H of it in bf16 and
     fp32 before it is added; the (N, H) hidden gradient. The gradients are held from the forward
     to the backward. Never the (N, V) logits in any dtype.
@@ -231,7 +235,7 @@ def _rows(hidden: torch.Tensor, counted: torch.Tensor, every: bool) -> torch.Ten
     return hidden if every else hidden[counted]
 
 
-def _chunks(h, weight, bias, y, dt, rows, go, need, fused=False):
+def _chunks(h, weight, bias, y, dt, rows, go, need, compiled=False):
     """Losses of the counted tokens (n,) fp32 and, for each of hidden/weight/bias that ``need``
     says, the gradient (fp32, fp64 for fp64 ``dt``; None where not needed) of sum(go * losses),
     ``go`` a float or an (n,) tensor. Runs with autocast off: every operand is cast to ``dt`` here.
@@ -241,14 +245,14 @@ def _chunks(h, weight, bias, y, dt, rows, go, need, fused=False):
     logit; e = exp(logits - m); the row sum S, so loss = log S + m - target; then e[y] -= S and
     e *= go / S, the logits' gradient go * (softmax - onehot(y)), cast to ``dt`` over the logits.
     (Mixed-dtype ops with ``out=`` would save no pass: on the CPU they cast through temporaries.)
-    ``fused`` (gradients wanted, no bias): those passes are one compiled kernel instead
+    ``compiled`` (gradients wanted, no bias): those passes are one compiled kernel instead
     (:func:`_softmax_grad`), which reads the ``dt`` logits and writes their gradient over them, no
     fp32 buffer. The first chunk's weight gradient is written, later ones added.
     """
     n, v, width = h.shape[0], weight.shape[0], h.shape[1]
     acc = torch.promote_types(dt, torch.float32)  # fp32; fp64 stays fp64 (for gradcheck)
     dev = h.device
-    fused = fused and bias is None and any(need)
+    compiled = compiled and bias is None and any(need)
     with torch.autocast(dev.type, enabled=False):
         hs, w = h.to(dt), weight.to(dt)
         b = bias.to(dt) if bias is not None else None
@@ -259,7 +263,7 @@ def _chunks(h, weight, bias, y, dt, rows, go, need, fused=False):
         gb = torch.zeros(v, dtype=acc, device=dev) if need[2] and b is not None else None
         r = max(min(rows, n), 1)
         logits_buf = torch.empty(r, v, dtype=dt, device=dev)
-        e_buf = logits_buf if dt == acc or fused else torch.empty(r, v, dtype=acc, device=dev)
+        e_buf = logits_buf if dt == acc or compiled else torch.empty(r, v, dtype=acc, device=dev)
         # a block of a chunk's weight gradient in dt, then in fp32, before it is added: no
         # mixed-dtype addmm on the CPU, and a mixed-dtype add would cast through a (V, H) temporary
         blk = min(v, WEIGHT_BLOCK)
@@ -273,7 +277,7 @@ def _chunks(h, weight, bias, y, dt, rows, go, need, fused=False):
                 torch.mm(hc, w.T, out=logits)
             else:
                 torch.addmm(b, hc, w.T, out=logits)
-            if fused:
+            if compiled:
                 # targets copied out of their view: the base a view's guards read differs by step
                 # (targets reshaped or gathered), and would recompile the kernel
                 gc = go_t if go_t.dim() == 0 else go_t[s : s + rows].clone()
