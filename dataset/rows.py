@@ -45,8 +45,8 @@ import torch
 
 from dataset.store import DocSubset, TokenStore
 from model.errors import UserError
+from model.loss import IGNORE_INDEX  # the targets' ignore value: one definition, the loss's
 
-IGNORE_INDEX = -100
 PACKINGS = ("bfd", "concat")
 ATTENTIONS = ("document", "causal")
 

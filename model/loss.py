@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index, and dataset.packed's
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index; dataset.rows' rows use it (imported there)
 # Bytes of one chunk's transient logits (see :func:`chunk_rows`). Each chunk also adds its
 # (vocab, hidden) weight gradient into the fp32 total, a pass over V x H that does not shrink with
 # the chunk: on our 2-core AVX-512 bf16 CPU, scripts/dev/bench_loss.py's sweep at the Qwen3-0.6B head
