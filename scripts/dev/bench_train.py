@@ -173,6 +173,18 @@ def texts(path: Path, limit: int) -> list[str]:
 # --------------------------------------------------------------------------- one run per process
 
 
+def concatenated(tok: Any, data: Path, n: int) -> list[int]:
+    """The token ids of ``data``'s texts, each as <bos> text <eos>, one after another (transformers'
+    group_texts layout), until there are at least ``n`` (all of them if fewer)."""
+    ids: list[int] = []
+    for line in data.read_text().splitlines():
+        ids += [tok.bos_token_id, *tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]]
+        ids.append(tok.eos_token_id)
+        if len(ids) >= n:
+            break
+    return ids
+
+
 def child_hf(spec: dict) -> dict:
     """transformers' Trainer on concatenated rows of ``seq`` tokens (its group_texts layout)."""
     import torch
@@ -181,11 +193,7 @@ def child_hf(spec: dict) -> dict:
     folder, steps, warmup, batch, seq = (spec[k] for k in ("folder", "steps", "warmup", "batch", "seq"))
     cuda = spec["device"] == "cuda"
     tok = AutoTokenizer.from_pretrained(folder)
-    ids: list[int] = []
-    for t in (json.loads(x)["text"] for x in Path(spec["data"]).read_text().splitlines()):
-        ids += [tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id]
-        if len(ids) > (steps + 1) * batch * seq + 1:
-            break
+    ids = concatenated(tok, Path(spec["data"]), (steps + 1) * batch * seq + 2)
     rows = [ids[i * seq : (i + 1) * seq] for i in range(len(ids) // seq)]
     train = [{"input_ids": r, "labels": r} for r in rows]
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -317,12 +325,7 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     tok = load_tokenizer(folder)
     rows = RowDataset(build_rows(build_store([data], tok, cache), seq, "bfd", "document"))
     x, y, _, pos, doc = (torch.stack(z) for z in zip(*(rows[i] for i in range(batch)), strict=True))
-    ids: list[int] = []
-    for line in data.read_text().splitlines():
-        ids += [tok.bos_token_id, *tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]]
-        ids.append(tok.eos_token_id)
-        if len(ids) >= batch * seq:
-            break
+    ids = concatenated(tok, data, batch * seq)
     hx = torch.tensor(ids[: batch * seq]).view(batch, seq)
     targets = {"ours-eager": int((y != IGNORE_INDEX).sum()), "hf": batch * (seq - 1)}
     targets["ours-compile"] = targets["ours-eager"]
