@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.attention import causal_attention
 from model.config import ModelConfig
 from model.loss import head_losses
 
@@ -209,10 +210,24 @@ class Attention(nn.Module):
         elif past and t > 1:  # a chunk after a cached prefix: queries see the prefix and their own past
             s = past + t
             mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        if cache is None and at is None and t > 1 and self._block_backward(q):  # causal or documents
+            y = causal_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.o_proj(y.transpose(1, 2).reshape(b, xq.shape[1], -1))
+
+    def _block_backward(self, q: torch.Tensor) -> bool:
+        """Whether this call's causal or document attention runs :func:`causal_attention` (torch's
+        flash forward, a block-skipping backward: faster than torch's CPU kernel when compiled): a
+        compiled model's training forward on the CPU, without attention dropout."""
+        return (
+            q.device.type == "cpu"
+            and torch.compiler.is_compiling()
+            and q.requires_grad
+            and not (self.training and self.dropout > 0)
+        )
 
 
 class MLP(nn.Module):

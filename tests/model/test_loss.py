@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import model.attention
 import model.loss
 from model import MiniGPTForCausalLM, ModelConfig
 from model.loss import IGNORE_INDEX, chunk_rows, head_losses, linear_cross_entropy
@@ -220,9 +221,11 @@ def test_the_compiled_softmax_kernel_equals_the_plain_path():
         assert bf16_error > 0 and float((f - p).norm()) <= bf16_error, name
 
 
-def test_a_compiled_model_computes_its_loss_with_the_compiled_kernel(monkeypatch):
-    """torch.compile'd MiniGPTForCausalLM with targets: its losses and every gradient those of the
-    eager model (fp32, 1e-5), the loss's softmax passes run by the compiled kernel (made on first use)."""
+@pytest.mark.parametrize("documents", [False, True], ids=["causal", "documents"])
+def test_a_compiled_model_computes_its_loss_and_attention_with_the_compiled_kernels(monkeypatch, documents):
+    """torch.compile'd MiniGPTForCausalLM with targets (and document ids): its losses and every
+    gradient those of the eager model (fp32, 1e-5), the loss's softmax passes and the attention's
+    backward run by their compiled kernels (made on first use, by the compiled model only)."""
     cfg = ModelConfig(vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
     torch.manual_seed(9)
@@ -232,13 +235,15 @@ def test_a_compiled_model_computes_its_loss_with_the_compiled_kernel(monkeypatch
     x = torch.randint(0, V, (2, 24))
     y = torch.roll(x, -1, dims=1)
     y[:, -1] = IGNORE_INDEX
+    docs = torch.tensor([[0] * 10 + [1] * 14, [3] * 24]) if documents else None
     monkeypatch.setattr(model.loss, "_KERNEL", None)
+    monkeypatch.setattr(model.attention, "_KERNEL", None)
     got = []
     for m, call in ((eager, eager), (compiled, torch.compile(compiled))):
-        losses = call(x, targets=y)
+        losses = call(x, doc_ids=docs, targets=y)
         losses.sum().backward()
         got.append([losses.detach()] + [torch.clone(p.grad) for p in m.parameters()])
-        assert (model.loss._KERNEL is not None) == (m is compiled)
+        assert (model.loss._KERNEL is not None) == (model.attention._KERNEL is not None) == (m is compiled)
     assert_close_fp32(got[1], got[0])
 
 

@@ -1,0 +1,130 @@
+"""Causal attention for a compiled model's training step on the CPU: torch's flash forward, and a
+backward that recomputes the probabilities in query blocks, skipping the keys after each block.
+
+torch's CPU flash-attention backward (``_scaled_dot_product_flash_attention_for_cpu_backward``) is
+~5x its forward's time at a training shape (4 x 9 heads x 512 x 64, bf16: ~30-45 ms against ~6 ms),
+about a quarter of a compiled SmolLM2-135M step; FlexAttention has no CPU backward. The backward here
+is FlashAttention-2's (Dao 2023, arXiv 2307.08691, Algorithm 2) written with whole-block matmuls for
+torch.compile to schedule: with the forward's log-sum-exp ``L``, per block of queries i (and the keys
+up to its last query, the only ones a causal or document mask lets it see; the block holds their
+whole rows)
+
+    P = exp(Q_i K^T * scale - L_i) (0 where masked)     dV += P^T dO_i      dP = dO_i V^T
+    dS = P ∘ (dP - rowsum(P ∘ dP)) * scale              dQ_i = dS K         dK += dS^T Q_i
+
+The scores ``Q_i K^T`` are computed in fp32 (the forward's precision; from 16-bit inputs they are
+exact products), P and dS rounded once to the inputs' dtype for their matmuls, dK and dV accumulated
+in fp32. ``rowsum(P ∘ dP)`` is the softmax backward's own term, taken from the same rounded dP
+(FlashAttention's ``rowsum(dO ∘ O)`` equals it exactly, but from the bf16 output it does not cancel
+dP's rounding: dQ's error was 1.3x torch's kernel's with it, ~1.1x with this). Skipping the keys after
+each block saves 3/8 of the backward's matmul work at 4 blocks. Measured
+(scripts/dev/bench_attention.py, alternating in one process, 4 x 9 heads x 512 x 64, bf16): forward +
+backward 27.8 ms against torch's 40.4 ms (1.43x by the median of per-round ratios; 1.62x at our 26M
+model's 8 x 8 x 512 x 64); against fp64, dq/dk/dv relative errors 2.9/3.3/2.8e-3 (torch's: 2.5/4.6/4.6e-3).
+
+Compiled models only: the backward is itself compiled (once, shared by every layer, one opaque op
+in the model's graph); an eager model keeps torch's kernel (``Attention.forward`` takes this path
+only when ``torch.compiler.is_compiling()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# Query rows per block of the backward: 4 blocks at 512 tokens measured fastest (1, 2, 8: slower).
+QUERY_BLOCK = 128
+
+
+def _block_bounds(t: int) -> list[tuple[int, int]]:
+    """[(start, end)] of the query blocks of a t-token row (the last may be short)."""
+    return [(s, min(s + QUERY_BLOCK, t)) for s in range(0, t, QUERY_BLOCK)]
+
+
+class _CausalAttention(torch.autograd.Function):
+    """out = softmax(q k^T * scale, masked) v for q, k, v (B, H, T, D) and a causal rule (mask None)
+    or a boolean (B, 1, T, T) mask inside the causal one (True: may attend; every query must see
+    itself, as document masks do)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        bias = (
+            None
+            if mask is None
+            else torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, -torch.inf)
+        )
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, mask is None, attn_mask=bias
+        )[:2]
+        ctx.save_for_backward(q, k, v, lse, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        q, k, v, lse, mask = ctx.saved_tensors
+        return (*attention_backward(q, k, v, lse, mask, go.contiguous()), None)
+
+
+@torch.library.custom_op("minigpt::attention_backward", mutates_args=())
+def attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    mask: torch.Tensor | None,
+    go: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of :func:`causal_attention`; one opaque op in a compiled model's backward graph
+    that runs :func:`_backward` compiled once for every layer (unrolled into the model's graph, its
+    block loop made inductor compile every layer's copy: ~5 minutes at 30 layers)."""
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = torch.compile(_backward, dynamic=False, fullgraph=True)
+    with torch.autocast(q.device.type, enabled=False):
+        dq, dk, dv = _KERNEL(q, k, v, lse, mask, go)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()  # the layout the fake op gives
+
+
+@attention_backward.register_fake
+def _(q, k, v, lse, mask, go):
+    return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))  # contiguous
+
+
+_KERNEL: Callable | None = None
+
+
+def _backward(q, k, v, lse, mask, go):
+    """The block loop of the module docstring: (dq, dk, dv) like q, k, v (B, H, T, D); ``lse`` the
+    forward's log-sum-exp (B, H, T) fp32, ``go`` the output's gradient."""
+    t, acc = q.shape[2], torch.promote_types(q.dtype, torch.float32)
+    scale = q.shape[-1] ** -0.5
+    dq = []
+    dk = torch.zeros(k.shape, dtype=acc, device=q.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=q.device)
+    for s, e in _block_bounds(t):
+        qi, goi, ks, vs = q[:, :, s:e], go[:, :, s:e], k[:, :, :e], v[:, :, :e]
+        p = torch.exp((qi.to(acc) @ ks.to(acc).mT) * scale - lse[:, :, s:e, None])
+        if mask is None:
+            seen = torch.arange(e, device=q.device)[None, :] <= torch.arange(s, e, device=q.device)[:, None]
+        else:
+            seen = mask[:, :, s:e, :e]
+        p = torch.where(seen, p, 0.0)
+        dv[:, :, :e] += p.to(q.dtype).mT @ goi
+        dp = (goi @ vs.mT).to(acc)
+        ds = (p * (dp - (p * dp).sum(-1, keepdim=True)) * scale).to(q.dtype)
+        dq.append(ds @ ks)
+        dk[:, :, :e] += ds.mT @ qi
+    return torch.cat(dq, 2), dk.to(q.dtype), dv.to(q.dtype)
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, H, T, D) attention output for q, k, v (B, H, T, D) on the CPU, each query seeing the keys
+    at or before it (``mask`` None) or where the boolean (B, 1, T, T) ``mask`` is True (a subset of
+    the causal rule in which every query sees itself, e.g. :func:`model.model.document_mask`).
+    Equal to ``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)``;
+    its backward is the block-skipping recomputation above. No dropout, no scale other than
+    1/sqrt(D)."""
+    return _CausalAttention.apply(q, k, v, mask)
