@@ -51,8 +51,9 @@ and without AMX.
 Whole trainers in fresh processes, round by round, compare what a user runs; but on a shared
 machine whose matmul rate moves by 2x within minutes (its bf16 peak read 0.42 and 1.65 TFLOP/s in
 consecutive rounds of one run) a ratio between two runs minutes apart is partly the machine.
-``--step`` alternates the steps of ours-eager, ours-compile and transformers' model (``hf``) step by
-step in one process, so each repetition compares them under the same conditions.
+``--step`` alternates the steps of ours-eager, ours-compile and transformers' model (``hf``, and
+compiled: ``hf-compile``) step by step in one process, so each repetition compares them under the
+same conditions; it measures the bf16 matmul peak before each repetition for the MFU.
 
 Shapes: smollm2-135m (576 x 30, 9 heads, 3 KV heads, 1536 MLP, 49,152 vocab, tied), qwen3-0.6b
 (1024 x 28, 16 heads, 8 KV, head_dim 128, 3072 MLP, 151,936 vocab, tied; fewer steps: a short run),
@@ -294,8 +295,11 @@ def compile_payback(table: dict[str, dict], row_tokens: int) -> dict[str, float]
     }
 
 
-def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: int, reps: int) -> dict:
-    """Median seconds of one training step of ours-eager, ours-compile and hf, alternating ``reps`` times.
+def step_side_by_side(
+    folder: Path, data: Path, cache: Path, batch: int, seq: int, reps: int, flops: float
+) -> dict:
+    """Median seconds of one training step of ours-eager, ours-compile, hf and hf-compile, alternating
+    ``reps`` times.
 
     The step, for each: the forward with the loss, backward, clipping at 1.0, torch's fused AdamW
     (betas 0.9/0.95, weight decay 0.1), zero_grad; bf16 autocast; fp32 weights. ours-eager: our model
@@ -305,10 +309,15 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     ours-compile: a copy under torch.compile (compiled in the warm-up: from torch's cache where it is
     warm); hf: transformers' model from ``folder``, its default attention (SDPA), ``labels=`` on
     concatenated rows of the same text, what transformers' Trainer runs in a step without the Trainer
-    around it. Tokens/s are target tokens over the median step (ours: its rows' targets; hf: batch x
+    around it; hf-compile: a copy under torch.compile (what ``torch_compile=True`` gives the Trainer).
+    Tokens/s are target tokens over the median step (ours: its rows' targets; hf: batch x
     (seq - 1)). ``vs_hf``: the median over repetitions of the ratio of a system's target tokens/s
-    to hf's in the same repetition (``vs_hf_each``). Returns {system: {"step_s", "steps_s",
-    "tokens_per_sec", "first_step_s", "vs_hf", "vs_hf_each"}}.
+    to hf's in the same repetition (``vs_hf_each``; ``vs_hf_compile``: the same against hf-compile).
+    ``mfu``: the median over repetitions of target tokens/s x ``flops`` (FLOPs per token) / the
+    bf16 2048^3 matmul rate measured just before that repetition
+    (trainer.throughput.measure_matmul_flops; ``peaks`` lists them). Returns
+    {"peaks": [...], system: {"step_s", "steps_s", "tokens_per_sec", "first_step_s", "vs_hf",
+    "vs_hf_each", "vs_hf_compile", "mfu"}}.
     """
     import copy
 
@@ -320,6 +329,7 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     from dataset.tokenizer import load_tokenizer
     from trainer.checkpoint import load_model
     from trainer.engine import clip_gradients
+    from trainer.throughput import measure_matmul_flops
 
     model, _, _ = load_model(ours_checkpoint(folder))
     tok = load_tokenizer(folder)
@@ -328,14 +338,15 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     ids = concatenated(tok, data, batch * seq)
     hx = torch.tensor(ids[: batch * seq]).view(batch, seq)
     targets = {"ours-eager": int((y != IGNORE_INDEX).sum()), "hf": batch * (seq - 1)}
-    targets["ours-compile"] = targets["ours-eager"]
-    compiled = copy.deepcopy(model)
+    targets["ours-compile"], targets["hf-compile"] = targets["ours-eager"], targets["hf"]
+    hf = AutoModelForCausalLM.from_pretrained(str(folder))
     params = {
         "ours-eager": model,
-        "ours-compile": compiled,
-        "hf": AutoModelForCausalLM.from_pretrained(str(folder)),
+        "ours-compile": copy.deepcopy(model),
+        "hf": hf,
+        "hf-compile": copy.deepcopy(hf),
     }
-    runs: dict[str, Any] = {**params, "ours-compile": torch.compile(compiled)}
+    runs: dict[str, Any] = {**params, **{k: torch.compile(params[k]) for k in ("ours-compile", "hf-compile")}}
     opts = {}
     for name, m in params.items():
         m.float().train()  # as the trainers have them (no dropout in these shapes)
@@ -345,12 +356,12 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
     def step(name: str) -> float:
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            if name == "hf":
+            if name.startswith("hf"):
                 loss = runs[name](input_ids=hx, labels=hx).loss
             else:
                 loss = runs[name](x, targets=y, grad_scale=scale, positions=pos, doc_ids=doc).sum() * scale
         loss.backward()
-        if name == "hf":
+        if name.startswith("hf"):
             torch.nn.utils.clip_grad_norm_(params[name].parameters(), 1.0)
         else:  # the trainer's: the clipping factor handed to the fused AdamW
             clip_gradients(params[name], opts[name], 1.0)
@@ -363,17 +374,24 @@ def step_side_by_side(folder: Path, data: Path, cache: Path, batch: int, seq: in
         first[name] = step(name)
         step(name)
     times: dict[str, list[float]] = {k: [] for k in runs}
+    peaks: list[float] = []
     for _ in range(reps):
+        peaks.append(measure_matmul_flops(torch.device("cpu"), torch.bfloat16))
         for name in runs:
             times[name].append(step(name))
+
     # each repetition's ratio of target tokens/s to hf's in the same repetition (seconds apart):
     # on a machine whose speed drifts over minutes, their median is steadier than a ratio of medians
-    paired = {k: [targets[k] / t / (targets["hf"] / h) for t, h in zip(v, times["hf"], strict=True)]
-              for k, v in times.items()}  # fmt: skip
-    return {
+    def paired(base: str) -> dict[str, list[float]]:
+        return {k: [targets[k] / t / (targets[base] / h) for t, h in zip(v, times[base], strict=True)]
+                for k, v in times.items()}  # fmt: skip
+
+    vs_hf, vs_hfc = paired("hf"), paired("hf-compile")
+    return {"peaks": peaks} | {
         k: {"step_s": statistics.median(v), "steps_s": v, "first_step_s": first[k],
-            "tokens_per_sec": targets[k] / statistics.median(v), "vs_hf": statistics.median(paired[k]),
-            "vs_hf_each": paired[k]}
+            "tokens_per_sec": targets[k] / statistics.median(v), "vs_hf": statistics.median(vs_hf[k]),
+            "vs_hf_each": vs_hf[k], "vs_hf_compile": statistics.median(vs_hfc[k]),
+            "mfu": statistics.median(targets[k] / t * flops / p for t, p in zip(v, peaks, strict=True))}
         for k, v in times.items()
     }  # fmt: skip
 
@@ -419,18 +437,21 @@ def main() -> None:
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(source, 20000)))
     if args.step:
         for shape in args.shapes.split(","):
+            cfg = ModelConfig(**{k: v for k, v in SHAPES[shape].items() if k != "arch"})
             got = step_side_by_side(make_folder(shape, work, tok_dir), data, work / "cache",
-                                    args.batch_size, args.seq_len, args.reps)  # fmt: skip
+                                    args.batch_size, args.seq_len, args.reps, cfg.flops_per_token(args.seq_len))  # fmt: skip
+            rates = got.pop("peaks")
             print(
-                f"{shape}: {args.batch_size} x {args.seq_len}, one process, median of {args.reps} alternating steps"
+                f"{shape}: {args.batch_size} x {args.seq_len}, one process, median of {args.reps} alternating steps; "
+                f"bf16 2048^3 matmul before each repetition {min(rates) / 1e12:.2f}-{max(rates) / 1e12:.2f} TFLOP/s"
             )
             for name, v in got.items():
                 print(f"  {name:<13} {v['step_s']:.3f} s ({', '.join(f'{t:.2f}' for t in v['steps_s'])}): "
                       f"{v['tokens_per_sec']:.0f} target tokens/s, {v['tokens_per_sec'] / got['hf']['tokens_per_sec']:.2f}x hf; "
-                      f"first step {v['first_step_s']:.1f} s")  # fmt: skip
+                      f"MFU {100 * v['mfu']:.0f}%; first step {v['first_step_s']:.1f} s")  # fmt: skip
                 if name != "hf":
                     print(f"  {'':<13} target tokens/s vs hf in the same repetition: median {v['vs_hf']:.2f}x "
-                          f"({', '.join(f'{r:.2f}' for r in v['vs_hf_each'])})")  # fmt: skip
+                          f"({', '.join(f'{r:.2f}' for r in v['vs_hf_each'])}); vs hf-compile {v['vs_hf_compile']:.2f}x")  # fmt: skip
         return
 
     device = torch.device(args.device)
