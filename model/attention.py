@@ -27,8 +27,8 @@ in the model's graph); an eager model keeps torch's kernel (``Attention.forward`
 only when ``torch.compiler.is_compiling()``).
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: torch.library.custom_op reads the signature's types
+# (keep them real objects, not strings)
 from collections.abc import Callable
 
 import torch

@@ -62,7 +62,7 @@ def fwd_bwd(variant: str, q, k, v, go, mask) -> list[torch.Tensor]:
 
 def errors(grads, q, k, v, go, mask) -> list[float]:
     ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    fwd_bwd("sdpa", *ref, go.double(), mask)
+    fwd_bwd("sdpa", ref[0], ref[1], ref[2], go.double(), mask)
     return [float((a.double() - r.grad).norm() / r.grad.norm()) for a, r in zip(grads, ref, strict=True)]
 
 

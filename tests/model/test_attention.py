@@ -65,7 +65,7 @@ def test_bf16_gradients_are_as_accurate_as_torchs_kernel(small_blocks):
     (With FlashAttention's rowsum(dO * O) in place of rowsum(P * dP), dq and dk were 1.2-1.5x.)"""
     q, k, v, go, mask = inputs(torch.bfloat16, documents=True, seed=3)
     ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    exact = fwd_bwd(sdpa, *ref, go.double(), mask)[1:]
+    exact = fwd_bwd(sdpa, ref[0], ref[1], ref[2], go.double(), mask)[1:]
 
     def errors(grads):
         return [float((g.double() - e).norm() / e.norm()) for g, e in zip(grads, exact, strict=True)]
