@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from model.attention import causal_attention
+from model.errors import UserError
 from model.model import document_mask
 from trainer.cli import run
 
@@ -72,8 +73,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--documents", action="store_true", help="a document mask instead of the causal rule")
     args = p.parse_args()
+    shapes = args.shapes.split(",")
+    if unknown := [x for x in shapes if x not in SHAPES]:
+        raise UserError(f"--shapes: unknown {', '.join(unknown)}; use some of {', '.join(SHAPES)}")
+    if args.reps < 1:
+        raise UserError(f"--reps {args.reps}: use at least 1")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for shape in args.shapes.split(","):
+    for shape in shapes:
         q, k, v, go, mask = inputs(shape, args.documents)
         start = time.perf_counter()
         fwd_bwd("ours", q, k, v, go, mask)

@@ -419,6 +419,9 @@ def main() -> None:
         return child(args)
     if args.step and args.device != "cpu":
         p.error("--step times the CPU step (bf16 autocast on the CPU); run it without --device cuda")
+    for flag, given, known in (("--shapes", args.shapes, SHAPES), ("--systems", args.systems, SYSTEMS)):
+        if unknown := [x for x in given.split(",") if x not in known]:
+            p.error(f"{flag}: unknown {', '.join(unknown)}; use some of {', '.join(known)}")
     import torch
 
     from model.config import ModelConfig
