@@ -97,6 +97,13 @@ OURS = "ours.pth"  # the folder converted once into our checkpoint (ours_checkpo
 BENCH_VOCAB = 6400  # the benchmark tokenizer's ids: within every shape's vocabulary
 
 
+def shape_config(shape: str) -> Any:
+    """The shape's model.config.ModelConfig (its FLOP count, its parameters)."""
+    from model.config import ModelConfig
+
+    return ModelConfig(**{k: v for k, v in SHAPES[shape].items() if k != "arch"})
+
+
 def make_folder(shape: str, out: Path, tok_dir: Path) -> Path:
     """A transformers folder of ``shape`` with random weights and the benchmark's tokenizer."""
     import torch
@@ -297,7 +304,7 @@ def compile_payback(table: dict[str, dict], row_tokens: int) -> dict[str, float]
 
 def step_side_by_side(
     folder: Path, data: Path, cache: Path, batch: int, seq: int, reps: int, flops: float
-) -> dict:
+) -> tuple[list[float], dict]:
     """Median seconds of one training step of ours-eager, ours-compile, hf and hf-compile, alternating
     ``reps`` times.
 
@@ -315,9 +322,8 @@ def step_side_by_side(
     to hf's in the same repetition (``vs_hf_each``; ``vs_hf_compile``: the same against hf-compile).
     ``mfu``: the median over repetitions of target tokens/s x ``flops`` (FLOPs per token) / the
     bf16 2048^3 matmul rate measured just before that repetition
-    (trainer.throughput.measure_matmul_flops; ``peaks`` lists them). Returns
-    {"peaks": [...], system: {"step_s", "steps_s", "tokens_per_sec", "first_step_s", "vs_hf",
-    "vs_hf_each", "vs_hf_compile", "mfu"}}.
+    (trainer.throughput.measure_matmul_flops). Returns (those rates, {system: {"step_s", "steps_s",
+    "tokens_per_sec", "first_step_s", "vs_hf", "vs_hf_each", "vs_hf_compile", "mfu"}}).
     """
     import copy
 
@@ -387,7 +393,7 @@ def step_side_by_side(
                 for k, v in times.items()}  # fmt: skip
 
     vs_hf, vs_hfc = paired("hf"), paired("hf-compile")
-    return {"peaks": peaks} | {
+    return peaks, {
         k: {"step_s": statistics.median(v), "steps_s": v, "first_step_s": first[k],
             "tokens_per_sec": targets[k] / statistics.median(v), "vs_hf": statistics.median(vs_hf[k]),
             "vs_hf_each": vs_hf[k], "vs_hf_compile": statistics.median(vs_hfc[k]),
@@ -424,7 +430,6 @@ def main() -> None:
             p.error(f"{flag}: unknown {', '.join(unknown)}; use some of {', '.join(known)}")
     import torch
 
-    from model.config import ModelConfig
     from trainer.parallel import compile_choice
     from trainer.throughput import measure_matmul_flops, peak_flops
 
@@ -440,10 +445,9 @@ def main() -> None:
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(source, 20000)))
     if args.step:
         for shape in args.shapes.split(","):
-            cfg = ModelConfig(**{k: v for k, v in SHAPES[shape].items() if k != "arch"})
-            got = step_side_by_side(make_folder(shape, work, tok_dir), data, work / "cache",
-                                    args.batch_size, args.seq_len, args.reps, cfg.flops_per_token(args.seq_len))  # fmt: skip
-            rates = got.pop("peaks")
+            flops = shape_config(shape).flops_per_token(args.seq_len)
+            rates, got = step_side_by_side(make_folder(shape, work, tok_dir), data, work / "cache",
+                                           args.batch_size, args.seq_len, args.reps, flops)  # fmt: skip
             print(
                 f"{shape}: {args.batch_size} x {args.seq_len}, one process, median of {args.reps} alternating steps; "
                 f"bf16 2048^3 matmul before each repetition {min(rates) / 1e12:.2f}-{max(rates) / 1e12:.2f} TFLOP/s"
@@ -478,7 +482,7 @@ def main() -> None:
         folder = make_folder(shape, work, tok_dir)
         if any(s.startswith("ours") for s in args.systems.split(",")):
             ours_checkpoint(folder)  # here, not in a timed child: its peak memory is the load's
-        cfg = ModelConfig(**{k: v for k, v in SHAPES[shape].items() if k != "arch"})
+        cfg = shape_config(shape)
         flops = cfg.flops_per_token(args.seq_len)
         steps = args.steps if shape != "qwen3-0.6b" else max(args.warmup + 3, args.steps // 2)
         runs: dict[str, list[dict]] = {s: [] for s in args.systems.split(",")}
