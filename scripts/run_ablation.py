@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from dataset.io import atomic_write
 from dataset.mixture import load_mixture_config, prepared_paths
 from model.errors import UserError
 from trainer.ablation.config import (
@@ -78,6 +79,21 @@ class Study:
                 f"{script} failed for '{name}' (exit {proc.returncode}): {tail[0] if tail else ''}; full log: {logfile}"
             )
         log.info(f"  {name}: {time.perf_counter() - t0:.0f} s")
+
+    def run_once(
+        self, phase: str, name: str, script: str, args: list[str], output: Path, inputs: list[Path]
+    ) -> None:
+        """:meth:`run`, unless an earlier invocation left ``output`` from the same arguments on the
+        same ``inputs`` (their sizes and modification times, kept in ``<output>.inputs.json``):
+        then it is reused (:meth:`reuse`), as a finished training run is."""
+        key = {"args": args, "inputs": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in inputs}}
+        stamp = output.with_name(output.name + ".inputs.json")
+        if output.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
+            self.reuse(phase, name)
+            return
+        stamp.unlink(missing_ok=True)
+        self.run(name, script, args)
+        atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(key)))
 
     def scaled(self, args: dict) -> dict:
         out = dict(args)
@@ -160,7 +176,7 @@ def prepared(study: Study, config: Path, split: str) -> Path:
 def build_heldout(study: Study) -> Path:
     """The held-out set every run is evaluated on: the base mixture's validation split (replay,
     code, reasoning rows no variant trains on) plus MBPP problems with their reference code."""
-    from dataset.io import atomic_write, iter_jsonl
+    from dataset.io import iter_jsonl
     from trainer.evaluation.data import DataUnavailable, Hub, load_local_rows
 
     cfg = study.cfg
@@ -179,7 +195,8 @@ def build_heldout(study: Study) -> Path:
             rows.append({"text": f"{r['text']}\n{r['code']}".replace("\r\n", "\n"), "source": "mbpp"})
     path = study.out / "heldout.jsonl"
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:  # unchanged: its evaluations stand
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 
@@ -328,6 +345,11 @@ def main() -> None:
     eval_json = out / "eval" / "mmlu.json"
     generation_json = out / "eval" / "generation.json"
 
+    def weight_file(weight: str) -> Path:
+        if weight == str(cfg.start_from):
+            return Path(weight)
+        return checkpoint_paths(study.weights, out / "checkpoints", weight, hidden).weights
+
     def do_eval() -> None:
         weights = [base_weight, *(run_key(v, s) for v, s in runs)]
         eargs = [
@@ -335,6 +357,7 @@ def main() -> None:
             str(study.weights),
             *(["--val_path", str(heldout[0])] if cfg.heldout_lm else ["--no_lm"]),
             "--no_code",
+            "--no_gsm8k",
             "--no_samples",
             "--shots",
             str(cfg.shots),
@@ -343,17 +366,20 @@ def main() -> None:
         ]
         for w in weights:
             eargs += ["--weight", w]
-        if cfg.mmlu is not None:
-            eargs += ["--mmlu_path", str(cfg.mmlu)]
+        if cfg.mmlu is not None:  # every file of this pass is local: never wait on the Hub
+            eargs += ["--mmlu_path", str(cfg.mmlu), "--no_hub"]
         if cfg.mmlu_dev is not None:
             eargs += ["--mmlu_dev", str(cfg.mmlu_dev)]
         if cfg.mmlu_limit:
             eargs += ["--limit", str(cfg.mmlu_limit)]
         if args.device:
             eargs += ["--device", args.device]
-        study.run("eval_mmlu", "eval_llm.py", eargs)
+        inputs = [weight_file(w) for w in weights] + heldout[: 1 if cfg.heldout_lm else 0]
+        inputs += [p for p in (cfg.mmlu, cfg.mmlu_dev) if p is not None]
+        study.run_once("eval", "eval_mmlu", "eval_llm.py", eargs, eval_json, inputs)
         if cfg.generation:  # pass@1 / GSM8K on their own problem count (generation costs more per item)
-            gargs = ["--save_dir", str(study.weights), "--no_lm", "--no_mmlu", "--no_samples"]
+            # the config's files only (--no_hub: a code set it does not name is skipped, not fetched)
+            gargs = ["--save_dir", str(study.weights), "--no_lm", "--no_mmlu", "--no_samples", "--no_hub"]
             gargs += ["--output", str(generation_json)]
             gargs += [f"--{k}_path={p}" for k, p in cfg.generation.items()]
             if "humaneval" not in cfg.generation and "mbpp" not in cfg.generation:
@@ -364,7 +390,9 @@ def main() -> None:
                 gargs += ["--limit", str(cfg.generation_limit)]
             if args.device:
                 gargs += ["--device", args.device]
-            study.run("eval_generation", "eval_llm.py", gargs + [f"--weight={w}" for w in weights])
+            gargs += [f"--weight={w}" for w in weights]
+            inputs = [weight_file(w) for w in weights] + list(cfg.generation.values())
+            study.run_once("eval", "eval_generation", "eval_llm.py", gargs, generation_json, inputs)
 
     study.phase("eval", do_eval)
     study.timings["total"] = time.perf_counter() - t_start

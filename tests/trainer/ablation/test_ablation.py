@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -152,13 +153,20 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "reused" not in md  # everything ran in this invocation
     for png in ("heldout_loss.png", "final_deltas.png", "early_spike.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a second run reuses every finished step
+    # a second run reuses every finished step, the two evaluation passes included
     again = study()
-    assert "already done" in again.stdout + again.stderr
+    assert "eval_mmlu: already done" in again.stdout + again.stderr
     # and its report says so instead of a near-zero training cost
-    assert json.loads((out / "results.json").read_text())["reused_runs"] == {"pretrain": 1, "midtrain": 4}
+    reused = {"pretrain": 1, "midtrain": 4, "eval": 2}
+    assert json.loads((out / "results.json").read_text())["reused_runs"] == reused
     md = (out / "report.md").read_text()
     assert "(+ 4 runs reused from an earlier invocation)" in md and "(+ 1 run reused" in md
+    assert "(+ 2 runs reused" in md
+    # a changed input (here: a mid-training run's weights) evaluates again
+    weights = out / "weights" / "replay0_s1_64.pth"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    study()
+    assert json.loads((out / "results.json").read_text())["reused_runs"] == {"pretrain": 1, "midtrain": 4}
 
 
 def test_a_study_starting_from_a_checkpoint_file_reads_its_tokenizer(tmp_path, pretrained, tokenizer_dir):
