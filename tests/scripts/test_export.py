@@ -110,6 +110,7 @@ def test_eval_llm_gives_the_same_numbers_for_the_export(pretrained, exported, tm
         "16",
         "--no_code",
         "--no_samples",
+        "--no_hub",  # GSM8K is not asked for: not waited for (~25 s of retries without a network)
         "--dtype",
         "float32",
         "--output",
