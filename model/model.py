@@ -194,7 +194,8 @@ class Attention(nn.Module):
                 *flat, mask.cu, mask.cu, mask.max_len, mask.max_len, window_size=(-1, 0), enable_gqa=True
             )
             return self.o_proj(y.reshape(b, t, -1))
-        if self.n_kv != self.n_heads:
+        blocks = cache is None and at is None and t > 1 and self._block_backward(q)  # causal or documents
+        if self.n_kv != self.n_heads and not blocks:  # causal_attention takes the K/V heads as they are
             # Expanding K/V explicitly is faster on CPU than SDPA's enable_gqa path (measured in
             # scripts/dev/bench_train.py) and works on every torch >= 2.4.
             rep = self.n_heads // self.n_kv
@@ -210,7 +211,7 @@ class Attention(nn.Module):
         elif past and t > 1:  # a chunk after a cached prefix: queries see the prefix and their own past
             s = past + t
             mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        if cache is None and at is None and t > 1 and self._block_backward(q):  # causal or documents
+        if blocks:
             y = causal_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(
