@@ -17,10 +17,13 @@ exact products), P and dS rounded once to the inputs' dtype for their matmuls, d
 in fp32. ``rowsum(P ∘ dP)`` is the softmax backward's own term, taken from the same rounded dP
 (FlashAttention's ``rowsum(dO ∘ O)`` equals it exactly, but from the bf16 output it does not cancel
 dP's rounding: dQ's error was 1.3x torch's kernel's with it, ~1.1x with this). Skipping the keys after
-each block saves 3/8 of the backward's matmul work at 4 blocks. Measured
-(scripts/dev/bench_attention.py, alternating in one process, 4 x 9 heads x 512 x 64, bf16): forward +
-backward 27.8 ms against torch's 40.4 ms (1.43x by the median of per-round ratios; 1.62x at our 26M
-model's 8 x 8 x 512 x 64); against fp64, dq/dk/dv relative errors 2.9/3.3/2.8e-3 (torch's: 2.5/4.6/4.6e-3).
+each block saves 3/8 of the backward's matmul work at 4 blocks. Grouped-query attention: K and V
+come with their own heads (not expanded to the query heads), and the query heads that share a K/V
+head form one block of rows (:func:`_backward`). Measured (scripts/dev/bench_attention.py,
+alternating in one process, bf16, against the eager model's K/V expansion + SDPA): forward + backward
+at SmolLM2-135M's 4 x 9 heads (3 K/V) x 512 x 64 19.9 ms against 31.8 ms (1.62x by the median of
+per-round ratios), at our 26M's 8 x 8 (2) x 512 x 64 36.0 against 53.3 ms (1.50x); against fp64,
+dq/dk/dv relative errors 2.9/3.3/2.8e-3 (torch's: 2.5/4.9/4.9e-3).
 
 Compiled models only: the backward is itself compiled (once, shared by every layer, one opaque op
 in the model's graph); an eager model keeps torch's kernel (``Attention.forward`` takes this path

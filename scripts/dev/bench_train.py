@@ -53,7 +53,9 @@ machine whose matmul rate moves by 2x within minutes (its bf16 peak read 0.42 an
 consecutive rounds of one run) a ratio between two runs minutes apart is partly the machine.
 ``--step`` alternates the steps of ours-eager, ours-compile and transformers' model (``hf``, and
 compiled: ``hf-compile``) step by step in one process, so each repetition compares them under the
-same conditions; it measures the bf16 matmul peak before each repetition for the MFU.
+same conditions; it measures the bf16 matmul peak before each repetition for the MFU. Then it
+times the step's linear-layer GEMMs alone (:func:`gemm_ceiling`): the MFU a step would reach if
+attention, norms, the loss and the optimizer took no time.
 
 Shapes: smollm2-135m (576 x 30, 9 heads, 3 KV heads, 1536 MLP, 49,152 vocab, tied), qwen3-0.6b
 (1024 x 28, 16 heads, 8 KV, head_dim 128, 3072 MLP, 151,936 vocab, tied; fewer steps: a short run),
@@ -402,6 +404,49 @@ def step_side_by_side(
     }  # fmt: skip
 
 
+def gemm_ceiling(cfg: Any, tokens: int, seq: int, reps: int) -> dict[str, float]:
+    """The MFU a step could reach if everything but its linear layers' matmuls took no time.
+
+    Each linear layer's three bf16 GEMMs at ``tokens`` rows, in the layouts a training step runs them
+    (forward ``x @ W.T``, input gradient ``dY @ W``, weight gradient ``dY.T @ x``; the LM head's
+    whole, where the fused loss runs it in chunks), timed alone, alternating ``reps`` times with the
+    bf16 2048^3 matmul peak (trainer.throughput.measure_matmul_flops). Returns the medians over
+    repetitions of "gemm_s", "gemm_vs_peak" (their FLOP/s over the peak) and "mfu_ceiling" (the
+    model's FLOPs, ``cfg.flops_per_token(seq)`` per token, attention included, over the GEMMs'
+    time, against the peak)."""
+    import torch
+
+    from trainer.throughput import measure_matmul_flops
+
+    d, ff, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    layer = [(d, q), (d, kv), (d, kv), (q, d), (d, ff), (d, ff), (ff, d)]  # (in, out) features
+    linears = layer * cfg.num_hidden_layers + [(d, cfg.vocab_size)]
+    g = torch.Generator().manual_seed(0)
+    operands = {
+        (i, o): [torch.randn(*s, generator=g).to(torch.bfloat16) for s in ((tokens, i), (o, i), (tokens, o))]
+        for i, o in set(linears)
+    }
+
+    def gemms() -> float:
+        start = time.perf_counter()
+        for io in linears:
+            x, w, dy = operands[io]
+            x @ w.T, dy @ w, dy.T @ x
+        return time.perf_counter() - start
+
+    gemms()
+    flops = 6 * tokens * sum(i * o for i, o in linears)
+    got: dict[str, list[float]] = {"gemm_s": [], "gemm_vs_peak": [], "mfu_ceiling": []}
+    for _ in range(reps):
+        peak = measure_matmul_flops(torch.device("cpu"), torch.bfloat16)
+        t = gemms()
+        got["gemm_s"].append(t)
+        got["gemm_vs_peak"].append(flops / t / peak)
+        got["mfu_ceiling"].append(tokens * cfg.flops_per_token(seq) / t / peak)
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(x for x in SHAPES if x != "tiny"))
@@ -459,6 +504,10 @@ def main() -> None:
                 if name != "hf":
                     print(f"  {'':<13} target tokens/s vs hf in the same repetition: median {v['vs_hf']:.2f}x "
                           f"({', '.join(f'{r:.2f}' for r in v['vs_hf_each'])}); vs hf-compile {v['vs_hf_compile']:.2f}x")  # fmt: skip
+            c = gemm_ceiling(shape_config(shape), args.batch_size * args.seq_len, args.seq_len, args.reps)
+            print(f"  the step's linear-layer GEMMs alone (bf16, its layouts): {1e3 * c['gemm_s']:.0f} ms, "
+                  f"{100 * c['gemm_vs_peak']:.0f}% of the peak before each; MFU if the rest took no time "
+                  f"{100 * c['mfu_ceiling']:.0f}%")  # fmt: skip
         return
 
     device = torch.device(args.device)
