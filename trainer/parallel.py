@@ -39,9 +39,9 @@ STRATEGIES = ("ddp", "fsdp")
 # compilation time. COMPILE_RULE holds the rule read off scripts/dev/bench_train.py (and its --step)
 # on our 2-core CPUs (README "Benchmarks"): the smallest model (parameters) and run (optimizer steps
 # after the first) for which "auto" compiles. Measured on an Intel Xeon with AMX: a compiled step
-# of the 26M default model (8 x 512) 1.08 s against 1.56 s eager, of SmolLM2-135M (4 x 512) 3.36 s
-# against 5.11 s (bench_train --step, alternating in one process); compilation from a cold cache 50-60 s
-# (26M, before the attention backward's kernel) and 125 s (SmolLM2-135M: it paid after ~89 steps in
+# of the 26M default model (8 x 512) 0.80 s against 1.34 s eager, of SmolLM2-135M (4 x 512) 2.12 s
+# against 3.45 s (bench_train --step, alternating in one process); compilation from a cold cache 50-60 s
+# (26M, before the attention backward's kernel) and 119-125 s (SmolLM2-135M: it paid after ~89 steps in
 # whole trainer runs; 157 s and ~130 steps before model/attention.py). 20M: the 26M default model compiles
 # (it was 50M until that was measured); smaller models were not measured and stay eager (the demo's
 # 1M, the tests'). CUDA always compiles under "auto".
