@@ -86,7 +86,13 @@ class Study:
         """:meth:`run`, unless an earlier invocation left ``output`` from the same arguments on the
         same ``inputs`` (their sizes and modification times, kept in ``<output>.inputs.json``):
         then it is reused (:meth:`reuse`), as a finished training run is."""
-        key = {"args": args, "inputs": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in inputs}}
+        # a missing input (a config's wrong path) is left for the script to name in its own error
+        key = {
+            "args": args,
+            "inputs": {
+                str(p): [p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else None for p in inputs
+            },
+        }
         stamp = output.with_name(output.name + ".inputs.json")
         if output.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
             self.reuse(phase, name)

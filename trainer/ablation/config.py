@@ -178,6 +178,11 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         )
     if cfg.jobs < 1:
         raise UserError(f"{where}: jobs must be >= 1")
+    for key, file in (("mmlu", cfg.mmlu), ("mmlu_dev", cfg.mmlu_dev), *cfg.generation.items()):
+        if file is not None and not file.exists():  # found now, not after hours of training
+            raise UserError(
+                f"{where}: eval.{key} {file} not found; fix the path (relative to the config's folder)"
+            )
     return cfg
 
 

@@ -98,6 +98,8 @@ def test_bad_experiment_config(tmp_path):
         load({**good, "variants": [{"name": "a", "replay": 1.5}]})
     with pytest.raises(UserError, match="replay_source"):
         load({**good, "data": {**good["data"], "replay_source": "nope"}})
+    with pytest.raises(UserError, match=r"eval.humaneval .*nope.jsonl not found; fix the path"):
+        load({**good, "eval": {"humaneval": "nope.jsonl"}})
 
 
 @pytest.mark.slow
