@@ -15,6 +15,7 @@ re-running the command continues an interrupted study (--fresh starts over).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -81,24 +82,41 @@ class Study:
         log.info(f"  {name}: {time.perf_counter() - t0:.0f} s")
 
     def run_once(
-        self, phase: str, name: str, script: str, args: list[str], output: Path, inputs: list[Path]
+        self,
+        phase: str,
+        name: str,
+        script: str,
+        args: list[str],
+        output: Path,
+        inputs: list[Path],
+        contents: tuple[Path, ...] = (),
+        ready: bool | None = None,
+        threads: int | None = None,
     ) -> None:
-        """:meth:`run`, unless an earlier invocation left ``output`` from the same arguments on the
-        same ``inputs`` (their sizes and modification times, kept in ``<output>.inputs.json``):
-        then it is reused (:meth:`reuse`), as a finished training run is."""
-        # a missing input (a config's wrong path) is left for the script to name in its own error
+        """:meth:`run`, unless an earlier invocation made ``output`` (``ready``: it is finished; by
+        default, it exists) with the same arguments from the same ``inputs`` (their sizes and
+        modification times) and ``contents`` (their sha256: files rewritten with the same bytes on
+        every invocation, as the tokenizer is), all kept in ``<output>.inputs.json``: then it is
+        reused (:meth:`reuse`)."""
+
+        def seen(p: Path, by_content: bool) -> list[int] | str | None:
+            if not p.is_file():  # a missing input is left for the script to name in its own error
+                return None
+            st = p.stat()
+            return hashlib.sha256(p.read_bytes()).hexdigest() if by_content else [st.st_size, st.st_mtime_ns]
+
         key = {
             "args": args,
-            "inputs": {
-                str(p): [p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else None for p in inputs
-            },
+            "inputs": {str(p): seen(p, False) for p in inputs},
+            "contents": {str(p): seen(p, True) for p in contents},
         }
         stamp = output.with_name(output.name + ".inputs.json")
-        if output.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
+        done = output.is_file() if ready is None else ready
+        if done and stamp.is_file() and json.loads(stamp.read_text()) == key:
             self.reuse(phase, name)
             return
         stamp.unlink(missing_ok=True)
-        self.run(name, script, args)
+        self.run(name, script, args, threads)
         atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(key)))
 
     def scaled(self, args: dict) -> dict:
@@ -284,24 +302,27 @@ def main() -> None:
     ]
     base_weight = str(cfg.start_from) if cfg.start_from else "pretrain"
 
+    def weight_file(weight: str) -> Path:
+        if weight == str(cfg.start_from):
+            return Path(weight)
+        return checkpoint_paths(study.weights, out / "checkpoints", weight, hidden).weights
+
+    # a training run is reused when it finished with the same flags, data and tokenizer
+    tok_file = tok / "tokenizer.json"
+
     def do_pretrain() -> None:
         assert pretrain_data is not None
-        if finished(study, "pretrain", hidden):
-            study.reuse("pretrain", "pretrain")
-            return
-        study.run(
+        data = prepared(study, pretrain_data, "train")
+        study.run_once(
+            "pretrain",
             "pretrain",
             "trainer/train_pretrain.py",
-            [
-                "--data_path",
-                str(prepared(study, pretrain_data, "train")),
-                "--val_path",
-                str(heldout[0]),
-                "--tokenizer_path",
-                str(tok),
-                *common,
-                *flags(pre_args),
-            ],
+            ["--data_path", str(data), "--val_path", str(heldout[0]), "--tokenizer_path", str(tok)]
+            + [*common, *flags(pre_args)],
+            weight_file("pretrain"),
+            [],
+            contents=(tok_file, data, heldout[0]),
+            ready=finished(study, "pretrain", hidden),
         )
 
     if pretrain_data is not None:
@@ -313,14 +334,12 @@ def main() -> None:
         v, seed = item
         key = run_key(v, seed)
         mix = mixtures[f"replay{round(v.replay * 100):02d}"]
-        if finished(study, key, hidden, mix):
-            study.reuse("midtrain", key)
-            return
         margs = study.scaled({**cfg.midtrain_args, **v.args})
         until = max(1, math.ceil(0.05 * int(margs.get("max_steps", 0) or 1)))
         margs.setdefault("early_eval_steps", until)
         margs.setdefault("eval_batches", 0)  # the whole held-out set, every time
-        study.run(
+        study.run_once(
+            "midtrain",
             key,
             "trainer/train_midtrain.py",
             [
@@ -340,6 +359,10 @@ def main() -> None:
                 *common,
                 *flags(margs),
             ],
+            weight_file(key),
+            [weight_file(base_weight)],
+            contents=(tok_file, mix, heldout[0]),
+            ready=finished(study, key, hidden, mix),
             threads=max(1, (os.cpu_count() or 2) // jobs),
         )
 
@@ -350,11 +373,6 @@ def main() -> None:
     study.phase("midtrain", do_midtrain)
     eval_json = out / "eval" / "mmlu.json"
     generation_json = out / "eval" / "generation.json"
-
-    def weight_file(weight: str) -> Path:
-        if weight == str(cfg.start_from):
-            return Path(weight)
-        return checkpoint_paths(study.weights, out / "checkpoints", weight, hidden).weights
 
     def do_eval() -> None:
         weights = [base_weight, *(run_key(v, s) for v, s in runs)]

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -45,15 +44,9 @@ def test_early_spike():
 
 
 def test_flags():
-    assert flags({"max_steps": 3, "use_compile": True, "x": False, "p": ["a", "b"]}) == [
-        "--max_steps",
-        "3",
-        "--use_compile",
-        "--p",
-        "a",
-        "--p",
-        "b",
-    ]
+    want = ["--max_steps", "3", "--p", "a", "--p", "b", "--use_compile"]
+    assert flags({"max_steps": 3, "use_compile": True, "x": False, "p": ["a", "b"]}) == want
+    assert flags({"x": False, "p": ["a", "b"], "use_compile": True, "max_steps": 3}) == want  # any order
 
 
 def test_variant_mixture_is_a_token_mixture_with_the_replay_share(tmp_path, tokenizer_dir):
@@ -108,14 +101,9 @@ def test_tiny_study_end_to_end(tmp_path):
     shared_file("mmlu", "dev.jsonl")
     out = tmp_path / "study"
 
-    def study():
+    def study(config="config/experiments/replay_ablation_tiny.yaml"):
         return run_script(
-            "scripts/run_ablation.py",
-            "--config",
-            "config/experiments/replay_ablation_tiny.yaml",
-            "--out_dir",
-            str(out),
-            timeout=900,
+            "scripts/run_ablation.py", "--config", str(config), "--out_dir", str(out), timeout=900
         )
 
     proc = study()
@@ -164,11 +152,20 @@ def test_tiny_study_end_to_end(tmp_path):
     md = (out / "report.md").read_text()
     assert "(+ 4 runs reused from an earlier invocation)" in md and "(+ 1 run reused" in md
     assert "(+ 2 runs reused" in md
-    # a changed input (here: a mid-training run's weights) evaluates again
-    weights = out / "weights" / "replay0_s1_64.pth"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
-    study()
-    assert json.loads((out / "results.json").read_text())["reused_runs"] == {"pretrain": 1, "midtrain": 4}
+    # a changed flag of one variant trains its two runs again, and both evaluation passes run again
+    config = REPO / "config" / "experiments" / "replay_ablation_tiny.yaml"
+    raw = yaml.safe_load(config.read_text())
+    for section in ("data", "eval"):  # the config's paths, relative to its folder
+        for k, v in raw[section].items():
+            if isinstance(v, str) and (config.parent / v).exists():
+                raw[section][k] = str((config.parent / v).resolve())
+    raw["variants"][0]["args"] = {"max_steps": 6}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    study(changed)
+    results = json.loads((out / "results.json").read_text())
+    assert results["reused_runs"] == {"pretrain": 1, "midtrain": 2}
+    assert results["runs"]["replay0_s1"]["steps"] == 6
 
 
 def test_a_study_starting_from_a_checkpoint_file_reads_its_tokenizer(tmp_path, pretrained, tokenizer_dir):
