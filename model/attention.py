@@ -2,8 +2,9 @@
 backward that recomputes the probabilities in query blocks, skipping the keys after each block.
 
 torch's CPU flash-attention backward (``_scaled_dot_product_flash_attention_for_cpu_backward``) is
-~5x its forward's time at a training shape (4 x 9 heads x 512 x 64, bf16: ~30-45 ms against ~6 ms),
-about a quarter of a compiled SmolLM2-135M step; FlexAttention has no CPU backward. The backward here
+~4-5x its forward's time at a training shape (4 x 9 heads x 512 x 64, bf16: ~25-40 ms against ~6-7 ms
+over this project's measurements), a quarter of a compiled SmolLM2-135M step before this kernel;
+FlexAttention has no CPU backward. The backward here
 is FlashAttention-2's (Dao 2023, arXiv 2307.08691, Algorithm 2) written with whole-block matmuls for
 torch.compile to schedule: with the forward's log-sum-exp ``L``, per block of queries i (and the keys
 up to its last query, the only ones a causal or document mask lets it see; the block holds their

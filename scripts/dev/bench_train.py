@@ -506,8 +506,8 @@ def main() -> None:
                           f"({', '.join(f'{r:.2f}' for r in v['vs_hf_each'])}); vs hf-compile {v['vs_hf_compile']:.2f}x")  # fmt: skip
             c = gemm_ceiling(shape_config(shape), args.batch_size * args.seq_len, args.seq_len, args.reps)
             print(f"  the step's linear-layer GEMMs alone (bf16, its layouts): {1e3 * c['gemm_s']:.0f} ms, "
-                  f"{100 * c['gemm_vs_peak']:.0f}% of the peak before each; MFU if the rest took no time "
-                  f"{100 * c['mfu_ceiling']:.0f}%")  # fmt: skip
+                  f"{100 * c['gemm_vs_peak']:.0f}% of the peak measured before each repetition; MFU if the "
+                  f"rest (attention included) took no time, every token counted: {100 * c['mfu_ceiling']:.0f}%")  # fmt: skip
         return
 
     device = torch.device(args.device)
