@@ -15,7 +15,6 @@ re-running the command continues an interrupted study (--fresh starts over).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from dataset.io import atomic_write
+from dataset.io import atomic_write, file_sha256
 from dataset.mixture import load_mixture_config, prepared_paths
 from model.errors import UserError
 from trainer.ablation.config import (
@@ -103,7 +102,7 @@ class Study:
             if not p.is_file():  # a missing input is left for the script to name in its own error
                 return None
             st = p.stat()
-            return hashlib.sha256(p.read_bytes()).hexdigest() if by_content else [st.st_size, st.st_mtime_ns]
+            return file_sha256(p) if by_content else [st.st_size, st.st_mtime_ns]
 
         key = {
             "args": args,
@@ -228,12 +227,6 @@ def run_key(variant: Variant, seed: int) -> str:
     return f"{variant.name}_s{seed}"
 
 
-def finished(study: Study, save_weight: str, hidden: int, data_config: Path | None = None) -> bool:
-    """Whether a finished run of that name is there (for a mid-training run: on this mixture)."""
-    weights = checkpoint_paths(study.weights, study.out / "checkpoints", save_weight, hidden).weights
-    return is_finished(weights, load_mixture_config(data_config).sha256 if data_config else None)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -322,7 +315,7 @@ def main() -> None:
             weight_file("pretrain"),
             [],
             contents=(tok_file, data, heldout[0]),
-            ready=finished(study, "pretrain", hidden),
+            ready=is_finished(weight_file("pretrain")),
         )
 
     if pretrain_data is not None:
@@ -362,7 +355,7 @@ def main() -> None:
             weight_file(key),
             [weight_file(base_weight)],
             contents=(tok_file, mix, heldout[0]),
-            ready=finished(study, key, hidden, mix),
+            ready=is_finished(weight_file(key), load_mixture_config(mix).sha256),  # on this mixture
             threads=max(1, (os.cpu_count() or 2) // jobs),
         )
 

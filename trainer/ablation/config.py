@@ -187,8 +187,8 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
 
 
 def flags(args: dict[str, Any]) -> list[str]:
-    """{"use_compile": True, "max_steps": 40} -> ["--max_steps", "40", "--use_compile"]: in the flags'
-    order, so that the same flags make the same command line (a rerun's reuse compares them)."""
+    """{"use_compile": True, "max_steps": 40} -> ["--max_steps", "40", "--use_compile"]: sorted by
+    name, so that the same flags make the same command line (a rerun's reuse compares them)."""
     out: list[str] = []
     for k, v in sorted(args.items()):
         if v is True:
