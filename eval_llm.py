@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     # what can be refused without loading a model is refused first: flags, device, local data files
     device = runtime.resolve_device(args.device)
     dtype = runtime.resolve_dtype(args.dtype, device)
+    log.info(f"Precision: {runtime.precision_note(args.dtype, dtype, device)}")
     data = load_data(args, "local")
     models = [
         load_eval_model(s, args.save_dir, args.hidden_size, device, dtype, args.max_len, hub=not args.no_hub)

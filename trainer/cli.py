@@ -66,5 +66,7 @@ def add_runtime_flags(group, *, batch_size: int, batch_help: str, dtype: str) ->
     group.add_argument(
         "--dtype",
         default=dtype,
-        help=f"bfloat16 | float16 | float32: autocast precision, on CPU too (default {dtype})",
+        help=f"auto | bfloat16 | float16 | float32: autocast precision, on CPU too; auto is bfloat16, float32 "
+        f"on a CPU without bf16 matmul instructions (AVX-512 BF16 or AMX), float16 on a GPU without bf16 "
+        f"(default {dtype})",
     )

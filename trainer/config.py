@@ -14,7 +14,7 @@ from dataset.rows import ATTENTIONS, PACKINGS
 from model.errors import UserError
 from trainer.cli import add_runtime_flags, add_save_dir_flag
 from trainer.paths import repo_path
-from trainer.runtime import DTYPES
+from trainer.runtime import AUTO, DTYPES
 from trainer.schedule import SCHEDULE_HELP, SCHEDULES, parse_decay_ratio
 from trainer.validation import LOSSES, parse_forgetting
 
@@ -127,8 +127,8 @@ class TrainConfig:
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio <= 1:
             raise UserError(f"--warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype {self.dtype!r}: unknown dtype; use one of {', '.join(DTYPES)}")
+        if self.dtype != AUTO and self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype!r}: unknown dtype; use one of {AUTO}, {', '.join(DTYPES)}")
         if self.from_resume not in (0, 1):
             raise UserError(f"--from_resume takes 0 or 1, got {self.from_resume}")
         parse_decay_ratio(self.decay_ratio)
@@ -276,7 +276,7 @@ def _optimisation_flags(g, learning_rate: float, warmup_ratio: float, lr_schedul
 
 
 def _runtime_flags(g) -> None:
-    add_runtime_flags(g, batch_size=32, batch_help="rows per micro-batch per process", dtype="bfloat16")
+    add_runtime_flags(g, batch_size=32, batch_help="rows per micro-batch per process", dtype=AUTO)
     g.add_argument(
         "--strategy",
         default="ddp",

@@ -57,6 +57,11 @@ class Session:
     def autocast(self):
         return runtime.autocast(self.device, self.dtype)
 
+    @property
+    def dtype_name(self) -> str:
+        """The precision trained in, e.g. "bfloat16" (--dtype auto resolved)."""
+        return str(self.dtype).removeprefix("torch.")
+
 
 def setup(cfg: TrainConfig) -> Session:
     """Process group (under torchrun), device and precision; call after trainer.start.start_run."""
@@ -239,7 +244,12 @@ class Trainer(RunReport):
                 name=cfg.wandb_run_name,
                 id=self.wandb_id,
                 resume="allow",
-                config={**dataclasses.asdict(cfg), "stage": stage.name, **stage.meta},
+                config={
+                    **dataclasses.asdict(cfg),
+                    "dtype": self.session.dtype_name,
+                    "stage": stage.name,
+                    **stage.meta,
+                },
             )
             self.wandb_id = self.wandb_run.id
         self.metrics = MetricsLog(self.paths.metrics, enabled=self.info.is_main, wandb_run=self.wandb_run)
@@ -352,6 +362,7 @@ class Trainer(RunReport):
             "stage": stage.name,
             "save_weight": cfg.save_weight,
             "max_seq_len": cfg.max_seq_len,
+            "dtype": self.session.dtype_name,  # the precision it trained in (--dtype auto resolved)
             "step": step,
             "total_steps": total,
             "final_lr": self.lr_at(min(step, total) - 1, total) if step else self.lr_at(0, total),

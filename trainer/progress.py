@@ -50,7 +50,8 @@ class RunReport:
         self.peak, peak_src = peak_flops(self.device, self.session.dtype, cfg.peak_tflops)
         log.info(
             f"Model: {model.num_params() / 1e6:.2f}M parameters ({model.config.hidden_size}x{model.config.num_hidden_layers}, "
-            f"vocab {model.config.vocab_size}) | device {self.device} x{info.world_size} | {cfg.dtype}"
+            f"vocab {model.config.vocab_size}) | device {self.device} x{info.world_size} | "
+            f"{runtime.precision_note(cfg.dtype, self.session.dtype, self.device)}"
             f"{' + compile' if self.compile_on else ''}"
         )
         log.info(

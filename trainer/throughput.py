@@ -64,7 +64,9 @@ def measure_matmul_flops(
 def peak_flops(
     device: torch.device, dtype: torch.dtype, override_tflops: float | None = None
 ) -> tuple[float, str]:
-    """(peak FLOP/s per device, where the number came from)."""
+    """(peak FLOP/s per device, where the number came from): ``override_tflops``, else on CUDA the data
+    sheet's dense bf16 peak (a measured bf16 matmul for a GPU not in the table), on the CPU the best
+    2048^3 matmul in ``dtype`` measured now."""
     if override_tflops:
         return override_tflops * 1e12, "--peak_tflops"
     if device.type == "cuda":
@@ -73,10 +75,9 @@ def peak_flops(
         if peak is not None:
             return peak, f"{name} data sheet"
         return measure_matmul_flops(device, torch.bfloat16), f"{name}, measured bf16 matmul"
-    mm_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
-    return measure_matmul_flops(
-        device, mm_dtype
-    ), f"CPU, measured {str(mm_dtype).removeprefix('torch.')} matmul"
+    # the run's own precision: a float32 run against the float32 matmul, a bf16 run against the bf16
+    # one (on a CPU without bf16 instructions ~80x slower: runtime.cpu_has_bf16_matmul)
+    return measure_matmul_flops(device, dtype), f"CPU, measured {str(dtype).removeprefix('torch.')} matmul"
 
 
 def mfu(tokens_per_sec: float, flops_per_token: float, peak: float) -> float:

@@ -4,9 +4,9 @@
 
 For each shape (the architecture of a published checkpoint, built with random weights through
 ``ModelConfig``) it runs the training step the engine runs (fp32 master weights, AdamW with the
-engine's betas, bf16 autocast by default, fp32 cross entropy, gradient clipping) on random token
-ids, skips ``--warmup`` steps, and reports the median step's tokens/s, the MFU against a bf16
-matmul peak measured in the same process (trainer/throughput.py), and the peak memory: the
+engine's betas, the trainer's --dtype auto precision by default, fp32 cross entropy, gradient clipping) on random token
+ids, skips ``--warmup`` steps, and reports the median step's tokens/s, the MFU against a matmul
+peak in the same precision measured in the same process (trainer/throughput.py), and the peak memory: the
 process's peak resident set (CPU, includes Python and torch themselves, ~0.2 GiB) or
 ``torch.cuda.max_memory_allocated`` (GPU). Each shape runs in a subprocess of its own, so the
 peaks do not mix. On a shared machine the figures move with the load; MFU is the steadier one.
@@ -102,7 +102,7 @@ def measure(
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    peak = measure_matmul_flops(dev, torch.bfloat16, seconds=2.0)
+    peak = measure_matmul_flops(dev, dt, seconds=2.0)  # the run's precision: float32 against float32
     step = statistics.median(times)
     tps = batch_size * seq_len / step
     if dev.type == "cuda":
@@ -114,7 +114,7 @@ def measure(
         "params": cfg.num_params(),
         "seq_len": seq_len,
         "batch_size": batch_size,
-        "dtype": dtype,
+        "dtype": str(dt).removeprefix("torch."),
         "step_s": step,
         "tokens_per_s": tps,
         "mfu": tps * cfg.flops_per_token(seq_len) / peak,
@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--dtype", default="bfloat16", help="autocast dtype: bfloat16 | float16 | float32")
+    p.add_argument("--dtype", default="auto", help="autocast dtype: auto (as the trainer's) | bfloat16 | float16 | float32")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one shape, JSON out
     args = p.parse_args()
@@ -158,7 +158,7 @@ def main() -> None:
             f"{shape}: {r['params'] / 1e6:.1f}M params, batch {r['batch_size']} x {r['seq_len']}, "
             f"{r['dtype']} autocast, {r['device']} ({r['threads']} threads): step {r['step_s']:.2f} s, "
             f"{r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%} of a measured "
-            f"{r['peak_flops'] / 1e12:.3f} TFLOP/s bf16 matmul peak, peak memory {r['peak_mem_bytes'] / 2**30:.2f} GiB",
+            f"{r['peak_flops'] / 1e12:.3f} TFLOP/s {r['dtype']} matmul peak, peak memory {r['peak_mem_bytes'] / 2**30:.2f} GiB",
             flush=True,
         )
 

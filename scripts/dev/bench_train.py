@@ -27,18 +27,19 @@ seq) over the medians' tokens/s (both runs train the same rows, so their padding
   hf-compile     the same with ``torch_compile=True``
 
 all with torch's fused AdamW (ours' optimizer; the Trainer's default, "adamw_torch_fused", on torch >=
-2.8) (betas 0.9/0.95, weight decay 0.1, the same LR, no warmup), bf16 autocast, gradient
+2.8) (betas 0.9/0.95, weight decay 0.1, the same LR, no warmup), the same precision (``--dtype``, as
+the trainer's: "auto" is bf16 autocast, float32 on a CPU without bf16 matmul instructions), gradient
 clipping at 1.0, batch 4 x 512 tokens (``--batch_size`` / ``--seq_len``). Each run is a fresh process;
 its first ``--warmup`` steps (compilation, allocator warm-up) are not timed, and it compiles from
 cold (an empty TORCHINDUCTOR_CACHE_DIR of its own, as a user's first run); tokens/s are useful
 (target) tokens over the timed steps (ours: the harmonic mean of its per-step rates, i.e. tokens over
 time as for the Trainer); peak memory is the training process's own (on the CPU its peak RSS, on
 CUDA the allocator's peak). MFU uses the project's FLOP count (model.config.ModelConfig.flops_per_token)
-against the best 2048^3 bf16 matmul rate measured in the same run (before each round;
-trainer.throughput), so ratios do not depend on how loaded this shared machine is; on CUDA against
-the device's data-sheet bf16 peak, as the trainer logs it. The CPU's model and whether it has AMX
-are printed first: the peak, and how much of a step the matmuls are, differ between machines with
-and without AMX.
+against the best 2048^3 matmul rate in the run's precision measured in the same run (before each
+round; trainer.throughput), so ratios do not depend on how loaded this shared machine is; on CUDA
+against the device's data-sheet bf16 peak, as the trainer logs it. The CPU's model and whether it
+has AMX are printed first: the peak, and how much of a step the matmuls are, differ between machines
+with and without AMX.
 
     python scripts/dev/bench_train.py --device cuda --data dataset/demo/tinystories.jsonl   # a GPU
     (make gpu-check's step 9 runs it on the SmolLM2 shape)
@@ -53,7 +54,7 @@ machine whose matmul rate moves by 2x within minutes (its bf16 peak read 0.42 an
 consecutive rounds of one run) a ratio between two runs minutes apart is partly the machine.
 ``--step`` alternates the steps of ours-eager, ours-compile and transformers' model (``hf``, and
 compiled: ``hf-compile``) step by step in one process, so each repetition compares them under the
-same conditions; it measures the bf16 matmul peak before each repetition for the MFU. Then it
+same conditions; it measures the matmul peak before each repetition for the MFU. Then it
 times the step's linear-layer GEMMs alone (:func:`gemm_ceiling`): the MFU a step would reach if
 attention, norms, the loss and the optimizer took no time.
 
@@ -219,7 +220,8 @@ def child_hf(spec: dict) -> dict:
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR,
             weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, warmup_steps=0,
-            lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=True, use_cpu=not cuda,
+            lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=spec["dtype"] == "bfloat16",
+            fp16=spec["dtype"] == "float16", use_cpu=not cuda,
             optim="adamw_torch_fused", torch_compile=spec["system"] == "hf-compile",
             logging_steps=1000, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=0,
         )  # fmt: skip
@@ -250,7 +252,7 @@ def child_ours(spec: dict) -> dict:
            "--from_weight", str(Path(spec["folder"]) / OURS), "--max_seq_len", str(spec["seq"]),
            "--batch_size", str(spec["batch"]), "--max_steps", str(spec["steps"]), "--log_interval", "1",
            "--eval_interval", "0", "--save_interval", "0", "--learning_rate", str(LR), "--warmup_ratio", "0",
-           "--dtype", "bfloat16", "--device", spec["device"], "--save_dir", str(out), "--checkpoint_dir", str(out),
+           "--dtype", spec["dtype"], "--device", spec["device"], "--save_dir", str(out), "--checkpoint_dir", str(out),
            "--cache_dir", str(out.parent / "cache"), "--save_weight", "bench",
            "--use_compile" if spec["system"] == "ours-compile" else "--no_compile"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
@@ -305,13 +307,13 @@ def compile_payback(table: dict[str, dict], row_tokens: int) -> dict[str, float]
 
 
 def step_side_by_side(
-    folder: Path, data: Path, cache: Path, batch: int, seq: int, reps: int, flops: float
+    folder: Path, data: Path, cache: Path, batch: int, seq: int, reps: int, flops: float, dtype: Any
 ) -> tuple[list[float], dict]:
     """Median seconds of one training step of ours-eager, ours-compile, hf and hf-compile, alternating
     ``reps`` times.
 
     The step, for each: the forward with the loss, backward, clipping at 1.0, torch's fused AdamW
-    (betas 0.9/0.95, weight decay 0.1), zero_grad; bf16 autocast; fp32 weights. ours-eager: our model
+    (betas 0.9/0.95, weight decay 0.1), zero_grad; autocast to ``dtype`` (none for float32); fp32 weights. ours-eager: our model
     converted from ``folder`` on our default rows (whole documents best-fit packed, document
     attention) with the fused LM head + loss and the trainer's clipping (trainer.engine.clip_gradients),
     the trainer's train_step without its bookkeeping;
@@ -323,7 +325,7 @@ def step_side_by_side(
     (seq - 1)). ``vs_hf``: the median over repetitions of the ratio of a system's target tokens/s
     to hf's in the same repetition (``vs_hf_each``; ``vs_hf_compile``: the same against hf-compile).
     ``mfu``: the median over repetitions of target tokens/s x ``flops`` (FLOPs per token) / the
-    bf16 2048^3 matmul rate measured just before that repetition
+    2048^3 matmul rate (bf16; float32 for a float32 step) measured just before that repetition
     (trainer.throughput.measure_matmul_flops). Returns (those rates, {system: {"step_s", "steps_s",
     "tokens_per_sec", "first_step_s", "vs_hf", "vs_hf_each", "vs_hf_compile", "mfu"}}).
     """
@@ -337,6 +339,7 @@ def step_side_by_side(
     from dataset.tokenizer import load_tokenizer
     from trainer.checkpoint import load_model
     from trainer.engine import clip_gradients
+    from trainer.runtime import autocast
     from trainer.throughput import measure_matmul_flops
 
     model, _, _ = load_model(ours_checkpoint(folder))
@@ -363,7 +366,7 @@ def step_side_by_side(
 
     def step(name: str) -> float:
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(torch.device("cpu"), dtype):
             if name.startswith("hf"):
                 loss = runs[name](input_ids=hx, labels=hx).loss
             else:
@@ -384,7 +387,7 @@ def step_side_by_side(
     times: dict[str, list[float]] = {k: [] for k in runs}
     peaks: list[float] = []
     for _ in range(reps):
-        peaks.append(measure_matmul_flops(torch.device("cpu"), torch.bfloat16))
+        peaks.append(measure_matmul_flops(torch.device("cpu"), dtype))
         for name in runs:
             times[name].append(step(name))
 
@@ -404,13 +407,13 @@ def step_side_by_side(
     }  # fmt: skip
 
 
-def gemm_ceiling(cfg: Any, tokens: int, seq: int, reps: int) -> dict[str, float]:
+def gemm_ceiling(cfg: Any, tokens: int, seq: int, reps: int, dtype: Any) -> dict[str, float]:
     """The MFU a step could reach if everything but its linear layers' matmuls took no time.
 
-    Each linear layer's three bf16 GEMMs at ``tokens`` rows, in the layouts a training step runs them
+    Each linear layer's three GEMMs in ``dtype`` (bf16 for a bf16 step) at ``tokens`` rows, in the layouts a training step runs them
     (forward ``x @ W.T``, input gradient ``dY @ W``, weight gradient ``dY.T @ x``; the LM head's
     whole, where the fused loss runs it in chunks), timed alone, alternating ``reps`` times with the
-    bf16 2048^3 matmul peak (trainer.throughput.measure_matmul_flops). Returns the medians over
+    2048^3 matmul peak in the same dtype (trainer.throughput.measure_matmul_flops). Returns the medians over
     repetitions of "gemm_s", "gemm_vs_peak" (their FLOP/s over the peak) and "mfu_ceiling" (the
     model's FLOPs, ``cfg.flops_per_token(seq)`` per token, attention included, over the GEMMs'
     time, against the peak)."""
@@ -424,7 +427,7 @@ def gemm_ceiling(cfg: Any, tokens: int, seq: int, reps: int) -> dict[str, float]
     linears = layer * cfg.num_hidden_layers + [(d, cfg.vocab_size)]
     g = torch.Generator().manual_seed(0)
     operands = {
-        (i, o): [torch.randn(*s, generator=g).to(torch.bfloat16) for s in ((tokens, i), (o, i), (tokens, o))]
+        (i, o): [torch.randn(*s, generator=g).to(dtype) for s in ((tokens, i), (o, i), (tokens, o))]
         for i, o in set(linears)
     }
 
@@ -439,7 +442,7 @@ def gemm_ceiling(cfg: Any, tokens: int, seq: int, reps: int) -> dict[str, float]
     flops = 6 * tokens * sum(i * o for i, o in linears)
     got: dict[str, list[float]] = {"gemm_s": [], "gemm_vs_peak": [], "mfu_ceiling": []}
     for _ in range(reps):
-        peak = measure_matmul_flops(torch.device("cpu"), torch.bfloat16)
+        peak = measure_matmul_flops(torch.device("cpu"), dtype)
         t = gemms()
         got["gemm_s"].append(t)
         got["gemm_vs_peak"].append(flops / t / peak)
@@ -462,6 +465,9 @@ def main() -> None:
     p.add_argument("--seq_len", type=int, default=512)
     p.add_argument("--work", default=None)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="auto",
+                   help="every system's precision, as the trainer's --dtype (default auto: bfloat16, float32 on a "
+                        "CPU without bf16 matmul instructions)")  # fmt: skip
     p.add_argument("--data", default=str(DATA), help="JSON lines with a text field (default: TinyStories)")
     p.add_argument("--output", default=None, help="write the figures as JSON here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -469,14 +475,23 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.step and args.device != "cpu":
-        p.error("--step times the CPU step (bf16 autocast on the CPU); run it without --device cuda")
+        p.error("--step times the CPU step; run it without --device cuda")
     for flag, given, known in (("--shapes", args.shapes, SHAPES), ("--systems", args.systems, SYSTEMS)):
         if unknown := [x for x in given.split(",") if x not in known]:
             p.error(f"{flag}: unknown {', '.join(unknown)}; use some of {', '.join(known)}")
     import torch
 
+    from model.errors import UserError
+    from trainer import runtime
     from trainer.parallel import compile_choice
     from trainer.throughput import measure_matmul_flops, peak_flops
+
+    device = torch.device(args.device)
+    try:
+        dtype = runtime.resolve_dtype(args.dtype, device)
+    except UserError as e:
+        p.error(str(e))
+    dtype_name = str(dtype).removeprefix("torch.")
 
     source = Path(args.data)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_train_"))
@@ -492,10 +507,11 @@ def main() -> None:
         for shape in args.shapes.split(","):
             flops = shape_config(shape).flops_per_token(args.seq_len)
             rates, got = step_side_by_side(make_folder(shape, work, tok_dir), data, work / "cache",
-                                           args.batch_size, args.seq_len, args.reps, flops)  # fmt: skip
+                                           args.batch_size, args.seq_len, args.reps, flops, dtype)  # fmt: skip
             print(
-                f"{shape}: {args.batch_size} x {args.seq_len}, one process, median of {args.reps} alternating steps; "
-                f"bf16 2048^3 matmul before each repetition {min(rates) / 1e12:.2f}-{max(rates) / 1e12:.2f} TFLOP/s"
+                f"{shape}: {args.batch_size} x {args.seq_len}, {runtime.precision_note(args.dtype, dtype, device)}, "
+                f"one process, median of {args.reps} alternating steps; {dtype_name} 2048^3 matmul before each "
+                f"repetition {min(rates) / 1e12:.2f}-{max(rates) / 1e12:.2f} TFLOP/s"
             )
             for name, v in got.items():
                 print(f"  {name:<13} {v['step_s']:.3f} s ({', '.join(f'{t:.2f}' for t in v['steps_s'])}): "
@@ -504,19 +520,19 @@ def main() -> None:
                 if name != "hf":
                     print(f"  {'':<13} target tokens/s vs hf in the same repetition: median {v['vs_hf']:.2f}x "
                           f"({', '.join(f'{r:.2f}' for r in v['vs_hf_each'])}); vs hf-compile {v['vs_hf_compile']:.2f}x")  # fmt: skip
-            c = gemm_ceiling(shape_config(shape), args.batch_size * args.seq_len, args.seq_len, args.reps)
-            print(f"  the step's linear-layer GEMMs alone (bf16, its layouts): {1e3 * c['gemm_s']:.0f} ms, "
+            c = gemm_ceiling(
+                shape_config(shape), args.batch_size * args.seq_len, args.seq_len, args.reps, dtype
+            )
+            print(f"  the step's linear-layer GEMMs alone ({dtype_name}, its layouts): {1e3 * c['gemm_s']:.0f} ms, "
                   f"{100 * c['gemm_vs_peak']:.0f}% of the peak measured before each repetition; MFU if the "
                   f"rest (attention included) took no time, every token counted: {100 * c['mfu_ceiling']:.0f}%")  # fmt: skip
         return
 
-    device = torch.device(args.device)
-
     def measure_peak() -> float:
         if device.type == "cuda":  # the data sheet's (else measured), as the trainer's MFU takes it
-            got, where = peak_flops(device, torch.bfloat16)
+            got, where = peak_flops(device, dtype)
         else:
-            got, where = measure_matmul_flops(device, torch.bfloat16), "bf16 2048^3 matmul measured now"
+            got, where = measure_matmul_flops(device, dtype), f"{dtype_name} 2048^3 matmul measured now"
             where += f", {torch.get_num_threads()} threads"
         peaks.append(got)
         print(f"peak: {got / 1e12:.2f} TFLOP/s ({where})")
@@ -524,9 +540,9 @@ def main() -> None:
 
     peaks: list[float] = []
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    print(f"{device.type.upper()}: {machine}")
+    print(f"{device.type.upper()}: {machine}; {runtime.precision_note(args.dtype, dtype, device)}")
     measure_peak()
-    results: dict[str, Any] = {"device": machine, "shapes": {}}
+    results: dict[str, Any] = {"device": machine, "dtype": dtype_name, "shapes": {}}
     for shape in args.shapes.split(","):
         folder = make_folder(shape, work, tok_dir)
         if any(s.startswith("ours") for s in args.systems.split(",")):
@@ -540,7 +556,7 @@ def main() -> None:
             for system in runs:
                 spec = dict(folder=str(folder), data=str(data), system=system, steps=steps, warmup=args.warmup,
                             batch=args.batch_size, seq=args.seq_len, out=str(work / f"{shape}-{system}-{r}"),
-                            device=args.device)  # fmt: skip
+                            device=args.device, dtype=dtype_name)  # fmt: skip
                 with tempfile.TemporaryDirectory(prefix="inductor_") as cache:  # compilation from cold
                     proc = subprocess.run(
                         [sys.executable, __file__, "--child", json.dumps(spec)],
@@ -589,7 +605,11 @@ def main() -> None:
                   f"{got['break_even_steps']:.0f} steps")  # fmt: skip
     results["peak_tflops"] = max(peaks) / 1e12
     results["peaks_tflops"] = [x / 1e12 for x in peaks]
-    where = "the data sheet's" if device.type == "cuda" else "the best bf16 2048^3 matmul window of the run"
+    where = (
+        "the data sheet's"
+        if device.type == "cuda"
+        else f"the best {dtype_name} 2048^3 matmul window of the run"
+    )
     print(f"MFU against the peak, {where}: {max(peaks) / 1e12:.2f} TFLOP/s")
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1))

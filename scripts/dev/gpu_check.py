@@ -152,6 +152,9 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
     run([py, "scripts/train_tokenizer.py", "--data_path", str(stories), "--vocab_size", "512" if smoke else "8192",
          "--output_dir", str(out / "tok")], out, "1 tokenizer")  # fmt: skip
     val = val_file(out)
+    # smoke: the trainer's own choice on this CPU (bf16 where it multiplies bf16 in hardware, else
+    # float32: emulated bf16 turned the smoke's minute into a quarter of an hour on an AVX2-only CPU)
+    precision = ("--dtype", "auto" if smoke else "bfloat16")
 
     def pretrain(name, size, *extra, launcher=(), env=None):
         h, layers, heads, kv = sizes[size]
@@ -164,15 +167,15 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
                *extra]  # fmt: skip
         return run([py, *cmd] if not launcher else cmd, out, name, env)
 
-    base = pretrain("2 bf16", "125M", "--dtype", "bfloat16")
+    base = pretrain("2 bf16", "125M", *precision)
     ref = losses(base)
     evals = last(r"eval step \d+/\d+: val_loss (.*)", base)
     report["bf16"] = (
         f"{len(ref)} steps, loss {ref[0]:.3f} -> {ref[-1]:.3f}, fused AdamW; val per source: {evals}"
     )
 
-    pretrain("3 resume", "125M", "--dtype", "bfloat16", "--stop_after", str(steps // 2))
-    resumed = losses(pretrain("3 resume", "125M", "--dtype", "bfloat16", "--from_resume", "1"))
+    pretrain("3 resume", "125M", *precision, "--stop_after", str(steps // 2))
+    resumed = losses(pretrain("3 resume", "125M", *precision, "--from_resume", "1"))
     diff = max(abs(a - b) for a, b in zip(ref[steps // 2 :], resumed, strict=True))
     if diff > 1e-3:
         raise StepFailed(f"3 resume: losses after the resume differ from the uninterrupted run by {diff:.2e}")
@@ -182,7 +185,7 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
 
     # smoke: the step's commands and checks with compilation switched off (TORCHDYNAMO_DISABLE: CPU
     # compilation of even the toy model takes a minute; tests/trainer/test_train.py compiles on the CPU)
-    comp = losses(pretrain("4 compile", "125M", "--dtype", "bfloat16", "--use_compile",
+    comp = losses(pretrain("4 compile", "125M", *precision, "--use_compile",
                            env={"TORCHDYNAMO_DISABLE": "1"} if smoke else None))  # fmt: skip
     diff = max(abs(a - b) for a, b in zip(ref, comp, strict=True))
     if diff > 5e-2:
@@ -193,7 +196,7 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
 
     torchrun = [py, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29690"]
     for name, extra in (("5 ddp", ()), ("5 fsdp", ("--strategy", "fsdp", "--activation_checkpointing"))):
-        got = losses(pretrain(name, "125M", "--dtype", "bfloat16", *extra, launcher=torchrun))
+        got = losses(pretrain(name, "125M", *precision, *extra, launcher=torchrun))
         diff = max(abs(a - b) for a, b in zip(ref, got, strict=True))
         if diff > 1e-2:
             raise StepFailed(f"{name}: losses differ from step 2 by {diff:.2e}")
@@ -216,7 +219,7 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
     )
 
     for size in sizes:
-        log = base if size == "125M" else pretrain(f"7 {size}", size, "--dtype", "bfloat16")
+        log = base if size == "125M" else pretrain(f"7 {size}", size, *precision)
         tps, util = re.findall(r"tokens/s:(\d+) MFU:([0-9.]+%)", log)[-1]
         peak_src = last(r"Peak for MFU: (.*)", log)
         mem = last(r"Peak memory per rank \(GiB\): \[([^\]]*)\]", log)
@@ -224,7 +227,7 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
         report[f"throughput {size}"] = (
             f"{params} params: {tps} tokens/s, MFU {util} (peak {peak_src}), peak memory {mem} GiB"
         )
-    report["documents"] = document_attention(out, device, sizes["125M"], seq, batch, smoke)
+    report["documents"] = document_attention(out, device, sizes["125M"], seq, batch, smoke, precision[1])
     print("  8 documents: ok", flush=True)
     report["vs Trainer"] = trainer_comparison(py, out, device, smoke)
     return report
@@ -253,8 +256,9 @@ def trainer_comparison(py: str, out: Path, device: str, smoke: bool) -> str:
     )
 
 
-def document_attention(out: Path, device: str, size, seq: int, batch: int, smoke: bool) -> str:
-    """Step 8: one bf16 forward+backward of the same best-fit-packed rows with each attention kernel."""
+def document_attention(out: Path, device: str, size, seq: int, batch: int, smoke: bool, dtype: str) -> str:
+    """Step 8: one forward+backward (autocast to ``dtype``, a --dtype value) of the same best-fit-packed rows
+    with each attention kernel."""
     import torch
     import torch.nn.functional as F
 
@@ -262,6 +266,7 @@ def document_attention(out: Path, device: str, size, seq: int, batch: int, smoke
     from dataset.store import build_store
     from dataset.tokenizer import load_tokenizer
     from model import MiniGPTForCausalLM, ModelConfig
+    from trainer import runtime
 
     tok = load_tokenizer(out / "tok")
     store = build_store([DEMO / "tinystories.jsonl"], tok, out / "cache")
@@ -286,7 +291,7 @@ def document_attention(out: Path, device: str, size, seq: int, batch: int, smoke
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.autocast(device, dtype=torch.bfloat16):
+            with runtime.autocast(torch.device(device), runtime.resolve_dtype(dtype, torch.device(device))):
                 logits = model(x, **layout)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
             loss.backward()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.helpers import load_script
 
@@ -15,7 +16,7 @@ def test_the_gemm_ceiling_times_every_weight_of_the_model_once(shape):
     GEMM FLOPs (mfu_ceiling / gemm_vs_peak, the same time and peak) is (6N + attention) / 6N."""
     cfg = bench.shape_config(shape)
     seq = 32
-    got = bench.gemm_ceiling(cfg, tokens=2 * seq, seq=seq, reps=1)
+    got = bench.gemm_ceiling(cfg, tokens=2 * seq, seq=seq, reps=1, dtype=torch.float32)
     n = cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
     n -= cfg.num_hidden_layers * 2 * cfg.hidden_size + cfg.hidden_size  # the norms: not matmuls
     assert got["gemm_s"] > 0 and 0 < got["gemm_vs_peak"]

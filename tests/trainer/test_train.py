@@ -1,12 +1,15 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from model import MiniGPTForCausalLM, ModelConfig
+from model.errors import UserError
 from tests.helpers import ONE_THREAD, TINY_MODEL, run_script, shared_file, torchrun
+from trainer import runtime
 from trainer.checkpoint import atomic_torch_save, load_model, weights_state
 from trainer.paths import REPO_ROOT
 
@@ -54,9 +57,46 @@ def test_tiny_pretrain_lowers_val_loss(pretrained):
     ).is_file()
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as the kernel lists them (/proc/cpuinfo): a source independent of torch's."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    return {
+        f
+        for line in info.read_text().splitlines()
+        if line.startswith("flags")
+        for f in line.split(":")[1].split()
+    }
+
+
+def auto_dtype_here() -> str:
+    """What --dtype auto must pick on this machine's CPU: bfloat16 only with bf16 matmul instructions."""
+    return "bfloat16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
+def test_dtype_auto_is_bf16_only_where_the_cpu_multiplies_bf16():
+    cpu = torch.device("cpu")
+    assert runtime.cpu_has_bf16_matmul() == (auto_dtype_here() == "bfloat16")
+    assert runtime.resolve_dtype("auto", cpu) == runtime.DTYPES[auto_dtype_here()]
+    note = runtime.precision_note("auto", runtime.resolve_dtype("auto", cpu), cpu)
+    bf16_note = runtime.precision_note("bfloat16", torch.bfloat16, cpu)
+    if auto_dtype_here() == "bfloat16":
+        assert (note, bf16_note) == ("bfloat16 (--dtype auto)", "bfloat16")
+    else:
+        assert (
+            note == "float32 (--dtype auto: this CPU has no bf16 matmul instructions (AVX-512 BF16 or AMX))"
+        )
+        assert "emulated" in bf16_note and "--dtype auto picks float32" in bf16_note
+    assert runtime.precision_note("float32", torch.float32, cpu) == "float32"
+    with pytest.raises(UserError, match="--dtype 'half': unknown dtype; use one of auto, bfloat16"):
+        runtime.resolve_dtype("half", cpu)
+
+
 def test_checkpoint_is_self_describing_and_reloads_identically(pretrained, tmp_path):
     ckpt = torch.load(pretrained / "pretrain_64.pth", map_location="cpu", weights_only=True)
     assert ckpt["model_config"]["hidden_size"] == 64 and ckpt["meta"]["stage"] == "pretrain"
+    assert ckpt["meta"]["dtype"] == auto_dtype_here()  # the default, --dtype auto, as resolved here
     model, tok, _ = load_model(pretrained / "pretrain_64.pth")
     x = torch.tensor([tok("Once upon a time")["input_ids"]])
     resumed, _, _ = load_model(pretrained / "ckpt" / "pretrain_64_resume.pth")
