@@ -153,7 +153,7 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
          "--output_dir", str(out / "tok")], out, "1 tokenizer")  # fmt: skip
     val = val_file(out)
     # smoke: the trainer's own choice on this CPU (bf16 where it multiplies bf16 in hardware, else
-    # float32: emulated bf16 turned the smoke's minute into a quarter of an hour on an AVX2-only CPU)
+    # float32: on an AVX2-only CPU one of the smoke's six bf16 toy trainings took over 3 minutes)
     precision = ("--dtype", "auto" if smoke else "bfloat16")
 
     def pretrain(name, size, *extra, launcher=(), env=None):
