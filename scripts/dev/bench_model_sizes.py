@@ -132,7 +132,11 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--dtype", default="auto", help="autocast dtype: auto (as the trainer's) | bfloat16 | float16 | float32")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="autocast dtype: auto (as the trainer's) | bfloat16 | float16 | float32",
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one shape, JSON out
     args = p.parse_args()
