@@ -100,7 +100,7 @@ def precision_note(name: str, dtype: torch.dtype, device: torch.device, flag: st
     if emulated:
         return (
             f"{label} (this CPU has no bf16 matmul instructions (AVX-512 BF16 or AMX): bf16 matmuls run "
-            f"emulated, 5-80x slower than float32 here; {flag} auto picks float32)"
+            f"emulated; a training step took 12-42x its float32 time on such a CPU; {flag} auto picks float32)"
         )
     return label
 
