@@ -176,7 +176,7 @@ def main() -> None:
     name = Path(source.label).stem if source.kind == "checkpoint" else Path(source.label.split("@")[0]).name
     out = Path(args.output_dir) if args.output_dir else repo_path("out", "hf", name)
     check_output_dir(out)
-    info = export(source, out, runtime.resolve_dtype(args.dtype, torch.device("cpu")))
+    info = export(source, out, runtime.resolve_dtype(args.dtype, torch.device("cpu"), auto=False))
     what = f"{info['stage']}, step {info['step']}" if info["step"] is not None else info["stage"]
     log.info(f"Exported {source.label} ({what}) to {out}")
     log.info(

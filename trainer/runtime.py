@@ -66,20 +66,23 @@ def cpu_has_bf16_matmul() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def resolve_dtype(name: str, device: torch.device, flag: str = "--dtype") -> torch.dtype:
-    """A ``--dtype`` value as a torch dtype. "auto": bfloat16, except float32 on a CPU without bf16
-    matmul instructions (:func:`cpu_has_bf16_matmul`) and float16 on a GPU without bf16.
+def resolve_dtype(name: str, device: torch.device, flag: str = "--dtype", auto: bool = True) -> torch.dtype:
+    """A ``--dtype`` value as a torch dtype. "auto" (unless ``auto=False``: a stored dtype must not
+    depend on the machine): bfloat16, except float32 on a CPU without bf16 matmul instructions
+    (:func:`cpu_has_bf16_matmul`) and float16 on a GPU without bf16.
 
     Raises UserError: an unknown name, or bfloat16 on a GPU without it.
     """
-    if name == AUTO:
+    if name == AUTO and auto:
         if device.type == "cpu" and not cpu_has_bf16_matmul():
             return torch.float32
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
         return torch.bfloat16
     if name not in DTYPES:
-        raise UserError(f"{flag} {name!r}: unknown dtype; use one of {AUTO}, {', '.join(DTYPES)}")
+        raise UserError(
+            f"{flag} {name!r}: unknown dtype; use one of {', '.join([AUTO] * auto + list(DTYPES))}"
+        )
     dtype = DTYPES[name]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"{flag} bfloat16: this GPU has no bf16 support; use {flag} float16")

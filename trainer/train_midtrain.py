@@ -75,7 +75,8 @@ def main() -> None:
             name="midtrain",
             schedule=schedule,
             plan=plan,
-            args={**vars(args), "world_size": session.dist.world_size},
+            # the precision as resolved: a resumed run keeps it, on whatever machine it resumes
+            args={**vars(args), "dtype": session.dtype_name, "world_size": session.dist.world_size},
             identity={
                 "data_config_sha256": config.sha256,
                 "lr_schedule": args.lr_schedule,

@@ -39,7 +39,8 @@ def main() -> None:
             name="pretrain",
             schedule=run_schedule(cfg, plan, train.segment_names, start.parent),
             plan=plan,
-            args={**vars(args), "world_size": session.dist.world_size},
+            # the precision as resolved: a resumed run keeps it, on whatever machine it resumes
+            args={**vars(args), "dtype": session.dtype_name, "world_size": session.dist.world_size},
             identity={"data": store_key(data_paths, start.tokenizer)},
             meta={"data_path": [str(x) for x in data_paths]},
         )

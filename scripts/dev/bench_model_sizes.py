@@ -146,6 +146,9 @@ def main() -> None:
     if min(args.seq_len, args.batch_size, args.steps) <= 0 or args.warmup < 0:
         raise UserError("--seq_len, --batch_size and --steps must be positive, --warmup >= 0")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    runtime.resolve_dtype(
+        args.dtype, runtime.resolve_device(device)
+    )  # a bad flag: one line here, not in a child
     if args.one:
         r = measure(shapes[0], args.seq_len, args.batch_size, args.steps, args.warmup, args.dtype, device)
         print(json.dumps(r))

@@ -1,7 +1,8 @@
 """GPU readiness: every GPU path of the pipeline end to end on real text, on one GPU, in minutes.
 
     make gpu-check                        # = python3 scripts/dev/gpu_check.py (no install, no network)
-    python3 scripts/dev/gpu_check.py --smoke  # the same steps on the CPU at toy sizes (the test suite)
+    python3 scripts/dev/gpu_check.py --smoke  # the same steps on the CPU at toy sizes (the test suite),
+                                              # in the trainer's --dtype auto (float32 on a CPU without bf16)
 
 Needs only what a GPU machine's python3 usually has (torch with CUDA, transformers, tokenizers,
 numpy, pyyaml, tqdm): no `datasets`, no `wandb`, no network. The data is the real sample shipped
@@ -170,8 +171,8 @@ def steps_all(py, out, device, sizes, seq, batch, steps, smoke) -> dict[str, str
     base = pretrain("2 bf16", "125M", *precision)
     ref = losses(base)
     evals = last(r"eval step \d+/\d+: val_loss (.*)", base)
-    report["bf16"] = (
-        f"{len(ref)} steps, loss {ref[0]:.3f} -> {ref[-1]:.3f}, fused AdamW; val per source: {evals}"
+    report["bf16"] = (  # the precision as the trainer's banner says it: --smoke's auto may be float32
+        f"{last(r'Model: .* [|] device [^ ]+ x[0-9]+ [|] ([a-z0-9]+)', base)}: {len(ref)} steps, loss {ref[0]:.3f} -> {ref[-1]:.3f}, fused AdamW; val per source: {evals}"
     )
 
     pretrain("3 resume", "125M", *precision, "--stop_after", str(steps // 2))

@@ -9,7 +9,7 @@ import torch
 from model import MiniGPTForCausalLM, ModelConfig
 from model.errors import UserError
 from tests.helpers import ONE_THREAD, TINY_MODEL, run_script, shared_file, torchrun
-from trainer import runtime
+from trainer import runtime, throughput
 from trainer.checkpoint import atomic_torch_save, load_model, weights_state
 from trainer.paths import REPO_ROOT
 
@@ -57,28 +57,33 @@ def test_tiny_pretrain_lowers_val_loss(pretrained):
     ).is_file()
 
 
-def cpu_flags() -> set[str]:
-    """This CPU's feature flags as the kernel lists them (/proc/cpuinfo): a source independent of torch's."""
+def auto_dtype_here() -> str | None:
+    """What --dtype auto must pick on this machine's CPU: bfloat16 only with bf16 matmul instructions,
+    read from the kernel's list of CPU flags (/proc/cpuinfo: a source independent of torch's); None
+    where there is no such file."""
     info = Path("/proc/cpuinfo")
     if not info.is_file():
-        pytest.skip("no /proc/cpuinfo on this system")
-    return {
+        return None
+    flags = {
         f
         for line in info.read_text().splitlines()
         if line.startswith("flags")
         for f in line.split(":")[1].split()
     }
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
-def auto_dtype_here() -> str:
-    """What --dtype auto must pick on this machine's CPU: bfloat16 only with bf16 matmul instructions."""
-    return "bfloat16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
-
-
-def test_dtype_auto_is_bf16_only_where_the_cpu_multiplies_bf16():
+def test_dtype_auto_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch):
     cpu = torch.device("cpu")
-    assert runtime.cpu_has_bf16_matmul() == (auto_dtype_here() == "bfloat16")
-    assert runtime.resolve_dtype("auto", cpu) == runtime.DTYPES[auto_dtype_here()]
+    # torch's private checks exist (a renamed one would otherwise read as "no bf16" everywhere)
+    assert all(
+        callable(getattr(torch.cpu, n, None)) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    here = auto_dtype_here()
+    if here is None:
+        pytest.skip("no /proc/cpuinfo to check torch's answer against")
+    assert runtime.cpu_has_bf16_matmul() == (here == "bfloat16")
+    assert runtime.resolve_dtype("auto", cpu) == runtime.DTYPES[here]
     note = runtime.precision_note("auto", runtime.resolve_dtype("auto", cpu), cpu)
     bf16_note = runtime.precision_note("bfloat16", torch.bfloat16, cpu)
     if auto_dtype_here() == "bfloat16":
@@ -91,12 +96,44 @@ def test_dtype_auto_is_bf16_only_where_the_cpu_multiplies_bf16():
     assert runtime.precision_note("float32", torch.float32, cpu) == "float32"
     with pytest.raises(UserError, match="--dtype 'half': unknown dtype; use one of auto, bfloat16"):
         runtime.resolve_dtype("half", cpu)
+    with pytest.raises(
+        UserError, match="--dtype 'auto': unknown dtype; use one of bfloat16, float16, float32"
+    ):
+        runtime.resolve_dtype(
+            "auto", cpu, auto=False
+        )  # a stored dtype (export_hf) must not depend on the CPU
+    # the other branches, whatever this machine is
+    for has, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda has=has: has)
+        assert runtime.resolve_dtype("auto", cpu) == want
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert runtime.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert (
+        runtime.precision_note("auto", torch.float16, torch.device("cuda"))
+        == "float16 (--dtype auto: this GPU has no bf16)"
+    )
+
+
+def test_the_cpu_mfu_peak_is_the_matmul_of_the_runs_precision(monkeypatch):
+    """A float32 run's MFU against the float32 matmul, a bf16 run's against the bf16 one."""
+    asked: list[torch.dtype] = []
+
+    def measured(device, dtype):
+        asked.append(dtype)
+        return 1e12
+
+    monkeypatch.setattr(throughput, "measure_matmul_flops", measured)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = throughput.peak_flops(torch.device("cpu"), dtype)
+        assert got == (1e12, f"CPU, measured {str(dtype).removeprefix('torch.')} matmul")
+    assert asked == [torch.float32, torch.bfloat16]
 
 
 def test_checkpoint_is_self_describing_and_reloads_identically(pretrained, tmp_path):
     ckpt = torch.load(pretrained / "pretrain_64.pth", map_location="cpu", weights_only=True)
     assert ckpt["model_config"]["hidden_size"] == 64 and ckpt["meta"]["stage"] == "pretrain"
-    assert ckpt["meta"]["dtype"] == auto_dtype_here()  # the default, --dtype auto, as resolved here
+    if auto_dtype_here() is not None:
+        assert ckpt["meta"]["dtype"] == auto_dtype_here()  # the default, --dtype auto, as resolved here
     model, tok, _ = load_model(pretrained / "pretrain_64.pth")
     x = torch.tensor([tok("Once upon a time")["input_ids"]])
     resumed, _, _ = load_model(pretrained / "ckpt" / "pretrain_64_resume.pth")
