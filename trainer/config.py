@@ -461,7 +461,7 @@ def restore_run_args(
     schedule follows); any other contradiction is a UserError naming the flag, both values and
     what to do. The global batch (batch x accumulation x world size) is kept: without
     --batch_size, the per-process batch is recomputed for a new world size. Returns (args,
-    lines to log).
+    lines to log). ``--dtype auto`` given takes the precision the run resolved at its start (stored).
     """
     out, notes = argparse.Namespace(**vars(args)), []
     for key, old in saved.items():
@@ -473,6 +473,8 @@ def restore_run_args(
                 setattr(out, key, old)
         elif now == old:
             continue
+        elif key == "dtype" and now == AUTO:  # the run's own choice: the precision it resolved at its start
+            setattr(out, key, old)
         elif key in MAY_CHANGE_ON_RESUME:
             notes.append(f"--{key} {now} (the run had {old})")
         elif key not in RUN_LENGTH:

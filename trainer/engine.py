@@ -496,7 +496,9 @@ class Trainer(RunReport):
         )
         summary["val_loss_change"] = self.validator.change()
         keys = ("step", "finished", "token_share", "stage_token_share", "val_loss_change", "seconds")
-        self.metrics.append("summary", {k: summary[k] for k in keys if summary[k] != {}})
+        # the precision and the peak the train records' MFU was taken against (--dtype auto: per machine)
+        precision = {"dtype": self.session.dtype_name, "mfu_peak_tflops": self.peak / 1e12}
+        self.metrics.append("summary", {**{k: summary[k] for k in keys if summary[k] != {}}, **precision})
         if self.wandb_run is not None:
             self.wandb_run.summary.update(
                 {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}

@@ -74,7 +74,10 @@ def peak_flops(
         peak = gpu_peak_flops(name)
         if peak is not None:
             return peak, f"{name} data sheet"
-        return measure_matmul_flops(device, torch.bfloat16), f"{name}, measured bf16 matmul"
+        half = torch.float16 if dtype == torch.float16 else torch.bfloat16  # a GPU without bf16 runs fp16
+        return measure_matmul_flops(
+            device, half
+        ), f"{name}, measured {str(half).removeprefix('torch.')} matmul"
     # the run's own precision: a float32 run against the float32 matmul, a bf16 run against the bf16
     # one (on a CPU without bf16 instructions ~80x slower: runtime.cpu_has_bf16_matmul)
     return measure_matmul_flops(device, dtype), f"CPU, measured {str(dtype).removeprefix('torch.')} matmul"

@@ -52,6 +52,14 @@ def test_tiny_pretrain_lowers_val_loss(pretrained):
     assert evals[-1]["loss_all"] < evals[0]["loss_all"] - 1.0, evals
     train = [r for r in metrics(pretrained) if r["kind"] == "train"]
     assert all(r["tokens_per_sec"] > 0 and 0 < r["mfu"] < 1 for r in train)
+    # the summary names the precision and the peak every MFU above was taken against
+    summary = [r for r in metrics(pretrained) if r["kind"] == "summary"][-1]
+    if auto_dtype_here() is not None:
+        assert summary["dtype"] == auto_dtype_here()
+    cfg = ModelConfig(**torch.load(pretrained / "pretrain_64.pth", weights_only=True)["model_config"])
+    peak = summary["mfu_peak_tflops"] * 1e12
+    for r in train:
+        assert r["mfu"] == pytest.approx(r["tokens_per_sec"] * cfg.flops_per_token(128) / peak, rel=1e-3)
     assert (pretrained / "pretrain_64.pth").is_file() and (
         pretrained / "ckpt" / "pretrain_64_resume.pth"
     ).is_file()
@@ -323,3 +331,18 @@ def test_compile_compiles_once_and_a_failed_compile_trains_eagerly(tokenizer_dir
     lines = [x for x in (proc.stdout + proc.stderr).splitlines() if "torch.compile failed" in x]
     assert len(lines) == 1 and lines[0].endswith("training eagerly instead"), lines
     assert fallback == eager
+
+
+def test_a_resume_keeps_the_precision_the_run_resolved():
+    """The resume state stores the resolved dtype; --dtype auto on the resume command (the same command
+    line again) takes it, on whatever machine; another explicit dtype contradicts the run."""
+    import argparse
+
+    from trainer.config import restore_run_args
+
+    saved = {"dtype": "bfloat16"}
+    for given in (set(), {"dtype"}):
+        out, _ = restore_run_args(argparse.Namespace(dtype="auto"), given, saved, 1, "run.pth")
+        assert out.dtype == "bfloat16"
+    with pytest.raises(UserError, match="--dtype float32 contradicts the run being resumed"):
+        restore_run_args(argparse.Namespace(dtype="float32"), {"dtype"}, saved, 1, "run.pth")
