@@ -136,6 +136,9 @@ def collect(
             "curve": [{"step": e["step"], **{s: e.get(f"loss_{s}") for s in srcs}} for e in evals],
             "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train),
             "mfu": statistics.median(r["mfu"] for r in train),
+            "dtype": summary.get(
+                "dtype"
+            ),  # the precision trained in (--dtype auto: per machine), MFU's peak's
             # the share of the trained tokens each source made up (the variant's shares are targets)
             "token_share": summary.get("token_share", {}),
             "seconds": summary.get("seconds"),

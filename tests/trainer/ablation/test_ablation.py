@@ -5,12 +5,14 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from model.errors import UserError
 from tests.helpers import REPO, load_script, run_script, shared_file
 from trainer.ablation.config import flags, load_experiment_config, variant_mixture
 from trainer.ablation.stats import early_spike, mean_ci95, wilson95
+from trainer.runtime import resolve_dtype
 
 
 def test_mean_ci95_matches_the_t_interval():
@@ -134,6 +136,7 @@ def test_tiny_study_end_to_end(tmp_path):
     assert results["variants"]["replay30_carry"]["replay_token_share"] == pytest.approx(0.3, abs=0.08)
     # every run was evaluated densely in its early window and on the same held-out set
     for r in results["runs"].values():
+        assert r["dtype"] == str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
         steps = [p["step"] for p in r["curve"]]
         assert steps[:2] == [0, 1] and steps[-1] == r["steps"]
     md = (out / "report.md").read_text()
