@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": args.command,
         "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),  # as resolved (--dtype auto)
+        "dtype": runtime.dtype_name(dtype),  # as resolved (--dtype auto)
         "batch_size": args.batch_size,
         "limit": args.limit,
         "models": [

@@ -71,7 +71,7 @@ def write_back(
     dtype_key = "torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"
     sets = {
         "max_position_embeddings": expected.max_position_embeddings,
-        dtype_key: str(dtype).removeprefix("torch."),
+        dtype_key: runtime.dtype_name(dtype),
     }
     changed = [f"{k} {config.get(k)} -> {v}" for k, v in sets.items() if config.get(k) != v]
     (tmp / "generation_config.json").unlink(missing_ok=True)
@@ -128,7 +128,7 @@ def export(source: weights.Source, out: Path, dtype: torch.dtype) -> dict:
         # the context eval_llm.py scores the checkpoint with (also config.json's max_position_embeddings)
         "context_length": context,
         "model_config": model.config.to_dict(),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": runtime.dtype_name(dtype),
     }
     with atomic_dir(out) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)

@@ -60,7 +60,7 @@ class Session:
     @property
     def dtype_name(self) -> str:
         """The precision trained in, e.g. "bfloat16" (--dtype auto resolved)."""
-        return str(self.dtype).removeprefix("torch.")
+        return runtime.dtype_name(self.dtype)
 
 
 def setup(cfg: TrainConfig) -> Session:

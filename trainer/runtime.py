@@ -57,6 +57,11 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 AUTO = "auto"
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as ``--dtype`` and the records name it: torch.bfloat16 -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 in hardware: AVX-512 BF16 or AMX tiles (torch.cpu's own checks,
     the ones oneDNN and inductor use). Without them (AVX2-only CPUs: most laptops, AMD before Zen 4)
@@ -92,7 +97,7 @@ def resolve_dtype(name: str, device: torch.device, flag: str = "--dtype", auto: 
 def precision_note(name: str, dtype: torch.dtype, device: torch.device, flag: str = "--dtype") -> str:
     """The resolved precision as a run's log says it, e.g. "float32 (--dtype auto: this CPU has no
     bf16 matmul instructions)"; bfloat16 asked for on such a CPU says it runs emulated."""
-    label = str(dtype).removeprefix("torch.")
+    label = dtype_name(dtype)
     emulated = device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16_matmul()
     if name == AUTO:
         why = {

@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from trainer.runtime import dtype_name
+
 # Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' data sheets.
 GPU_PEAK_FLOPS = {
     "H200": 989.5e12,
@@ -75,12 +77,10 @@ def peak_flops(
         if peak is not None:
             return peak, f"{name} data sheet"
         half = torch.float16 if dtype == torch.float16 else torch.bfloat16  # a GPU without bf16 runs fp16
-        return measure_matmul_flops(
-            device, half
-        ), f"{name}, measured {str(half).removeprefix('torch.')} matmul"
+        return measure_matmul_flops(device, half), f"{name}, measured {dtype_name(half)} matmul"
     # the run's own precision: a float32 run against the float32 matmul, a bf16 run against the bf16
     # one (on a CPU without bf16 instructions ~80x slower: runtime.cpu_has_bf16_matmul)
-    return measure_matmul_flops(device, dtype), f"CPU, measured {str(dtype).removeprefix('torch.')} matmul"
+    return measure_matmul_flops(device, dtype), f"CPU, measured {dtype_name(dtype)} matmul"
 
 
 def mfu(tokens_per_sec: float, flops_per_token: float, peak: float) -> float:

@@ -114,7 +114,7 @@ def measure(
         "params": cfg.num_params(),
         "seq_len": seq_len,
         "batch_size": batch_size,
-        "dtype": str(dt).removeprefix("torch."),
+        "dtype": runtime.dtype_name(dt),
         "step_s": step,
         "tokens_per_s": tps,
         "mfu": tps * cfg.flops_per_token(seq_len) / peak,

@@ -325,7 +325,7 @@ def step_side_by_side(
     (seq - 1)). ``vs_hf``: the median over repetitions of the ratio of a system's target tokens/s
     to hf's in the same repetition (``vs_hf_each``; ``vs_hf_compile``: the same against hf-compile).
     ``mfu``: the median over repetitions of target tokens/s x ``flops`` (FLOPs per token) / the
-    2048^3 matmul rate (bf16; float32 for a float32 step) measured just before that repetition
+    2048^3 matmul rate in ``dtype`` measured just before that repetition
     (trainer.throughput.measure_matmul_flops). Returns (those rates, {system: {"step_s", "steps_s",
     "tokens_per_sec", "first_step_s", "vs_hf", "vs_hf_each", "vs_hf_compile", "mfu"}}).
     """
@@ -491,7 +491,7 @@ def main() -> None:
         dtype = runtime.resolve_dtype(args.dtype, device)
     except UserError as e:
         p.error(str(e))
-    dtype_name = str(dtype).removeprefix("torch.")
+    dtype_name = runtime.dtype_name(dtype)
 
     source = Path(args.data)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_train_"))

@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from trainer import runtime
 from trainer.evaluation.codetasks import CodeTask
 from trainer.evaluation.generation import generate_until, token_budget
 from trainer.evaluation.gsm8k import proportion
@@ -54,7 +55,7 @@ def pass_at_1(
         "empty": sum(not c.strip() for c in completions),
         "passed_ids": [t.task_id for t, ok in zip(task.items, passed, strict=True) if ok],
         "samples": {t.task_id: c for t, c in zip(task.items[:3], completions[:3], strict=True)},
-        "dtype": str(em.dtype).removeprefix("torch."),
+        "dtype": runtime.dtype_name(em.dtype),
     }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import UserError
+from trainer import runtime
 from trainer.ablation.stats import wilson95
 from trainer.evaluation.data import DataUnavailable, Hub, load_local_located
 from trainer.evaluation.generation import generate_until, token_budget
@@ -175,7 +176,7 @@ def gsm8k_eval(
         "predictions": scored["predictions"],
         "empty": sum(not a.strip() for a in answers),
         "samples": answers[:3],
-        "dtype": str(em.dtype).removeprefix("torch."),
+        "dtype": runtime.dtype_name(em.dtype),
     }
 
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from dataset.formats import MMLU_LETTERS, render_mmlu
 from model.errors import UserError
+from trainer import runtime
 from trainer.evaluation.data import MCQuestion
 from trainer.evaluation.models import EvalModel
 
@@ -300,6 +301,6 @@ def mmlu_eval(
         "seconds": seconds,
         "questions_per_s": len(questions) / seconds if seconds > 0 else 0.0,
         "context": em.max_len,
-        "dtype": str(em.dtype).removeprefix("torch."),
+        "dtype": runtime.dtype_name(em.dtype),
         **facts,
     }
